@@ -138,7 +138,8 @@ def load(
     Args:
         source: e.g. "fashion_mnist", "tfds:mnist:train", "idx:/data/mnist", "folder:/photos".
         image_shape: (H, W, C). Required for ``folder:`` (the size images are resized to, C=1 for
-            grayscale or 3 for RGB); for every other source the loaded shape must equal it.
+            grayscale or 3 for RGB); for every other image source the loaded shape must equal it
+            (feature vectors from ``npz:`` are not checked).
         data_dir: TFDS data directory (``tfds:`` and the TFDS fallback of ``fashion_mnist``).
 
     Returns:
@@ -167,7 +168,8 @@ def load(
         raise DataError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
     if dataset.num_examples == 0:
         raise DataError(f"{source}: holds no examples")
-    if shape is not None and dataset.input_shape != shape:
+    # Pre-computed feature vectors have no image shape to check.
+    if shape is not None and dataset.is_image and dataset.input_shape != shape:
         raise DataError(
             f"{source}: images of shape {dataset.input_shape} do not match the expected shape {shape}")
     return dataclasses.replace(dataset, source=source)

@@ -1,0 +1,53 @@
+"""DEC on Fashion-MNIST (all 70,000 images), sized for 2 CPU cores.
+
+  python -m jclust.main --config=configs/dec.py --workdir=runs/dec
+  python -m jclust.main --config=configs/dec.py:digits --workdir=runs/dec_digits
+
+Args (after the colon): "digits" (scikit-learn's 8x8 digits, a one-minute run) or empty.
+"""
+
+from jclust import config_lib
+import ml_collections
+
+
+def dec_sections(config: ml_collections.ConfigDict) -> None:
+    """Adds the model, pretrain, dec and kmeans sections shared by DEC, IDEC and DELIUS."""
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp_autoencoder"
+    config.model.hidden = (500, 500, 2000)
+    config.model.embed_dim = 10
+
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.epochs = 50
+    config.pretrain.optimizer = "adam"
+    config.pretrain.learning_rate = 1e-3
+    config.pretrain.momentum = 0.9
+
+    config.dec = ml_collections.ConfigDict()
+    config.dec.alpha = 1.0            # Student-t degrees of freedom
+    config.dec.gamma = 0.1            # IDEC: weight of the KL term (reconstruction weight is 1)
+    config.dec.update_interval = 140  # steps between target-distribution updates (T)
+    config.dec.tol = 0.001            # stop when fewer than this fraction of labels change
+    config.dec.max_steps = 20000
+    config.dec.optimizer = "sgd"
+    config.dec.learning_rate = 0.01
+    config.dec.momentum = 0.9
+
+    config.kmeans = ml_collections.ConfigDict()
+    config.kmeans.n_init = 20
+    config.kmeans.max_iter = 300
+
+
+def get_config(arg: str = ""):
+    config = config_lib.base_config()
+    config.method = "dec"
+    dec_sections(config)
+    if arg == "digits":
+        config.data.source = "digits"
+        config.data.image_shape = (8, 8, 1)
+        config.pretrain.epochs = 100
+        config.dec.update_interval = 30
+        config.log_every_steps = 100
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use '' or 'digits'")
+    return config_lib.finalize(config)

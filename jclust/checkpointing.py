@@ -1,0 +1,119 @@
+"""Orbax checkpoints of the whole training state, with a walk-back over corrupt steps.
+
+A checkpoint holds two items: ``state`` (the TrainState pytree: params, optimiser states, step,
+rng and the method's clustering state) and ``meta`` (JSON: config, data position, versions).
+
+Orbax does not validate a step when listing it (ENVIRONMENT.md §c): a truncated or half-deleted
+step is still returned by ``latest_step()`` and fails only on restore, and a failed restore can
+poison the manager for the other steps. So restore walks back from the newest step, using a fresh
+manager for every attempt, and moves each step that fails aside (never deletes it) so that later
+saves are not mixed up with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory could be restored."""
+
+
+class Checkpointer:
+    """Saves and restores ``(state, meta)`` pairs in ``directory``.
+
+    Saves are synchronous: the trainer donates the state buffers to the next step, so an
+    asynchronous write must not still be reading them.
+    """
+
+    def __init__(self, directory: str, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self._manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                               enable_async_checkpointing=False)
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def steps(self) -> list[int]:
+        """The steps present on disk, oldest first (not validated)."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Writes ``state`` and ``meta`` as checkpoint ``step`` (replacing one of the same step)."""
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
+        """Restores the newest step that restores cleanly.
+
+        Args:
+          target: a pytree with the structure, shapes, dtypes and shardings of the state (real
+            arrays or ``jax.ShapeDtypeStruct``); without it orbax returns tuples as lists.
+
+        Returns:
+          ``(state, meta)``, or None when the directory holds no checkpoint.
+
+        Raises:
+          CheckpointError when checkpoints exist but none of them can be restored.
+        """
+        abstract = jax.tree.map(_abstract, target)
+        failed = []
+        for step in reversed(self.steps()):
+            manager = self._new_manager()
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as err:  # orbax raises ValueError, KeyError, OSError... on bad data
+                manager.close()
+                moved = self._move_aside(step)
+                log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the "
+                            "previous one", step, type(err).__name__, _first_line(err), moved)
+                print(f"WARNING: checkpoint step {step} is corrupt ({type(err).__name__}); moved to "
+                      f"{moved}; trying the previous one", flush=True)
+                failed.append(step)
+                continue
+            manager.close()
+            self._manager.close()
+            self._manager = self._new_manager()
+            return restored["state"], dict(restored["meta"])
+        if failed:
+            raise CheckpointError(
+                f"none of the checkpoints in {self.directory} could be restored (steps {failed}, "
+                "moved aside next to it); delete the workdir to start over")
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        source = os.path.join(self.directory, str(step))
+        dest = os.path.join(os.path.dirname(self.directory),
+                            f"corrupt_checkpoint_{step}_{int(time.time())}")
+        if os.path.exists(source):
+            shutil.move(source, dest)
+        return dest
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _abstract(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""

@@ -1,0 +1,230 @@
+"""Configuration helpers: the shared config skeleton, loading and validation.
+
+Every method config (``configs/<method>.py``) starts from :func:`base_config` and adds its own
+section. Configs are locked: a key that is not in the skeleton is an error, never a silent new
+field. Command-line overrides (``--config.a.b=v``) are checked here *before* absl parses them, so a
+typo gives one line naming the key and the valid keys instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+# Methods the trainer knows, mapped to the module in ``jclust.methods`` implementing them.
+METHODS = {"dec": "dec", "idec": "dec"}
+
+
+class ConfigError(ValueError):
+    """A config key, value or combination that cannot be used."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The keys every method config shares, with defaults for Fashion-MNIST on a CPU.
+
+    Returns:
+      An unlocked ConfigDict; method configs add their section and call :func:`finalize`.
+    """
+    c = ml_collections.ConfigDict()
+    c.method = ""
+    c.seed = 0
+    c.num_clusters = 10
+
+    c.data = ml_collections.ConfigDict()
+    # fashion_mnist | digits | tfds:NAME[:SPLIT] | idx:DIR | npz:PATH | folder:DIR
+    c.data.source = "fashion_mnist"
+    # Shape (H, W, C) the model is trained on; folder: images are resized to it, and any other
+    # image source must already have it.
+    c.data.image_shape = (28, 28, 1)
+    c.data.limit = 0  # use only the first `limit` examples (0: all)
+    c.data.shuffle = True
+    c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+    # DELIUS recipe: a jclust workdir whose trained encoder turns the images into features first.
+    c.data.encoder_workdir = ""
+
+    c.batch_size = 256
+    c.eval_batch_size = 2048
+
+    c.log_every_steps = 200
+    c.eval_every_steps = 0  # 0: evaluate at phase ends, at every recluster and at the end
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 2
+    return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks a config so that unknown keys raise, and returns it."""
+    config.lock()
+    return config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``.
+
+    Args:
+      spec: a config file path, optionally followed by ``:arg``.
+
+    Returns:
+      The (locked) ConfigDict.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_jclust_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    return config
+
+
+def load_sibling(config_file: str, name: str, arg: str = "") -> ml_collections.ConfigDict:
+    """Loads another config file from the same folder (unlocked), for configs that extend it.
+
+    Args:
+      config_file: ``__file__`` of the calling config.
+      name: file name of the base config, e.g. "dec.py".
+      arg: the argument to pass to its ``get_config``.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    config = load_config(f"{path}:{arg}" if arg else path)
+    config.unlock()
+    return config
+
+
+def _valid_keys(node: ml_collections.ConfigDict, prefix: str) -> str:
+    return ", ".join(sorted(prefix + k for k in node.keys()))
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+    """Returns (parent ConfigDict, leaf name) for a dotted key, raising a ConfigError if absent."""
+    parts = dotted.split(".")
+    node, prefix = config, ""
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = f"under {prefix[:-1]!r}" if prefix else "at the top level"
+            valid = _valid_keys(node, prefix) if isinstance(node, ml_collections.ConfigDict) else "(none)"
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys {where}: {valid}")
+        if i < len(parts) - 1:
+            node, prefix = node[part], prefix + part + "."
+    return node, parts[-1]
+
+
+def parse_value(dotted: str, text: str, current: Any) -> Any:
+    """Parses a command-line string into the type of the field's current value.
+
+    Raises:
+      ConfigError naming the key and the expected type when the text does not fit.
+    """
+    expected = type(current)
+    try:
+        if isinstance(current, bool):
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return text
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text)
+            if isinstance(value, (int, float)):
+                value = (value,)
+            if not isinstance(value, (tuple, list)):
+                raise ValueError(text)
+            if current and any(type(v) is not type(current[0]) and not (
+                    isinstance(current[0], float) and isinstance(v, int)) for v in value):
+                raise ValueError(text)
+            return tuple(value)
+    except (ValueError, SyntaxError):
+        pass
+    else:
+        raise ConfigError(f"config key {dotted!r} has type {expected.__name__}, which the command "
+                          "line cannot set")
+    raise ConfigError(f"config key {dotted!r} expects a {expected.__name__} "
+                      f"(like {current!r}), got {text!r}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Returns a copy of ``config`` with dotted keys set; strings are parsed to the field's type.
+
+    Args:
+      config: a ConfigDict.
+      overrides: ``{"dec.tol": 0.01, "data.source": "digits"}``; values may be strings
+        (parsed like the command line) or already-typed values.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())  # deep copy, unlocked
+    for dotted, value in overrides.items():
+        parent, leaf = _lookup(config, dotted)
+        current = parent[leaf]
+        if isinstance(value, str) and not isinstance(current, str):
+            value = parse_value(dotted, value, current)
+        elif isinstance(current, (tuple, list)) and isinstance(value, list):
+            value = tuple(value)
+        elif type(value) is int and isinstance(current, float):
+            value = float(value)
+        elif not isinstance(value, type(current)) or (isinstance(current, int) and isinstance(value, bool)
+                                                      and not isinstance(current, bool)):
+            raise ConfigError(f"config key {dotted!r} expects a {type(current).__name__}, "
+                              f"got {value!r}")
+        parent[leaf] = value
+    config.lock()
+    return config
+
+
+def cli_overrides(argv: Sequence[str], flag: str = "config") -> dict[str, str]:
+    """Extracts ``--config.a.b=value`` (or ``--config.a.b value``) pairs from an argv list."""
+    out, prefix = {}, f"--{flag}."
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(prefix):
+            key, eq, value = arg[len(prefix):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"flag {arg} has no value")
+                value, i = argv[i + 1], i + 1
+            out[key] = value
+        i += 1
+    return out
+
+
+def config_spec_from_argv(argv: Sequence[str], flag: str = "config") -> str | None:
+    """Finds the value of ``--config=...`` (or ``--config ...``) in argv."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{flag}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values that do not depend on the data. Raises ConfigError with the key named."""
+    if config.method not in METHODS:
+        raise ConfigError(f"config.method={config.method!r} is not a known method; "
+                          f"known: {', '.join(sorted(METHODS))}")
+    positive = ["num_clusters", "batch_size", "eval_batch_size", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints"]
+    for key in positive:
+        if config[key] <= 0:
+            raise ConfigError(f"config.{key} must be positive, got {config[key]}")
+    if config.eval_every_steps < 0:
+        raise ConfigError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
+    if config.data.limit < 0:
+        raise ConfigError(f"config.data.limit must be >= 0, got {config.data.limit}")
+    shape = tuple(config.data.image_shape)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"config.data.image_shape must be (H, W, C) with positive sizes, got {shape}")

@@ -1,0 +1,78 @@
+"""The contract between a clustering method and the trainer.
+
+A method is a factory, ``make(config, data_spec) -> Method``, that closes over its hyper-parameters
+and returns a small tuple of pure functions, the way optax returns a GradientTransformation. The
+trainer drives; the method never loops over data itself.
+
+Where a tensor lives: if gradients flow to it, it is in ``params`` (DEC centroids, heads,
+prototypes); if a clustering step writes it, it is in the method's ``cluster`` state (targets,
+pseudo-labels, memories). Both are pytrees and are checkpointed together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import optax
+
+Params = Any
+ModelState = Any
+ClusterState = Any
+Batch = dict  # {"x": [B, ...] uint8 or float32, "index": [B] int32}
+
+# (params, model_state, cluster, batch, rng) -> (loss, (model_state, metrics dict of scalars))
+LossFn = Callable[..., tuple]
+
+
+class DataSpec(NamedTuple):
+    """What a method may know about the data: sizes, never labels."""
+    num_examples: int
+    input_shape: tuple  # per example, e.g. (28, 28, 1) for images or (1024,) for features
+    is_image: bool
+
+
+class Phase(NamedTuple):
+    """One stretch of training with its own loss and optimiser.
+
+    Attributes:
+      name: shown in logs ("pretrain", "cluster", ...).
+      num_steps: the most steps this phase runs; ``Method.done`` may end it earlier.
+      tx: the optimiser of this phase; its state is created fresh at the start of training and only
+        advanced during this phase.
+      loss_fn: ``(params, model_state, cluster, batch, rng) -> (loss, (model_state, metrics))``.
+      recluster_every: run ``Method.recluster`` every this many steps of the phase (0: never
+        periodically).
+      recluster_at_start: run ``Method.recluster`` once when the phase starts.
+    """
+    name: str
+    num_steps: int
+    tx: optax.GradientTransformation
+    loss_fn: LossFn
+    recluster_every: int = 0
+    recluster_at_start: bool = False
+
+
+class Method(NamedTuple):
+    """The pure functions a clustering method hands to the trainer.
+
+    Attributes:
+      init: ``(rng, x [B, ...]) -> (params, model_state, cluster)``.
+      phases: the phases in order.
+      embed: ``(params, model_state, x [B, ...]) -> features [B, D]``; the representation the
+        clustering acts on, computed in evaluation mode.
+      assign: ``(params, cluster, features [B, D]) -> (labels [B] int32, confidence [B] float32)``;
+        the one documented rule that sorts any example (also a single new one) into a cluster.
+      recluster: ``(params, cluster, features [N, D], *, phase, first, key) -> (params, cluster,
+        info)``; the periodic whole-data-set clustering step (host-driven, may call jitted
+        primitives). ``first`` is True at the start of a phase. ``info`` holds python scalars
+        for the log. None if the method has none.
+      done: ``(cluster) -> bool``; True once the method's stopping criterion has been met.
+      assignment_rule: one sentence describing ``assign``, printed and documented.
+    """
+    init: Callable
+    phases: tuple
+    embed: Callable
+    assign: Callable
+    recluster: Callable | None
+    done: Callable
+    assignment_rule: str

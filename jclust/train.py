@@ -1,0 +1,524 @@
+"""The trainer: one loop for every method, importable from notebooks and tests.
+
+``train_and_evaluate(config, workdir)`` loads the data, builds the method, and runs its phases:
+a jitted, state-donating train step data-parallel over a 1-D ``data`` mesh of all devices, the
+method's periodic whole-data-set recluster step on a feature pass, evaluations appended to
+``WORKDIR/metrics.jsonl``, and Orbax checkpoints of the whole state. Re-running with the same
+workdir resumes from the newest readable checkpoint.
+
+Order inside one iteration (it makes resume exact): train step ``s -> s+1``; if a recluster is due
+at ``s+1``, run it; evaluate if due; save if due. So the checkpoint of step ``s`` always includes
+every recluster of steps <= s, and the data order and rngs are functions of the step alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jclust import checkpointing
+from jclust import config_lib
+from jclust import data as jdata
+from jclust import methods as jmethods
+from jclust import metrics as jmetrics
+
+VERSION = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or the parameters) became NaN or infinite; training stopped."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; an immutable pytree saved whole by Orbax.
+
+    Attributes:
+      step: scalar int32, number of train steps done.
+      rng: [2] uint32, the run's base key; per-step keys are ``fold_in(rng, step)``.
+      params: trainable parameters (network, centroids, prototypes...).
+      model_state: non-trainable network state (e.g. batch statistics).
+      opt_states: one optimiser state per phase.
+      cluster: the method's clustering state.
+    """
+    step: jax.Array
+    rng: jax.Array
+    params: Any
+    model_state: Any
+    opt_states: tuple
+    cluster: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> jdata.Dataset:
+    """Loads ``config.data.source`` (applying ``data.limit`` and ``data.encoder_workdir``)."""
+    image_shape = tuple(config.data.image_shape)
+    if config.data.encoder_workdir:
+        image_shape = tuple(read_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
+    dataset = jdata.load(config.data.source, image_shape=image_shape,
+                         data_dir=config.data.data_dir or None)
+    if config.data.limit and config.data.limit < dataset.num_examples:
+        dataset = dataset.subset(np.arange(config.data.limit))
+    if config.data.encoder_workdir:
+        dataset = encode_dataset(dataset, config.data.encoder_workdir,
+                                 batch_size=config.eval_batch_size)
+    return dataset
+
+
+def data_spec_of(dataset: jdata.Dataset) -> jmethods.DataSpec:
+    return jmethods.DataSpec(num_examples=dataset.num_examples,
+                             input_shape=tuple(int(s) for s in dataset.input_shape),
+                             is_image=dataset.is_image)
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The example order of one epoch: a permutation seeded by (seed, epoch), or 0..N-1."""
+    if not shuffle:
+        return np.arange(num_examples)
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+class BatchSchedule:
+    """Maps a global step to the example indices of its batch (drops the last partial batch)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool):
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self.steps_per_epoch = num_examples // batch_size
+        self._cache = (None, None)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch offset within the epoch) of ``step``."""
+        return divmod(step, self.steps_per_epoch)
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, offset = self.position(step)
+        if self._cache[0] != epoch:
+            self._cache = (epoch, epoch_order(self.num_examples, epoch, self.seed, self.shuffle))
+        return self._cache[1][offset * self.batch_size:(offset + 1) * self.batch_size]
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+
+
+def make_mesh() -> Mesh:
+    """A 1-D ``data`` mesh over all devices (Auto axis type: see ENVIRONMENT.md §d)."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def make_train_step(method: jmethods.Method, phase_index: int):
+    """The pure train step of one phase: ``(state, batch) -> (state, metrics)``."""
+    phase = method.phases[phase_index]
+
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return phase.loss_fn(params, state.model_state, state.cluster, batch, rng)
+
+        (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = phase.tx.update(grads, state.opt_states[phase_index], state.params)
+        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        opt_states = tuple(opt_state if i == phase_index else s
+                           for i, s in enumerate(state.opt_states))
+        metrics = {"loss": loss, "grad_norm": _global_norm(grads), **aux}
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_states=opt_states)
+        return new_state, metrics
+
+    return train_step
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+class Runner:
+    """Compiled functions of one run bound to a mesh: train steps, feature and assignment passes."""
+
+    def __init__(self, method: jmethods.Method, mesh: Mesh, eval_batch_size: int):
+        self.method, self.mesh = method, mesh
+        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = NamedSharding(mesh, P("data"))
+        self.eval_batch_size = _round_up(eval_batch_size, mesh.size)
+        self.train_steps = [
+            jax.jit(make_train_step(method, i), in_shardings=(self.replicated, self.batch_sharding),
+                    out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+            for i in range(len(method.phases))]
+        self._embed = jax.jit(method.embed, in_shardings=(self.replicated, self.replicated,
+                                                          self.batch_sharding),
+                              out_shardings=self.batch_sharding)
+        self._assign = jax.jit(method.assign, in_shardings=(self.replicated, self.replicated,
+                                                            self.batch_sharding),
+                               out_shardings=(self.batch_sharding, self.batch_sharding))
+
+    def put_batch(self, batch: dict) -> dict:
+        return jax.device_put(batch, self.batch_sharding)
+
+    def _padded_batches(self, array: np.ndarray):
+        n, size = array.shape[0], self.eval_batch_size
+        for start in range(0, n, size):
+            chunk = array[start:start + size]
+            if chunk.shape[0] < size:  # pad the last batch so that one compiled shape serves all
+                pad = np.zeros((size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            yield start, min(start + size, n), jax.device_put(chunk, self.batch_sharding)
+
+    def features(self, state: TrainState, inputs: np.ndarray) -> np.ndarray:
+        """Embeds every example in index order. inputs: [N, ...] -> [N, D] float32 (host)."""
+        out = []
+        for start, stop, x in self._padded_batches(inputs):
+            out.append(np.asarray(self._embed(state.params, state.model_state, x))[:stop - start])
+        return np.concatenate(out)
+
+    def assign(self, state: TrainState, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Applies the method's assignment rule. features: [N, D] -> labels [N], confidence [N]."""
+        labels, confidence = [], []
+        for start, stop, f in self._padded_batches(features):
+            lab, conf = self._assign(state.params, state.cluster, f)
+            labels.append(np.asarray(lab)[:stop - start])
+            confidence.append(np.asarray(conf)[:stop - start])
+        return np.concatenate(labels), np.concatenate(confidence)
+
+
+# --------------------------------------------------------------------------------------------
+# State
+
+
+def init_state(method: jmethods.Method, seed: int, sample_x: np.ndarray) -> TrainState:
+    """Creates the initial TrainState. sample_x: [B, ...] a batch of inputs (shapes only)."""
+    rng = jax.random.PRNGKey(seed)
+    init_rng, run_rng = jax.random.split(rng)
+    params, model_state, cluster = method.init(init_rng, jnp.asarray(sample_x))
+    opt_states = tuple(phase.tx.init(params) for phase in method.phases)
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=run_rng, params=params,
+                      model_state=model_state, opt_states=opt_states, cluster=cluster)
+
+
+def phase_bounds(method: jmethods.Method) -> list[tuple[int, int]]:
+    """[(first step, end step)] of each phase in global steps."""
+    bounds, start = [], 0
+    for phase in method.phases:
+        bounds.append((start, start + phase.num_steps))
+        start += phase.num_steps
+    return bounds
+
+
+def phase_at(bounds, step: int) -> int:
+    for i, (_, end) in enumerate(bounds):
+        if step < end:
+            return i
+    return len(bounds) - 1
+
+
+def recluster_due(method: jmethods.Method, bounds, step: int) -> tuple[bool, bool]:
+    """(due, first): whether the method's recluster runs at ``step`` and if it opens a phase."""
+    if method.recluster is None or step >= bounds[-1][1]:
+        return False, False
+    i = phase_at(bounds, step)
+    phase, (start, _) = method.phases[i], bounds[i]
+    if step == start and phase.recluster_at_start:
+        return True, True
+    if phase.recluster_every and step > start and (step - start) % phase.recluster_every == 0:
+        return True, False
+    return False, False
+
+
+# --------------------------------------------------------------------------------------------
+# Run bookkeeping
+
+
+def read_run_info(workdir: str) -> dict:
+    """Reads ``WORKDIR/run.json`` (config and data spec of a run), with a clear error if absent."""
+    path = os.path.join(workdir, "run.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir} is not a jclust workdir (no run.json); train there first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_run(workdir: str):
+    """Restores a trained run for inference.
+
+    Returns:
+      ``(config, method, state, data_spec)`` with the newest readable checkpoint's state.
+    """
+    info = read_run_info(workdir)
+    config = ml_collections.ConfigDict(info["config"])
+    spec = jmethods.DataSpec(num_examples=info["data_spec"]["num_examples"],
+                             input_shape=tuple(info["data_spec"]["input_shape"]),
+                             is_image=info["data_spec"]["is_image"])
+    method = jmethods.make(config, spec)
+    sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
+    target = jax.eval_shape(lambda: init_state(method, config.seed, sample))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    try:
+        restored = ckpt.restore_latest(target)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    return config, method, restored[0], spec
+
+
+def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int = 2048) -> jdata.Dataset:
+    """Replaces images by the frozen encoder features of a trained jclust run (DELIUS recipe).
+
+    Args:
+      dataset: images [N, H, W, C] of the shape the encoder was trained on.
+      encoder_workdir: workdir of a finished or running jclust training.
+
+    Returns:
+      The same examples with ``inputs`` = features [N, D] float32.
+    """
+    _, method, state, spec = load_run(encoder_workdir)
+    if tuple(dataset.input_shape) != tuple(spec.input_shape):
+        raise jdata.DataError(f"images of shape {tuple(dataset.input_shape)} do not match the shape "
+                              f"the encoder in {encoder_workdir} was trained on ({spec.input_shape})")
+    runner = Runner(method, make_mesh(), batch_size)
+    state = jax.device_put(state, runner.replicated)
+    features = runner.features(state, dataset.inputs).astype(np.float32)
+    return dataclasses.replace(dataset, inputs=features,
+                               source=f"{dataset.source} encoded by {encoder_workdir}")
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drops evaluations written after ``step`` (by a run killed before its next checkpoint)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def cluster_health(labels: np.ndarray, num_clusters: int) -> dict:
+    """Cluster-size statistics of an assignment. labels: [N] in 0..num_clusters-1."""
+    sizes = np.bincount(labels, minlength=num_clusters)
+    frac = sizes[sizes > 0] / labels.size
+    return {"clusters_used": int(np.sum(sizes > 0)), "empty_clusters": int(np.sum(sizes == 0)),
+            "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
+            "size_entropy": float(-np.sum(frac * np.log(frac)) / math.log(num_clusters))
+            if num_clusters > 1 else 0.0}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdout=None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates.
+
+    Args:
+      config: a method config (see ``configs/``); validated before anything is written.
+      workdir: directory for checkpoints, ``run.json`` and ``metrics.jsonl``.
+      stdout: where progress goes (default sys.stdout).
+
+    Returns:
+      The final evaluation record (``step``, and ``acc``/``nmi``/``ari`` when labels exist).
+    """
+    out = stdout or sys.stdout
+
+    def say(text):
+        print(text, file=out, flush=True)
+
+    config_lib.validate(config)
+    dataset = load_dataset(config)
+    spec = data_spec_of(dataset)
+    mesh = make_mesh()
+    if config.batch_size % mesh.size:
+        raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                                     f"the number of devices ({mesh.size})")
+    method = jmethods.make(config, spec)
+    bounds = phase_bounds(method)
+    total_steps = bounds[-1][1]
+    schedule = BatchSchedule(spec.num_examples, config.batch_size, config.seed, config.data.shuffle)
+    runner = Runner(method, mesh, config.eval_batch_size)
+
+    # Nothing is written before this point: bad input fails above with the workdir untouched.
+    os.makedirs(workdir, exist_ok=True)
+    run_info = {"config": config.to_dict(), "data_spec": spec._asdict(), "version": VERSION,
+                "source": dataset.source}
+    info_path = os.path.join(workdir, "run.json")
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            previous = json.load(f)
+        if previous.get("config") != json.loads(json.dumps(run_info["config"])):
+            say("note: the config differs from the one this workdir was started with; "
+                "resuming with the new one")
+    with open(info_path, "w") as f:
+        json.dump(run_info, f, indent=1, default=list)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+    state = init_state(method, config.seed, dataset.inputs[:config.batch_size])
+    state = jax.device_put(state, runner.replicated)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    restored = ckpt.restore_latest(state)
+    last_saved = -1
+    if restored is not None:
+        state = jax.device_put(restored[0], runner.replicated)
+        last_saved = int(state.step)
+        _truncate_metrics(metrics_path, last_saved)
+        say(f"resumed from checkpoint step {last_saved}")
+
+    say(f"jclust {config.method}: {jdata.describe(dataset)}; {mesh.size} device(s) "
+        f"({jax.default_backend()}); {total_steps} steps at most in phases "
+        + ", ".join(f"{p.name}={p.num_steps}" for p in method.phases))
+    say(f"assignment rule: {method.assignment_rule}")
+    if dataset.labels is None:
+        say("note: the data has no labels, so ACC/NMI/ARI are skipped (training is unaffected)")
+
+    previous_labels = None
+    last_record = {}
+
+    def meta_for(step):
+        epoch, offset = schedule.position(step)
+        return {"step": step, "epoch": epoch, "batch_in_epoch": offset, "version": VERSION,
+                "phase": method.phases[phase_at(bounds, step)].name,
+                "config": json.loads(config.to_json_best_effort())}
+
+    def evaluate(state, step, features, extra):
+        nonlocal previous_labels
+        labels, confidence = runner.assign(state, features)
+        record = {"step": step, "phase": method.phases[phase_at(bounds, max(step - 1, 0))].name}
+        if dataset.labels is not None:
+            record.update({k: v for k, v in jmetrics.evaluate(dataset.labels, labels).items()})
+        record.update(cluster_health(labels, config.num_clusters))
+        record["mean_confidence"] = float(np.mean(confidence))
+        if previous_labels is not None:
+            record["nmi_previous"] = float(jmetrics.nmi(previous_labels, labels))
+        previous_labels = labels
+        record.update(extra)
+        record["time"] = time.time()
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
+        say(f"  eval step {step}: {shown}{', ' if shown else ''}clusters used "
+            f"{record['clusters_used']}/{config.num_clusters}, sizes {record['cluster_size_min']}.."
+            f"{record['cluster_size_max']}, size entropy {record['size_entropy']:.3f}")
+        return record
+
+    def recluster_and_eval(state, step, force_eval):
+        due, first = recluster_due(method, bounds, step)
+        eval_due = force_eval or due or (config.eval_every_steps and step % config.eval_every_steps == 0)
+        if not (due or eval_due):
+            return state, None
+        features = runner.features(state, dataset.inputs)
+        extra = {}
+        if due:
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED)
+            params, cluster, extra = method.recluster(
+                state.params, state.cluster, features, phase=phase_at(bounds, step), first=first,
+                key=key)
+            state = jax.device_put(state.replace(params=params, cluster=cluster), runner.replicated)
+        return state, evaluate(state, step, features, extra) if eval_due else None
+
+    step = int(state.step)
+    if restored is None:
+        state, record = recluster_and_eval(state, step, force_eval=False)
+        last_record = record or last_record
+
+    pending = []  # (step, metrics) still on device; fetched at log/save time
+    t_log, step_log = time.time(), step
+    t_start, step_start = t_log, step
+
+    def flush():
+        """Fetches buffered step metrics; raises if a loss became non-finite."""
+        if not pending:
+            return {}
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            for key, value in m.items():
+                if not np.all(np.isfinite(value)):
+                    pending.clear()
+                    raise NonFiniteLossError(
+                        f"{key} became {float(value)} at step {s + 1} (phase "
+                        f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
+                        f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        pending.clear()
+        return means
+
+    def save(state, step):
+        nonlocal last_saved
+        flush()
+        finite = jax.tree.reduce(lambda a, b: a and b, jax.tree.map(
+            lambda x: bool(jnp.all(jnp.isfinite(x))) if jnp.issubdtype(x.dtype, jnp.floating) else True,
+            state.params))
+        if not finite:
+            raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. The "
+                                     f"last good checkpoint (step {last_saved}) is left intact")
+        ckpt.save(step, state, meta_for(step))
+        last_saved = step
+
+    done = method.done(state.cluster)
+    try:
+        while step < total_steps and not done:
+            phase_index = phase_at(bounds, step)
+            idx = schedule.indices(step)
+            batch = runner.put_batch({"x": dataset.inputs[idx], "index": idx.astype(np.int32)})
+            state, metrics = runner.train_steps[phase_index](state, batch)
+            pending.append((step, metrics))
+            step += 1
+
+            phase_end = step == bounds[phase_index][1]
+            state, record = recluster_and_eval(state, step, force_eval=phase_end)
+            last_record = record or last_record
+            done = method.done(state.cluster)
+
+            if step % config.log_every_steps == 0 or phase_end or done:
+                means = flush()
+                now = time.time()
+                rate = (step - step_log) / max(now - t_log, 1e-9)
+                overall = (step - step_start) / max(now - t_start, 1e-9)
+                say(f"[{method.phases[phase_index].name}] step {step}/{total_steps} "
+                    + " ".join(f"{k}={v:.5g}" for k, v in means.items())
+                    + f" | {rate:.1f} steps/s, {rate * config.batch_size:.0f} ex/s, "
+                    f"ETA <= {_fmt_time((total_steps - step) / max(overall, 1e-9))}")
+                t_log, step_log = now, step
+            if step % config.checkpoint_every_steps == 0 or phase_end or done:
+                save(state, step)
+        if last_saved != step:
+            save(state, step)
+        if not last_record or last_record.get("step") != step:
+            _, last_record = recluster_and_eval(state, step, force_eval=True)
+    finally:
+        ckpt.close()
+    if done:
+        say(f"stopped at step {step}: the method's convergence criterion was met")
+    summary = ", ".join(f"{k.upper()}={last_record[k]:.4f}" for k in ("acc", "nmi", "ari")
+                        if k in last_record)
+    say(f"final (step {step}): {summary or 'no labels'}; wall time {_fmt_time(time.time() - t_start)}")
+    return last_record
