@@ -1,0 +1,548 @@
+"""k-means (Lloyd's algorithm) in jax.numpy.
+
+The loop follows scikit-learn's ``KMeans(algorithm="lloyd")``: each iteration
+assigns every point to its nearest centroid and recomputes the centroids as
+means; it stops when the labels stop changing (strict convergence) or when the
+total squared centroid shift is at most ``tol * mean(var(x, axis=0))``. After
+the loop the labels and inertia are recomputed from the final centroids. Like
+scikit-learn, Euclidean k-means runs on mean-centred data (better float32
+accuracy of the ``||x||² - 2 x·c + ||c||²`` expansion) and shifts the centroids
+back at the end. With the same initial centroids the two give identical labels
+and inertia to float32 rounding; only a point (almost) exactly equidistant
+from two centroids may be assigned differently, as rounding then decides.
+
+Memory: the ``[n, k]`` distance matrix is never materialised. Points are
+processed in chunks of ``chunk_size`` rows (by default derived from
+``memory_budget_bytes``); the centroid update uses ``jax.ops.segment_sum``, so
+no ``[n, k]`` one-hot either. Working memory beyond ``x`` itself is a few
+``[n, d]`` and ``[k, d]`` arrays plus one ``[chunk_size, k]`` block.
+
+Empty-cluster policy: after an assignment step, every cluster with no points is
+re-seeded at a data point: the point currently farthest from its own centroid
+goes to the first empty cluster, the second farthest to the second, and so on
+(distinct points, farthest first). The point is moved out of its old
+cluster's mean and becomes the whole new cluster, as in scikit-learn's
+relocation. A point that already sits exactly on its centroid is never used,
+and a cluster that stays empty keeps its previous centroid. Every re-seeded
+cluster adds one to ``KMeansOutput.n_empty_repaired``.
+
+Spherical k-means (``spherical=True``) L2-normalises the points and centroids,
+assigns by maximal cosine similarity and re-normalises the centroids after each
+update; distances and inertia are then ``1 - cos``.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
+
+# Full float32 matmuls also on GPU/TPU, where the default may drop to bf16/tf32
+# and change nearest-centroid decisions.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+class KMeansOutput(NamedTuple):
+    """Result of :func:`kmeans`.
+
+    Attributes:
+      centroids: [k, d] float32 (unit rows when spherical).
+      labels: [n] int32, index of the nearest final centroid.
+      inertia: [] float32, sum of squared distances to the assigned centroid
+        (sum of ``1 - cos`` when spherical).
+      n_iter: [] int32, number of Lloyd iterations run.
+      converged: [] bool, whether a stopping criterion was met before
+        ``max_iter``.
+      n_empty_repaired: [] int32, total number of empty-cluster re-seedings.
+    """
+
+    centroids: jax.Array
+    labels: jax.Array
+    inertia: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    n_empty_repaired: jax.Array
+
+
+# ----------------------------------------------------------------------------
+# Validation (eager, outside jit).
+
+
+def _as_data(x, name="x"):
+    """Returns x as a float32 [n, d] jax array, raising ValueError if invalid."""
+    x = jnp.asarray(x, dtype=jnp.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, d], got shape {x.shape}.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {x.shape}.")
+    # Skipped when traced by an outer jit: the check needs concrete values.
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return x
+
+
+def _check_k(k, n):
+    """Raises ValueError unless 1 <= k <= n."""
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"k must be a python int, got {k!r}.")
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1.")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of examples n={n}.")
+
+
+def _chunk_rows(n, k, chunk_size, memory_budget_bytes):
+    """Rows per assignment chunk: an int in [1, n]."""
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+        return min(chunk_size, n)
+    if memory_budget_bytes <= 0:
+        raise ValueError(
+            f"memory_budget_bytes must be positive, got {memory_budget_bytes}."
+        )
+    # The [rows, k] float32 distance block plus one temporary of the same size.
+    rows = memory_budget_bytes // (2 * 4 * k)
+    return int(max(1, min(n, rows)))
+
+
+# ----------------------------------------------------------------------------
+# Pure building blocks (traced inside jit).
+
+
+def _normalize(x):
+    """Rows of x: [m, d] scaled to unit L2 norm (zero rows stay zero)."""
+    norm = jnp.linalg.norm(x, axis=1, keepdims=True)
+    return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
+
+
+def _to_chunks(x, chunk):
+    """Pads x: [n, d] with zero rows to [n_chunks, chunk, d]."""
+    n, d = x.shape
+    n_chunks = -(-n // chunk)
+    x = jnp.pad(x, ((0, n_chunks * chunk - n), (0, 0)))
+    return x.reshape(n_chunks, chunk, d)
+
+
+def _assign_chunks(xs, centroids, spherical, with_distances=True):
+    """Nearest centroid per point.
+
+    Args:
+      xs: [n_chunks, chunk, d] float32 points (unit rows when spherical).
+      centroids: [k, d] float32 (unit rows when spherical).
+      spherical: use ``1 - x·c`` instead of the squared Euclidean distance.
+      with_distances: if False, skip the distances (returns labels only).
+
+    Returns:
+      labels: [n_chunks * chunk] int32.
+      distances: [n_chunks * chunk] float32, exact distance to the chosen
+        centroid (not the cancellation-prone expansion); only if
+        ``with_distances``.
+    """
+    c2 = jnp.sum(centroids * centroids, axis=1)
+
+    def one_chunk(xb):
+        xc = jnp.dot(xb, centroids.T, precision=_PRECISION)  # [chunk, k]
+        # argmin over the x-independent part, as scikit-learn does: adding
+        # ||x||² first would round away small differences between centroids.
+        partial = -xc if spherical else c2[None, :] - 2.0 * xc
+        labels = jnp.argmin(partial, axis=1).astype(jnp.int32)
+        if not with_distances:
+            return labels
+        return labels, _own_distances(xb, centroids, labels, spherical)
+
+    if not with_distances:
+        return jax.lax.map(one_chunk, xs).reshape(-1)
+    labels, distances = jax.lax.map(one_chunk, xs)
+    return labels.reshape(-1), distances.reshape(-1)
+
+
+def _own_distances(x, centroids, labels, spherical):
+    """Exact distance of each point to its assigned centroid.
+
+    Args:
+      x: [n, d] float32; centroids: [k, d]; labels: [n] int in [0, k).
+
+    Returns:
+      [n] float32: squared Euclidean distance, or ``1 - cos`` (clamped at 0)
+      when spherical.
+    """
+    c = centroids[labels]
+    if spherical:
+        return jnp.maximum(1.0 - jnp.sum(x * c, axis=1), 0.0)
+    diff = x - c
+    return jnp.sum(diff * diff, axis=1)
+
+
+def _repair_empty(x, valid, centroids, labels, sums, counts, spherical):
+    """Re-seeds empty clusters at the points farthest from their centroid.
+
+    Args:
+      x: [n_pad, d] float32 points; valid: [n_pad] bool (False for padding).
+      centroids: [k, d] centroids used for the assignment ``labels``.
+      labels: [n_pad] int32 in [0, k] (k marks padding).
+      sums: [k, d] per-cluster sums; counts: [k] float32 per-cluster sizes.
+      spherical: distance used to rank the points.
+
+    Returns:
+      (sums [k, d], counts [k], n_repaired [] int32) after relocation.
+    """
+    k = centroids.shape[0]
+    empty = counts == 0
+    dist = _own_distances(x, centroids, jnp.minimum(labels, k - 1), spherical)
+    dist = jnp.where(valid, dist, -1.0)
+    far_dist, far_idx = jax.lax.top_k(dist, k)  # farthest first, distinct
+    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)  # rank among empties
+    point = far_idx[rank]  # [k]
+    ok = empty & (far_dist[rank] > 0)
+    pts = x[point] * ok[:, None]
+    # Take each chosen point out of the cluster it was assigned to.
+    old = jnp.where(ok, labels[point], k)  # k is dropped by segment_sum
+    sums = sums - jax.ops.segment_sum(pts, old, num_segments=k)
+    counts = counts - jax.ops.segment_sum(ok.astype(counts.dtype), old, num_segments=k)
+    sums = jnp.where(ok[:, None], pts, sums)
+    counts = jnp.where(ok, 1.0, counts)
+    return sums, counts, jnp.sum(ok, dtype=jnp.int32)
+
+
+def _update_centroids(x, valid, centroids, labels, spherical):
+    """One M-step with empty-cluster repair.
+
+    Args:
+      x: [n_pad, d] float32; valid: [n_pad] bool; centroids: [k, d];
+      labels: [n_pad] int32 in [0, k] (k marks padding).
+
+    Returns:
+      (new centroids [k, d], n_repaired [] int32).
+    """
+    k = centroids.shape[0]
+    sums = jax.ops.segment_sum(x, labels, num_segments=k)
+    counts = jax.ops.segment_sum(valid.astype(jnp.float32), labels, num_segments=k)
+
+    # Only the taken branch runs, so the O(n d) distances cost nothing in
+    # iterations without empty clusters.
+    def repair(args):
+        return _repair_empty(x, valid, centroids, labels, *args, spherical)
+
+    def no_repair(args):
+        return (*args, jnp.int32(0))
+
+    sums, counts, n_repaired = jax.lax.cond(
+        jnp.any(counts == 0), repair, no_repair, (sums, counts)
+    )
+    # Multiply by the reciprocal like scikit-learn, for identical rounding.
+    means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
+    new = jnp.where((counts > 0)[:, None], means, centroids)
+    if spherical:
+        new = _normalize(new)
+    return new, n_repaired
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "spherical", "chunk"))
+def _fit(x, init, tol, *, max_iter, spherical, chunk):
+    """Lloyd iterations from given initial centroids.
+
+    Args:
+      x: [n, d] float32 data; init: [k, d] float32 initial centroids.
+      tol: [] float32 relative tolerance (scaled by the mean feature variance).
+      max_iter, spherical, chunk: static, see :func:`kmeans`.
+
+    Returns:
+      KMeansOutput.
+    """
+    n, d = x.shape
+    k = init.shape[0]
+    if spherical:
+        x, centroids, shift = _normalize(x), _normalize(init), jnp.zeros((d,), x.dtype)
+    else:
+        shift = jnp.mean(x, axis=0)
+        x, centroids = x - shift, init - shift
+    tol_abs = jnp.mean(jnp.var(x, axis=0)) * tol
+
+    xs = _to_chunks(x, chunk)
+    x_pad = xs.reshape(-1, d)
+    valid = jnp.arange(x_pad.shape[0]) < n
+
+    def mask(labels):
+        return jnp.where(valid, labels, k)
+
+    def cond(state):
+        it, _, _, done, _ = state
+        return (it < max_iter) & ~done
+
+    def body(state):
+        it, c, labels_old, _, n_rep = state
+        labels = mask(_assign_chunks(xs, c, spherical, with_distances=False))
+        new_c, n_new = _update_centroids(x_pad, valid, c, labels, spherical)
+        strict = jnp.all(labels == labels_old)
+        shift_tot = jnp.sum((new_c - c) ** 2)
+        done = strict | (shift_tot <= tol_abs)
+        return it + 1, new_c, labels, done, n_rep + n_new
+
+    state = (
+        jnp.int32(0),
+        centroids,
+        jnp.full((x_pad.shape[0],), -1, jnp.int32),
+        jnp.bool_(False),
+        jnp.int32(0),
+    )
+    n_iter, centroids, _, converged, n_rep = jax.lax.while_loop(cond, body, state)
+
+    labels, dist = _assign_chunks(xs, centroids, spherical)
+    return KMeansOutput(
+        centroids=centroids + shift,
+        labels=labels[:n],
+        inertia=jnp.sum(jnp.where(valid, dist, 0.0)),
+        n_iter=n_iter,
+        converged=converged,
+        n_empty_repaired=n_rep,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_local_trials"))
+def _plusplus_indices(x, key, *, k, n_local_trials):
+    """Greedy k-means++ seeding: returns [k] int32 row indices into x: [n, d]."""
+    n = x.shape[0]
+    x = x - jnp.mean(x, axis=0)
+    x2 = jnp.sum(x * x, axis=1)
+
+    def sq_dist(c):  # [m, d] -> [m, n]
+        xc = jnp.dot(c, x.T, precision=_PRECISION)
+        d2 = jnp.sum(c * c, axis=1)[:, None] - 2.0 * xc + x2[None, :]
+        return jnp.maximum(d2, 0.0)
+
+    key_first, key_loop = jax.random.split(key)
+    first = jax.random.randint(key_first, (), 0, n, dtype=jnp.int32)
+    closest = sq_dist(x[first][None])[0]
+    indices = jnp.zeros((k,), jnp.int32).at[0].set(first)
+
+    def body(c, state):
+        indices, closest = state
+        cum = jnp.cumsum(closest)
+        u = jax.random.uniform(jax.random.fold_in(key_loop, c), (n_local_trials,))
+        # side="right" and the clip keep candidates at points with positive
+        # distance (never an already chosen centroid) while any exist.
+        cand = jnp.searchsorted(cum, u * cum[-1], side="right").astype(jnp.int32)
+        last_positive = n - 1 - jnp.argmax(closest[::-1] > 0)
+        cand = jnp.minimum(cand, last_positive)
+        trial = jnp.minimum(closest[None, :], sq_dist(x[cand]))  # [trials, n]
+        best = jnp.argmin(jnp.sum(trial, axis=1))
+        return indices.at[c].set(cand[best]), trial[best]
+
+    indices, _ = jax.lax.fori_loop(1, k, body, (indices, closest))
+    return indices
+
+
+@functools.partial(jax.jit, static_argnames=("n", "k"))
+def _random_indices(key, *, n, k):
+    """k distinct uniformly random row indices in [0, n): [k] int32."""
+    return jax.random.choice(key, n, (k,), replace=False).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("spherical", "chunk"))
+def _assign(x, centroids, *, spherical, chunk):
+    """Jitted body of :func:`assign`."""
+    if spherical:
+        x, centroids = _normalize(x), _normalize(centroids)
+    labels, distances = _assign_chunks(_to_chunks(x, chunk), centroids, spherical)
+    n = x.shape[0]
+    return labels[:n], distances[:n]
+
+
+# ----------------------------------------------------------------------------
+# Public API.
+
+
+def kmeans_plusplus(x, k, *, key, n_local_trials=None):
+    """Greedy k-means++ seeding, as scikit-learn's ``kmeans_plusplus``.
+
+    The first centroid is a uniformly random point; each next one is the best
+    (lowest resulting inertia) of ``n_local_trials`` candidates drawn with
+    probability proportional to the squared distance to the nearest chosen
+    centroid. The result has k distinct rows whenever x has k distinct rows.
+    Memory: O(n_local_trials * n) for the candidate distances.
+
+    Args:
+      x: [n, d] float32 (numpy or jax).
+      k: number of centroids, 1 <= k <= n.
+      key: jax PRNG key.
+      n_local_trials: candidates per step; default ``2 + int(log(k))``.
+
+    Returns:
+      [k, d] float32, rows of x.
+    """
+    x = _as_data(x)
+    _check_k(k, x.shape[0])
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(k))
+    if n_local_trials < 1:
+        raise ValueError(f"n_local_trials must be at least 1, got {n_local_trials}.")
+    return x[_plusplus_indices(x, key, k=k, n_local_trials=n_local_trials)]
+
+
+def random_init(x, k, *, key):
+    """k distinct data points chosen uniformly at random.
+
+    Args:
+      x: [n, d] float32 (numpy or jax).
+      k: number of centroids, 1 <= k <= n.
+      key: jax PRNG key.
+
+    Returns:
+      [k, d] float32, rows of x.
+    """
+    x = _as_data(x)
+    _check_k(k, x.shape[0])
+    return x[_random_indices(key, n=x.shape[0], k=k)]
+
+
+def assign(x, centroids, *, spherical=False, chunk_size=None):
+    """Nearest centroid of every point, computed in chunks.
+
+    The nearest centroid is found with the ``||c||² - 2 x·c`` expansion (one
+    matmul per chunk); the returned distance is then computed directly as
+    ``||x - c||²`` to the chosen centroid, so it does not suffer from the
+    expansion's cancellation error.
+
+    Args:
+      x: [n, d] float32 (numpy or jax).
+      centroids: [k, d] float32.
+      spherical: assign by maximal cosine similarity (rows are normalised).
+      chunk_size: rows per chunk; default derived from a 256 MiB budget for
+        the [chunk, k] distance block.
+
+    Returns:
+      labels: [n] int32.
+      distances: [n] float32, squared Euclidean distance to the nearest
+        centroid, or ``1 - cos`` when spherical.
+    """
+    x = _as_data(x)
+    centroids = _as_data(centroids, "centroids")
+    if centroids.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"centroids have d={centroids.shape[1]} features but x has "
+            f"d={x.shape[1]}."
+        )
+    chunk = _chunk_rows(
+        x.shape[0], centroids.shape[0], chunk_size, DEFAULT_MEMORY_BUDGET_BYTES
+    )
+    return _assign(x, centroids, spherical=spherical, chunk=chunk)
+
+
+def kmeans(
+    x,
+    k,
+    *,
+    key,
+    init="k-means++",
+    n_init=1,
+    max_iter=300,
+    tol=1e-4,
+    spherical=False,
+    chunk_size=None,
+    memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
+):
+    """k-means clustering with Lloyd iterations (scikit-learn semantics).
+
+    Each iteration assigns labels with the current centroids and recomputes
+    the centroids; the loop stops on strict convergence (labels unchanged) or
+    when the total squared centroid shift is at most
+    ``tol * mean(var(x, axis=0))``. Labels and inertia are then recomputed from
+    the final centroids.
+
+    Empty clusters are re-seeded after each assignment at the points farthest
+    from their own centroid (distinct points, farthest first; the point leaves
+    its old cluster). A point lying exactly on its centroid is never used; a
+    cluster that cannot be repaired keeps its previous centroid. Repairs are
+    counted in ``n_empty_repaired``.
+
+    The compiled loop depends only on the shapes, ``max_iter``, ``spherical``
+    and the chunk size, so repeated calls do not recompile. Callable under an
+    outer ``jax.jit`` with all arguments but ``x`` and ``key`` static (the
+    finite-value check is then skipped).
+
+    Args:
+      x: [n, d] float32 data (numpy or jax).
+      k: number of clusters, 1 <= k <= n.
+      key: jax PRNG key for the initialisation.
+      init: "k-means++", "random", or a [k, d] array of initial centroids
+        (then ``n_init`` must be 1).
+      n_init: independent restarts (keys split from ``key``); the run with the
+        lowest inertia is returned.
+      max_iter: maximum number of Lloyd iterations.
+      tol: relative tolerance on the centroid shift (0 disables it); scaled
+        by the mean feature variance of x (of the normalised x if spherical).
+      spherical: cosine k-means on L2-normalised points and centroids.
+      chunk_size: rows per assignment chunk; default derived from
+        ``memory_budget_bytes``.
+      memory_budget_bytes: bound on the [chunk, k] float32 distance block
+        (counted twice for a temporary).
+
+    Returns:
+      KMeansOutput(centroids [k, d], labels [n] int32, inertia [] float32,
+      n_iter [] int32, converged [] bool, n_empty_repaired [] int32).
+    """
+    x = _as_data(x)
+    n, d = x.shape
+    _check_k(k, n)
+    if n_init < 1:
+        raise ValueError(f"n_init must be at least 1, got {n_init}.")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    if tol < 0:
+        raise ValueError(f"tol must be non-negative, got {tol}.")
+    chunk = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
+    # k-means++ / random seeding on the points the loop actually clusters.
+    x_init = _normalize(x) if spherical else x
+
+    if isinstance(init, str):
+        if init == "k-means++":
+            n_local_trials = 2 + int(math.log(k))
+
+            def init_fn(key_i):
+                return x_init[
+                    _plusplus_indices(x_init, key_i, k=k, n_local_trials=n_local_trials)
+                ]
+        elif init == "random":
+
+            def init_fn(key_i):
+                return x_init[_random_indices(key_i, n=n, k=k)]
+        else:
+            raise ValueError(
+                f"init must be 'k-means++', 'random' or a [k, d] array, got {init!r}."
+            )
+    else:
+        c0 = _as_data(init, "init")
+        if c0.shape != (k, d):
+            raise ValueError(
+                f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}."
+            )
+        if n_init != 1:
+            raise ValueError(f"n_init must be 1 when init is an array, got {n_init}.")
+
+        def init_fn(key_i):
+            del key_i
+            return c0
+
+    tol = jnp.float32(tol)
+    keys = jax.random.split(key, n_init)
+    best = None
+    for i in range(n_init):
+        out = _fit(
+            x,
+            init_fn(keys[i]),
+            tol,
+            max_iter=max_iter,
+            spherical=spherical,
+            chunk=chunk,
+        )
+        if best is None:
+            best = out
+        else:
+            # A traced comparison, so this also works under an outer jit.
+            better = out.inertia < best.inertia
+            best = jax.tree.map(lambda a, b: jnp.where(better, a, b), out, best)
+    return best

@@ -1,0 +1,321 @@
+"""Tests for jclust.cluster.kmeans: sklearn parity, chunking, init, repair."""
+
+import importlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sklearn.cluster
+import sklearn.datasets
+
+from jclust import cluster
+
+# `jclust.cluster.kmeans` the attribute is the function; fetch the module.
+kmeans_lib = importlib.import_module("jclust.cluster.kmeans")
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """[300, 5] float32 Gaussian blobs around 4 centres."""
+    x, _ = sklearn.datasets.make_blobs(
+        n_samples=300, centers=4, n_features=5, cluster_std=1.5, random_state=0
+    )
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """[1797, 64] float32 digits scaled to [0, 1].
+
+    Pixel values lie on a 1/16 grid, so some points are exactly equidistant
+    from two initial centroids; such ties are broken by float32 rounding,
+    which differs between implementations. A 1e-3 jitter removes them.
+    """
+    x = sklearn.datasets.load_digits().data / 16.0
+    jitter = np.random.default_rng(1).uniform(0.0, 1e-3, x.shape)
+    return (x + jitter).astype(np.float32)
+
+
+def _sklearn_lloyd(x, c0, max_iter=300, tol=1e-4):
+    return sklearn.cluster.KMeans(
+        n_clusters=c0.shape[0],
+        init=c0,
+        n_init=1,
+        algorithm="lloyd",
+        max_iter=max_iter,
+        tol=tol,
+    ).fit(x)
+
+
+def _random_rows(x, k, seed):
+    rng = np.random.default_rng(seed)
+    return x[rng.choice(x.shape[0], k, replace=False)]
+
+
+# (a) parity with scikit-learn from a shared initialisation.
+
+
+@pytest.mark.parametrize("dataset, k", [("blobs", 4), ("blobs", 7), ("digits", 10)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_sklearn_lloyd(request, dataset, k, seed):
+    x = request.getfixturevalue(dataset)
+    c0 = _random_rows(x, k, seed)
+    want = _sklearn_lloyd(x, c0)
+    got = cluster.kmeans(x, k, key=jax.random.key(0), init=c0)
+    np.testing.assert_array_equal(np.asarray(got.labels), want.labels_)
+    np.testing.assert_allclose(float(got.inertia), want.inertia_, rtol=1e-5)
+    np.testing.assert_allclose(got.centroids, want.cluster_centers_, atol=1e-5)
+    assert int(got.n_iter) == want.n_iter_
+    assert bool(got.converged)
+    assert got.labels.dtype == jnp.int32
+    assert got.inertia.dtype == jnp.float32
+    assert got.n_iter.dtype == jnp.int32 and got.converged.dtype == jnp.bool_
+    assert int(got.n_empty_repaired) == 0
+
+
+def test_max_iter_reached_matches_sklearn(digits):
+    c0 = _random_rows(digits, 10, 3)
+    want = _sklearn_lloyd(digits, c0, max_iter=3, tol=0.0)
+    got = cluster.kmeans(
+        digits, 10, key=jax.random.key(0), init=c0, max_iter=3, tol=0.0
+    )
+    np.testing.assert_array_equal(np.asarray(got.labels), want.labels_)
+    np.testing.assert_allclose(float(got.inertia), want.inertia_, rtol=1e-5)
+    assert int(got.n_iter) == 3
+    assert not bool(got.converged)
+
+
+# (b) chunked assignment.
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 299, 1000])
+def test_chunked_assign_equals_unchunked(blobs, chunk_size):
+    c = _random_rows(blobs, 6, 0)
+    labels, dist = cluster.assign(blobs, c, chunk_size=chunk_size)
+    ref_labels, ref_dist = cluster.assign(blobs, c, chunk_size=blobs.shape[0])
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_array_equal(dist, ref_dist)
+    assert labels.shape == (300,) and labels.dtype == jnp.int32
+    # Against brute force in float64.
+    d2 = ((blobs[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d2.argmin(1))
+    np.testing.assert_allclose(dist, d2.min(1), rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_kmeans_equals_unchunked(blobs):
+    c0 = _random_rows(blobs, 4, 5)
+    ref = cluster.kmeans(blobs, 4, key=jax.random.key(0), init=c0)
+    for kwargs in ({"chunk_size": 7}, {"memory_budget_bytes": 1000}):
+        got = cluster.kmeans(blobs, 4, key=jax.random.key(0), init=c0, **kwargs)
+        np.testing.assert_array_equal(got.labels, ref.labels)
+        chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_rows_follow_memory_budget():
+    # [rows, k] float32 block counted twice: 1000 // (2 * 4 * 4) = 31.
+    assert kmeans_lib._chunk_rows(300, 4, None, 1000) == 31
+    assert kmeans_lib._chunk_rows(300, 4, None, 256 * 2**20) == 300
+    assert kmeans_lib._chunk_rows(300, 10**9, None, 10) == 1
+    assert kmeans_lib._chunk_rows(300, 4, 50, 10) == 50
+
+
+# (c) k-means++ and restarts.
+
+
+def test_kmeans_plusplus_picks_distinct_data_points(blobs):
+    seeds = cluster.kmeans_plusplus(blobs, 8, key=jax.random.key(3))
+    assert seeds.shape == (8, 5)
+    seeds = np.asarray(seeds)
+    matches = (seeds[:, None, :] == blobs[None]).all(-1)
+    assert (matches.sum(1) >= 1).all()  # every seed is a data point
+    assert len(np.unique(seeds, axis=0)) == 8
+
+
+def test_kmeans_plusplus_inertia_is_reasonable(blobs):
+    best = sklearn.cluster.KMeans(4, n_init=10, random_state=0).fit(blobs).inertia_
+    seed_inertias, final_inertias = [], []
+    for i in range(5):
+        key = jax.random.key(i)
+        seeds = cluster.kmeans_plusplus(blobs, 4, key=key, n_local_trials=3)
+        seed_inertias.append(float(jnp.sum(cluster.assign(blobs, seeds)[1])))
+        final_inertias.append(float(cluster.kmeans(blobs, 4, key=key).inertia))
+        random_seeds = cluster.random_init(blobs, 4, key=key)
+        assert len(np.unique(np.asarray(random_seeds), axis=0)) == 4
+    # Well-separated blobs: greedy k-means++ seeds are already near the optimum.
+    assert np.median(seed_inertias) < 3 * best
+    np.testing.assert_allclose(final_inertias, best, rtol=1e-4)
+
+
+def test_n_init_keeps_lowest_inertia(digits):
+    x = digits[:400]
+    key = jax.random.key(7)
+    out = cluster.kmeans(x, 10, key=key, init="random", n_init=4)
+    runs = [
+        cluster.kmeans(x, 10, key=ki, init=cluster.random_init(x, 10, key=ki))
+        for ki in jax.random.split(key, 4)
+    ]
+    inertias = [float(r.inertia) for r in runs]
+    assert len(set(inertias)) > 1  # the restarts do differ
+    best = runs[int(np.argmin(inertias))]
+    assert float(out.inertia) == min(inertias)
+    np.testing.assert_array_equal(out.labels, best.labels)
+
+
+# (d) empty-cluster repair.
+
+
+def _two_groups():
+    """Two tight groups in 2-D, each with one outlier."""
+    a = [[0.0, 0.0], [0.5, 0.0], [0.0, 0.5], [-0.5, 0.0], [0.0, 3.0]]
+    b = [[10.0, 0.0], [10.5, 0.0], [10.0, 0.5], [9.5, 0.0], [10.0, -2.0]]
+    return np.array(a + b, np.float32)
+
+
+def test_empty_cluster_repaired_at_farthest_point():
+    x = _two_groups()
+    c0 = np.array([[0.0, 0.5], [10.0, 0.0], [100.0, 100.0]], np.float32)
+    out = cluster.kmeans(x, 3, key=jax.random.key(0), init=c0)
+    # Cluster 2 gets nothing at first; (0, 3) is farthest from its centroid.
+    assert int(out.n_empty_repaired) == 1
+    np.testing.assert_allclose(out.centroids[2], [0.0, 3.0], atol=1e-6)
+    assert int(out.labels[4]) == 2 and (np.asarray(out.labels) == 2).sum() == 1
+    want = _sklearn_lloyd(x, c0)
+    np.testing.assert_array_equal(out.labels, want.labels_)
+    np.testing.assert_allclose(float(out.inertia), want.inertia_, rtol=1e-5)
+
+
+def test_several_empty_clusters_get_distinct_points_farthest_first():
+    x = _two_groups()
+    c0 = np.array(
+        [[0.0, 0.5], [10.0, 0.0], [100.0, 100.0], [-100.0, -100.0]], np.float32
+    )
+    out = cluster.kmeans(x, 4, key=jax.random.key(0), init=c0, max_iter=1)
+    assert int(out.n_empty_repaired) == 2
+    # (0, 3) is 2.5 from its centroid, (10, -2) only 2.0: lowest empty id first.
+    np.testing.assert_allclose(out.centroids[2], [0.0, 3.0], atol=1e-6)
+    np.testing.assert_allclose(out.centroids[3], [10.0, -2.0], atol=1e-6)
+    # The moved points left their old clusters' means.
+    np.testing.assert_allclose(out.centroids[0], [0.0, 0.125], atol=1e-6)
+    np.testing.assert_allclose(out.centroids[1], [10.0, 0.125], atol=1e-6)
+
+
+def test_unrepairable_empty_cluster_keeps_its_centroid():
+    # Every point sits on a centroid, so no point can seed the empty cluster.
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]], np.float32)
+    c0 = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]], np.float32)
+    out = cluster.kmeans(x, 3, key=jax.random.key(0), init=c0)
+    assert int(out.n_empty_repaired) == 0
+    np.testing.assert_allclose(out.centroids, c0)
+    assert float(out.inertia) == 0.0
+
+
+# (e) spherical k-means.
+
+
+def _numpy_spherical_kmeans(x, c0, max_iter):
+    """Reference: cosine assignment, mean, re-normalise; stop when stable."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = c0 / np.linalg.norm(c0, axis=1, keepdims=True)
+    labels_old = None
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        labels = np.argmax(x @ c.T, axis=1)
+        assert len(np.unique(labels)) == c.shape[0]  # no empty clusters here
+        c = np.stack([x[labels == j].mean(0) for j in range(c.shape[0])])
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        if labels_old is not None and (labels == labels_old).all():
+            break
+        labels_old = labels
+    labels = np.argmax(x @ c.T, axis=1)
+    inertia = np.sum(1.0 - np.sum(x * c[labels], axis=1))
+    return c, labels, inertia, n_iter
+
+
+def test_spherical_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(5, 8))
+    z = rng.integers(0, 5, 240)
+    x = directions[z] * rng.uniform(0.5, 3.0, (240, 1))
+    x = x + 0.6 * rng.normal(size=(240, 8))
+    x = x.astype(np.float32)
+    c0 = x[:5]
+    c_ref, labels_ref, inertia_ref, n_iter_ref = _numpy_spherical_kmeans(
+        x.astype(np.float64), c0.astype(np.float64), max_iter=100
+    )
+    out = cluster.kmeans(
+        x, 5, key=jax.random.key(0), init=c0, spherical=True, tol=0.0, max_iter=100
+    )
+    np.testing.assert_array_equal(out.labels, labels_ref)
+    np.testing.assert_allclose(out.centroids, c_ref, atol=1e-5)
+    np.testing.assert_allclose(float(out.inertia), inertia_ref, rtol=1e-5)
+    assert int(out.n_iter) == n_iter_ref
+    np.testing.assert_allclose(np.linalg.norm(out.centroids, axis=1), 1.0, rtol=1e-6)
+    labels, dist = cluster.assign(x, out.centroids, spherical=True, chunk_size=50)
+    np.testing.assert_array_equal(labels, out.labels)
+    np.testing.assert_allclose(dist.sum(), inertia_ref, rtol=1e-4)
+
+
+# (f) jit and tracing.
+
+
+def test_outer_jit_matches_eager(blobs):
+    key = jax.random.key(4)
+    eager = cluster.kmeans(blobs, 4, key=key, n_init=2)
+    jitted = jax.jit(cluster.kmeans, static_argnames=("k", "n_init"))
+    chex.assert_trees_all_close(jitted(blobs, k=4, key=key, n_init=2), eager)
+
+
+def test_disable_jit_matches_jit():
+    # Same case as the repair test, so the eager run also takes that branch.
+    x = _two_groups()
+    c0 = np.array([[0.0, 0.5], [10.0, 0.0], [100.0, 100.0]], np.float32)
+    out = cluster.kmeans(x, 3, key=jax.random.key(0), init=c0)
+    with jax.disable_jit():
+        eager = cluster.kmeans(x, 3, key=jax.random.key(0), init=c0)
+    assert int(eager.n_empty_repaired) == 1
+    chex.assert_trees_all_close(out, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_no_retrace_on_repeated_calls(blobs):
+    cluster.kmeans(blobs, 4, key=jax.random.key(0))
+    fit_traces = kmeans_lib._fit._cache_size()
+    init_traces = kmeans_lib._plusplus_indices._cache_size()
+    cluster.kmeans(jnp.asarray(blobs) * 2.0, 4, key=jax.random.key(1), tol=1e-3)
+    cluster.kmeans(np.asarray(blobs) + 1.0, 4, key=jax.random.key(2), n_init=2)
+    assert kmeans_lib._fit._cache_size() == fit_traces
+    assert kmeans_lib._plusplus_indices._cache_size() == init_traces
+
+
+# (g) errors.
+
+
+def test_errors(blobs):
+    key = jax.random.key(0)
+    msg = r"k=301 is larger than the number of examples n=300"
+    with pytest.raises(ValueError, match=msg):
+        cluster.kmeans(blobs, 301, key=key)
+    with pytest.raises(ValueError, match="k=0 must be at least 1"):
+        cluster.kmeans(blobs, 0, key=key)
+    with pytest.raises(ValueError, match="2-D"):
+        cluster.kmeans(blobs[:, 0], 2, key=key)
+    bad = blobs.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cluster.kmeans(bad, 2, key=key)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        cluster.assign(bad, blobs[:2])
+    with pytest.raises(ValueError, match=r"shape \(k, d\)=\(4, 5\)"):
+        cluster.kmeans(blobs, 4, key=key, init=blobs[:3])
+    with pytest.raises(ValueError, match="n_init must be 1"):
+        cluster.kmeans(blobs, 4, key=key, init=blobs[:4], n_init=2)
+    with pytest.raises(ValueError, match="init must be"):
+        cluster.kmeans(blobs, 4, key=key, init="kmeans||")
+    with pytest.raises(ValueError, match="chunk_size"):
+        cluster.kmeans(blobs, 4, key=key, chunk_size=0)
+    with pytest.raises(ValueError, match="features"):
+        cluster.assign(blobs, blobs[:2, :3])
+    with pytest.raises(ValueError, match="larger than the number of examples"):
+        cluster.kmeans_plusplus(blobs[:3], 4, key=key)
