@@ -6,8 +6,9 @@ rng and the method's clustering state) and ``meta`` (JSON: config, data position
 Orbax does not validate a step when listing it (ENVIRONMENT.md §c): a truncated or half-deleted
 step is still returned by ``latest_step()`` and fails only on restore, and a failed restore can
 poison the manager for the other steps. So restore walks back from the newest step, using a fresh
-manager for every attempt, and moves each step that fails aside (never deletes it) so that later
-saves are not mixed up with it.
+manager for every attempt. Once an older step restores, the newer ones that failed are moved
+aside (never deleted) so that later saves are not mixed up with them; if none restores (e.g. a
+different model or device topology), nothing is moved and the error says why.
 """
 
 from __future__ import annotations
@@ -79,21 +80,28 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as err:  # orbax raises ValueError, KeyError, OSError... on bad data
                 manager.close()
-                moved = self._move_aside(step)
-                log.warning("checkpoint step %d is unreadable (%s: %s); moved to %s, trying the "
-                            "previous one", step, type(err).__name__, _first_line(err), moved)
-                print(f"WARNING: checkpoint step {step} is corrupt ({type(err).__name__}); moved to "
-                      f"{moved}; trying the previous one", flush=True)
-                failed.append(step)
+                log.warning("checkpoint step %d could not be restored (%s: %s)", step,
+                            type(err).__name__, _first_line(err))
+                print(f"WARNING: checkpoint step {step} is corrupt or unreadable "
+                      f"({type(err).__name__}: {_first_line(err)[:120]}); trying the previous one",
+                      flush=True)
+                failed.append((step, err))
                 continue
             manager.close()
+            # An older step restored with the same target, so the newer ones are damaged, not
+            # mismatched: move them aside (never delete) so that new saves do not mix with them.
+            for bad_step, _ in failed:
+                print(f"WARNING: moved corrupt checkpoint step {bad_step} to "
+                      f"{self._move_aside(bad_step)}", flush=True)
             self._manager.close()
             self._manager = self._new_manager()
             return restored["state"], dict(restored["meta"])
         if failed:
+            step, err = failed[0]
             raise CheckpointError(
-                f"none of the checkpoints in {self.directory} could be restored (steps {failed}, "
-                "moved aside next to it); delete the workdir to start over")
+                f"none of the checkpoints in {self.directory} could be restored (steps "
+                f"{[s for s, _ in failed]}); newest error: {type(err).__name__}: {_first_line(err)}. "
+                "If the files are damaged, move the workdir away to start over") from err
         return None
 
     def _move_aside(self, step: int) -> str:

@@ -275,7 +275,9 @@ def load_run(workdir: str):
                              is_image=info["data_spec"]["is_image"])
     method = jmethods.make(config, spec)
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
-    target = jax.eval_shape(lambda: init_state(method, config.seed, sample))
+    replicated = NamedSharding(make_mesh(), P())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          jax.eval_shape(lambda: init_state(method, config.seed, sample)))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
         restored = ckpt.restore_latest(target)
@@ -520,5 +522,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         say(f"stopped at step {step}: the method's convergence criterion was met")
     summary = ", ".join(f"{k.upper()}={last_record[k]:.4f}" for k in ("acc", "nmi", "ari")
                         if k in last_record)
-    say(f"final (step {step}): {summary or 'no labels'}; wall time {_fmt_time(time.time() - t_start)}")
+    summary = summary or f"clusters used {last_record.get('clusters_used')}/{config.num_clusters}"
+    say(f"final (step {step}): {summary}; wall time {_fmt_time(time.time() - t_start)}")
     return last_record

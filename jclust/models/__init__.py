@@ -1,0 +1,45 @@
+"""Neural network models (flax.linen). Models know nothing about clustering methods."""
+
+import flax.linen as nn
+
+from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_inputs
+from jclust.models.cnn import SmallCNN, max_pool_2x2
+from jclust.models.conv import Conv3x3, conv3x3, im2col3x3, resolve_impl
+
+_MODELS = {
+    "mlp_autoencoder": MLPAutoencoder,
+    "small_cnn": SmallCNN,
+}
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Builds a model by name, e.g. ``get_model("small_cnn", num_outputs=10)``.
+
+    Args:
+      name: one of ``"mlp_autoencoder"``, ``"small_cnn"``.
+      **kwargs: the model's fields (e.g. ``output_dim=784`` for the autoencoder).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid names.
+    """
+    try:
+        cls = _MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {', '.join(sorted(_MODELS))}"
+        ) from None
+    return cls(**kwargs)
+
+
+__all__ = [
+    "Conv3x3",
+    "MLPAutoencoder",
+    "SmallCNN",
+    "conv3x3",
+    "dec_kernel_init",
+    "flatten_inputs",
+    "get_model",
+    "im2col3x3",
+    "max_pool_2x2",
+    "resolve_impl",
+]

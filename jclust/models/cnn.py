@@ -1,0 +1,103 @@
+"""Small convolutional network (the "small CNN" of ENVIRONMENT.md, Part 3 (d))."""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jclust.models.conv import Conv3x3, resolve_impl
+
+Array = jax.Array
+
+
+def _windows(x: Array) -> Array:
+    """[B, H, W, C] (H, W even) -> [B, H/2, 2, W/2, 2, C]."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+# 2x2 pooling as a reshape + max is ~15 % faster per SmallCNN train step on
+# XLA:CPU than nn.max_pool (reduce_window / select_and_scatter), with bit-equal
+# values. Plain autodiff of a reshape-max would split the gradient between tied
+# maxima (common after ReLU on flat image regions), whereas nn.max_pool sends it
+# all to the first maximum in row-major window order; this custom JVP does the
+# same, so gradients are bit-equal too, and forward mode still works.
+@jax.custom_jvp
+def _pool_even(x: Array) -> Array:
+    return _windows(x).max(axis=(2, 4))
+
+
+@_pool_even.defjvp
+def _pool_even_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = _pool_even(x)
+    xw, tw = _windows(x), _windows(t)
+    out = tw[:, :, 1, :, 1, :]  # the last window slot wins if no earlier one does
+    taken = jnp.zeros(y.shape, bool)
+    for i, j in ((0, 0), (0, 1), (1, 0)):
+        hit = (xw[:, :, i, :, j, :] == y) & ~taken
+        out = jnp.where(hit, tw[:, :, i, :, j, :], out)
+        taken = taken | hit
+    return y, out
+
+
+def max_pool_2x2(x: Array) -> Array:
+    """2x2, stride-2, VALID max-pool: [B, H, W, C] -> [B, H//2, W//2, C].
+
+    Values and gradients equal ``nn.max_pool(x, (2, 2), strides=(2, 2))``
+    exactly, including ties; a trailing odd row/column is dropped, as VALID
+    padding does.
+    """
+    _, h, w, _ = x.shape
+    return _pool_even(x[:, : h // 2 * 2, : w // 2 * 2])
+
+
+class SmallCNN(nn.Module):
+    """conv3x3-32, conv3x3-64, pool, conv3x3-128, pool, dense-128 (+ optional head).
+
+    Every conv is followed by ReLU; every conv after the first is followed by a
+    2x2 stride-2 max-pool (so ``widths`` of any length >= 1 works). The flattened
+    map goes through ``Dense(dense)`` + ReLU to give the representation; with
+    ``num_outputs`` set, a linear head maps it to ``num_outputs`` logits.
+
+    At 28x28x1 with the default widths and ``num_outputs=10`` this has 896,906
+    parameters, like the torch and flax networks measured in ENVIRONMENT.md.
+
+    Attributes:
+      widths: output channels of the 3x3 convs.
+      dense: size of the representation returned by :meth:`features`.
+      conv_impl: ``"auto"``, ``"native"`` or ``"im2col"``; see
+        :class:`jclust.models.conv.Conv3x3`. Parameters do not depend on it.
+      num_outputs: size of the linear head, or None for no head.
+    """
+
+    widths: Sequence[int] = (32, 64, 128)
+    dense: int = 128
+    conv_impl: str = "auto"
+    num_outputs: int | None = None
+
+    def setup(self):
+        resolve_impl(self.conv_impl)
+        self.convs = [Conv3x3(w, impl=self.conv_impl) for w in self.widths]
+        self.fc = nn.Dense(self.dense)
+        if self.num_outputs is not None:
+            self.head = nn.Dense(self.num_outputs)
+
+    def features(self, x: Array) -> Array:
+        """Representation: [B, H, W, C] (float32, or uint8 scaled by 1/255) -> [B, dense]."""
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        for i, conv in enumerate(self.convs):
+            x = nn.relu(conv(x))
+            if i > 0:
+                x = max_pool_2x2(x)
+        x = x.reshape(x.shape[0], -1)
+        return nn.relu(self.fc(x))
+
+    def __call__(self, x: Array) -> Array:
+        """[B, H, W, C] -> logits [B, num_outputs], or features [B, dense] without a head."""
+        h = self.features(x)
+        if self.num_outputs is not None:
+            return self.head(h)
+        return h

@@ -1,0 +1,127 @@
+"""DEC/IDEC formulas against hand-computed cases, and the method's loss/recluster functions."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jclust import methods
+from jclust.methods import dec
+
+
+def test_soft_assignment_hand_computed():
+    # z0 is at distance^2 0 and 1 from the centroids, z1 at 4 and 1; alpha = 1 gives 1/(1+d^2).
+    z = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+    mu = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+    q = dec.soft_assignment(z, mu, alpha=1.0)
+    np.testing.assert_allclose(q, [[2 / 3, 1 / 3], [2 / 7, 5 / 7]], rtol=1e-6)
+
+
+def test_soft_assignment_general_alpha():
+    rng = np.random.default_rng(0)
+    z, mu, alpha = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)), 2.5
+    d2 = ((z[:, None] - mu[None]) ** 2).sum(-1)
+    kernel = (1 + d2 / alpha) ** (-(alpha + 1) / 2)
+    expected = kernel / kernel.sum(1, keepdims=True)
+    np.testing.assert_allclose(dec.soft_assignment(jnp.array(z), jnp.array(mu), alpha), expected,
+                               rtol=1e-5)
+
+
+def test_target_distribution_hand_computed():
+    q = jnp.array([[2 / 3, 1 / 3], [2 / 7, 5 / 7]])
+    # f = (20/21, 22/21); p_ij ∝ q_ij^2 / f_j, worked out by hand:
+    np.testing.assert_allclose(dec.target_distribution(q), [[22 / 27, 5 / 27], [22 / 147, 125 / 147]],
+                               rtol=1e-6)
+
+
+def test_kl_hand_computed():
+    p = jnp.array([[22 / 27, 5 / 27]])
+    q = jnp.array([[2 / 3, 1 / 3]])
+    expected = 22 / 27 * math.log(11 / 9) + 5 / 27 * math.log(5 / 9)
+    np.testing.assert_allclose(dec.kl_divergence(p, q), expected, rtol=1e-6)
+    # A zero in p contributes nothing (0 log 0 = 0).
+    np.testing.assert_allclose(dec.kl_divergence(jnp.array([[1.0, 0.0]]), jnp.array([[0.5, 0.5]])),
+                               math.log(2), rtol=1e-6)
+
+
+def _method(tiny, method_name):
+    config = tiny(method=method_name, num_clusters=3)
+    spec = methods.DataSpec(num_examples=6, input_shape=(8, 8, 1), is_image=True)
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.batch_size = 2
+    config.lock()
+    return config, methods.make(config, spec)
+
+
+@pytest.mark.parametrize("method_name", ["dec", "idec"])
+def test_cluster_loss_matches_formula(tiny, method_name):
+    config, method = _method(tiny, method_name)
+    x = np.random.default_rng(1).integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
+    features = method.embed(params, model_state, jnp.asarray(x))
+    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=True,
+                                             key=jax.random.PRNGKey(1))
+    # Move the centroids away from where P was computed so that KL(P||Q) is far from zero.
+    params = {**params, "centroids": params["centroids"] + jax.random.normal(
+        jax.random.PRNGKey(5), params["centroids"].shape)}
+    batch = {"x": jnp.asarray(x[[4, 1]]), "index": jnp.array([4, 1])}
+    loss, (_, aux) = method.phases[1].loss_fn(params, model_state, cluster, batch, None)
+    assert float(aux["kl"]) > 1e-3
+
+    z = np.asarray(features)[[4, 1]]
+    mu = np.asarray(params["centroids"])
+    d2 = ((z[:, None] - mu[None]) ** 2).sum(-1)
+    q = 1 / (1 + d2)
+    q /= q.sum(1, keepdims=True)
+    p = np.asarray(cluster.target)[[4, 1]]
+    kl = np.mean(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0), axis=1))
+    if method_name == "dec":
+        np.testing.assert_allclose(loss, kl, rtol=1e-4, atol=1e-7)
+    else:
+        # IDEC: L = L_rec + gamma * KL, with L_rec the mean squared reconstruction error.
+        x_flat = x[[4, 1]].reshape(2, -1).astype(np.float32) / 255.0
+        from jclust import models
+        model = models.MLPAutoencoder(hidden=(32, 32), embed_dim=4, output_dim=64)
+        _, x_rec = model.apply({"params": params["autoencoder"]}, jnp.asarray(x_flat))
+        rec = np.mean((np.asarray(x_rec) - x_flat) ** 2)
+        np.testing.assert_allclose(aux["kl"], kl, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(aux["rec"], rec, rtol=1e-5)
+        np.testing.assert_allclose(loss, rec + config.dec.gamma * kl, rtol=1e-4)
+
+
+def test_recluster_sets_centroids_target_and_stops_on_tolerance(tiny):
+    config, method = _method(tiny, "dec")
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
+    assert not method.done(cluster)
+    features = method.embed(params, model_state, jnp.asarray(x))
+    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=True,
+                                             key=jax.random.PRNGKey(1))
+    q = dec.soft_assignment(features, params["centroids"])
+    np.testing.assert_allclose(cluster.target, dec.target_distribution(q), rtol=1e-6)
+    np.testing.assert_array_equal(cluster.labels, np.argmax(q, axis=1))
+    assert info["delta_label"] == 1.0 and not method.done(cluster)  # first update never stops
+    # Same features and centroids: no label changes, below any tolerance -> done.
+    config.unlock()
+    config.dec.tol = 0.001
+    config.lock()
+    method = methods.make(config, methods.DataSpec(6, (8, 8, 1), True))  # closes over the new tol
+    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=False,
+                                             key=jax.random.PRNGKey(1))
+    assert info["delta_label"] == 0.0 and method.done(cluster)
+
+
+def test_pretrain_does_not_move_centroids(tiny):
+    _, method = _method(tiny, "dec")
+    x = jnp.asarray(np.random.default_rng(3).integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8))
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), x)
+    params = {**params, "centroids": jnp.ones_like(params["centroids"])}
+    tx = method.phases[0].tx
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates["centroids"]).max()) == 0.0
+    assert float(jnp.abs(jax.tree.leaves(updates["autoencoder"])[0]).max()) > 0.0

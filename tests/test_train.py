@@ -1,0 +1,254 @@
+"""The trainer end to end on real data (digits): metrics, resume, DELIUS, bad input, devices."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jclust import checkpointing, config_lib, data, metrics, train
+from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run, tiny_config
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted tiny run shared by the resume tests."""
+    workdir = str(tmp_path_factory.mktemp("ref"))
+    final = train.train_and_evaluate(tiny_config(), workdir)
+    return workdir, final
+
+
+def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
+    workdir, final = reference_run
+    records = _records(workdir)
+    assert records[-1]["step"] == final["step"] == 64  # 3 epochs x 8 batches + 40 cluster steps
+    for key in ("acc", "nmi", "ari", "purity", "clusters_used", "size_entropy"):
+        assert key in final
+    assert 0.3 < final["acc"] <= 1.0  # 10 digit classes: far above chance (0.1)
+    assert any("delta_label" in r for r in records)
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    config, method, state, spec = train.load_run(workdir)
+    assert int(state.step) == 64 and spec.num_examples == 256
+    # The assignment rule used by the evaluation gives the logged ACC again.
+    runner = train.Runner(method, train.make_mesh(), 128)
+    dataset = train.load_dataset(config)
+    labels, confidence = runner.assign(state, runner.features(state, dataset.inputs))
+    assert np.isclose(metrics.accuracy(dataset.labels, labels), final["acc"])
+    assert np.all((confidence > 0) & (confidence <= 1))
+
+
+def test_rerun_of_finished_workdir_resumes_without_training(reference_run, capsys):
+    workdir, final = reference_run
+    again = train.train_and_evaluate(tiny_config(), workdir)
+    out = capsys.readouterr().out
+    assert "resumed from checkpoint step 64" in out
+    assert again["acc"] == final["acc"]
+
+
+def test_corrupt_latest_checkpoint_is_skipped(reference_run, tmp_path, capsys):
+    ref_dir, _ = reference_run
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(keep_checkpoints=3), workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest = max(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    # Truncate every data file of the newest step, as a crash in the middle of a copy would.
+    for root, _, files in os.walk(os.path.join(ckpt_dir, str(latest), "state")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    capsys.readouterr()
+    train.train_and_evaluate(tiny_config(keep_checkpoints=3), workdir)
+    out = capsys.readouterr().out
+    assert f"checkpoint step {latest} is corrupt" in out
+    assert f"moved corrupt checkpoint step {latest}" in out
+    assert "resumed from checkpoint step" in out
+    assert any(name.startswith(f"corrupt_checkpoint_{latest}_") for name in os.listdir(workdir))
+    ours, _ = final_params(workdir)
+    ref, _ = final_params(ref_dir)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(keep_checkpoints=1), workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    for step in os.listdir(ckpt_dir):
+        shutil.rmtree(os.path.join(ckpt_dir, step, "state"), ignore_errors=True)
+    with pytest.raises(checkpointing.CheckpointError, match="none of the checkpoints"):
+        train.train_and_evaluate(tiny_config(keep_checkpoints=1), workdir)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    workdir = str(tmp_path / "killed")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    # Checkpoint every 5 steps so that the kill lands between two checkpoints of a live run.
+    overrides = dict(TINY_CLI, checkpoint_every_steps=5)
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen(cli_args(overrides, workdir), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        steps = [s for s in os.listdir(ckpt_dir) if s.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if steps and max(map(int, steps)) >= 15:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    assert steps and steps[-1] < 64
+    result = run(cli_args(overrides, workdir), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from checkpoint step" in result.stdout
+    ours, state = final_params(workdir)
+    ref, _ = final_params(ref_dir)
+    assert int(state.step) == 64
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+    # Evaluations written after the restored checkpoint by the killed run were dropped.
+    steps_logged = [r["step"] for r in _records(workdir)]
+    assert steps_logged == sorted(set(steps_logged))
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
+    ref_dir, ref_final = reference_run
+    workdir = str(tmp_path / "eight")
+    result = run(cli_args(TINY_CLI, workdir) + ["--config.log_every_steps=64"],
+                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 device(s)" in result.stdout
+    ours, _ = final_params(workdir)
+    ref, _ = final_params(ref_dir)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    assert _records(workdir)[-1]["acc"] == pytest.approx(ref_final["acc"], abs=0.01)
+
+
+def test_unlabelled_folder_trains_and_skips_label_metrics(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        bright = 40 if i % 2 else 200  # two visible groups
+        pixels = np.clip(rng.normal(bright, 20, size=(10 + i % 5, 12, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
+    config = tiny_config(**{"data.source": f"folder:{folder}", "data.limit": 0, "num_clusters": 2,
+                            "batch_size": 16, "data.image_shape": (8, 8, 1)})
+    final = train.train_and_evaluate(config, str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert out.count("no labels") == 1
+    assert "acc" not in final and final["clusters_used"] >= 1
+
+
+def test_delius_on_npz_features_and_on_a_jclust_encoder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 24)) * 4
+    labels = np.repeat(np.arange(3), 40)
+    features = (centers[labels] + rng.normal(size=(120, 24))).astype(np.float32)
+    np.savez(tmp_path / "feats.npz", feature=features, label=labels)
+    config = config_lib.load_config(os.path.join(ROOT, f"configs/delius.py:npz:{tmp_path}/feats.npz"))
+    config = config_lib.apply_overrides(config, {
+        "num_clusters": 3, "batch_size": 24, "model.hidden": (32, 32), "model.embed_dim": 3,
+        "pretrain.epochs": 20, "dec.max_steps": 40, "dec.update_interval": 10,
+        "kmeans.n_init": 3, "log_every_steps": 50})
+    final = train.train_and_evaluate(config, str(tmp_path / "npz_run"))
+    assert final["acc"] > 0.9  # three well separated blobs
+
+    # A folder of images encoded by the encoder of a trained jclust run (the tiny digits run).
+    folder = tmp_path / "art"
+    for cls in ("dark", "light"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(20):
+            value = 30 if cls == "dark" else 220
+            pixels = np.clip(rng.normal(value, 25, size=(16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(folder / cls / f"{i}.png")
+    encoder_dir = str(tmp_path / "encoder")
+    train.train_and_evaluate(tiny_config(), encoder_dir)
+    config = config_lib.load_config(os.path.join(ROOT, f"configs/delius.py:folder:{folder}"))
+    config = config_lib.apply_overrides(config, {
+        "data.encoder_workdir": encoder_dir, "num_clusters": 2, "batch_size": 8,
+        "model.hidden": (16,), "model.embed_dim": 2, "pretrain.epochs": 5, "dec.max_steps": 10,
+        "dec.update_interval": 5, "kmeans.n_init": 2, "log_every_steps": 50})
+    capsys.readouterr()
+    final = train.train_and_evaluate(config, str(tmp_path / "folder_run"))
+    out = capsys.readouterr().out
+    assert "features of dim 4" in out  # the encoder's 4-d embedding
+    assert final["acc"] > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error, and nothing written
+
+
+def test_cli_unknown_key_is_one_line_naming_valid_keys(tmp_path):
+    workdir = tmp_path / "never"
+    result = run(cli_args({"dec.tolerance": "0.1"}, str(workdir)), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dec.tolerance" in lines[0] and "dec.tol" in lines[0]
+    assert not workdir.exists()
+
+
+def test_cli_wrong_type_is_one_line(tmp_path):
+    workdir = tmp_path / "never"
+    result = run(cli_args({"batch_size": "many"}, str(workdir)), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "batch_size" in lines[0] and "int" in lines[0]
+    assert not workdir.exists()
+
+
+def test_apply_overrides_errors():
+    config = tiny_config()
+    with pytest.raises(config_lib.ConfigError, match="unknown config key 'model.depth'.*model.hidden"):
+        config_lib.apply_overrides(config, {"model.depth": 3})
+    with pytest.raises(config_lib.ConfigError, match="pretrain.epochs"):
+        config_lib.apply_overrides(config, {"pretrain.epochs": "ten"})
+    with pytest.raises(config_lib.ConfigError, match="method"):
+        config_lib.validate(config_lib.apply_overrides(config, {"method": "kmeans"}))
+    assert config_lib.apply_overrides(config, {"dec.tol": "1"}).dec.tol == 1.0
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"data.source": "idx:/nonexistent/dir"}, data.DataError, "nonexistent"),
+    ({"data.image_shape": (28, 28, 1)}, data.DataError, "do not match"),
+    ({"num_clusters": 300}, config_lib.ConfigError, "larger than the number of examples"),
+    ({"batch_size": 30, "data.limit": 20}, config_lib.ConfigError, "batch_size"),
+])
+def test_bad_input_fails_before_writing(tmp_path, overrides, error, match):
+    workdir = tmp_path / "never"
+    with pytest.raises(error, match=match):
+        train.train_and_evaluate(tiny_config(**overrides), str(workdir))
+    assert not workdir.exists()
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    features = np.random.default_rng(0).normal(size=(256, 16)).astype(np.float32)
+    features[200] = 1e30  # overflows the squared reconstruction error to inf
+    np.savez(tmp_path / "bad.npz", feature=features)
+    config = tiny_config(**{"data.source": f"npz:{tmp_path}/bad.npz", "data.shuffle": False,
+                            "checkpoint_every_steps": 5, "data.limit": 0})
+    workdir = str(tmp_path / "run")
+    # Example 200 is in batch 200 // 32 = 6 (0-based), i.e. the 7th step.
+    with pytest.raises(train.NonFiniteLossError, match=r"at step 7 .*step 5\) is left intact"):
+        train.train_and_evaluate(config, workdir)
+    _, state = final_params(workdir)
+    assert int(state.step) == 5
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
