@@ -1,0 +1,94 @@
+"""Clustering quality over seeds: trains a config once per seed and prints a BENCHMARKS.md row.
+
+  python benchmarks/quality.py --config=configs/dec.py --seeds=0,1,2 --workdir=runs/bench_dec
+  python benchmarks/quality.py --config=configs/idec.py --seeds=0,1,2 --workdir=runs/bench_idec \
+      --override pretrain.epochs=40
+
+Each seed runs in its own sub-workdir (re-running resumes and re-uses finished seeds). The
+output is the per-seed table plus one Markdown row: mean ± sd (sample sd, n-1) of ACC, NMI and
+ARI, the mean wall time, and the command, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="config file[:arg]")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE config override")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        workdir = os.path.join(args.workdir, f"seed{seed}")
+        result_path = os.path.join(workdir, "result.json")
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                rows.append(json.load(f))
+            print(f"seed {seed}: re-using {result_path}", flush=True)
+            continue
+        cmd = [sys.executable, "-m", "jclust.main", f"--config={args.config}", f"--workdir={workdir}",
+               f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
+        print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+        start = time.time()
+        proc = subprocess.run(cmd)
+        if proc.returncode:
+            print(f"seed {seed} failed with exit code {proc.returncode}", file=sys.stderr)
+            return proc.returncode
+        seconds = time.time() - start
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            final = [json.loads(line) for line in f][-1]
+        row = {"seed": seed, "seconds": seconds, **{k: final[k] for k in ("step", "acc", "nmi", "ari")}}
+        with open(result_path, "w") as f:
+            json.dump(row, f)
+        rows.append(row)
+
+    print("\n| seed | ACC | NMI | ARI | steps | wall time |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['acc']:.4f} | {r['nmi']:.4f} | {r['ari']:.4f} | {r['step']} | "
+              f"{r['seconds'] / 60:.1f} min |")
+
+    def stat(key):
+        values = np.array([r[key] for r in rows])
+        sd = values.std(ddof=1) if len(values) > 1 else 0.0
+        return f"{values.mean():.3f} ± {sd:.3f}"
+
+    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    print(f"\n| config | seeds | ACC | NMI | ARI | mean wall time | command | date | machine |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| `{args.config}` {' '.join(args.override)} | {len(rows)} | {stat('acc')} | {stat('nmi')} | "
+          f"{stat('ari')} | {np.mean([r['seconds'] for r in rows]) / 60:.1f} min | `{command}` | "
+          f"{today} | {machine()} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
