@@ -22,6 +22,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.pretrain.optimizer = "adam"
     config.pretrain.learning_rate = 1e-3
     config.pretrain.momentum = 0.9
+    config.pretrain.augment_shift = 0  # random translation (pixels) of the training images
 
     config.dec = ml_collections.ConfigDict()
     config.dec.alpha = 1.0            # Student-t degrees of freedom
@@ -32,6 +33,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.dec.optimizer = "sgd"
     config.dec.learning_rate = 0.01
     config.dec.momentum = 0.9
+    config.dec.augment_shift = 0
 
     config.kmeans = ml_collections.ConfigDict()
     config.kmeans.n_init = 20

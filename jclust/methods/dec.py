@@ -9,6 +9,10 @@ Phases:
      L = L_rec + gamma * KL. Training stops when fewer than ``dec.tol`` of the examples changed
      cluster between two target updates (or after ``dec.max_steps``).
 
+With ``pretrain.augment_shift`` / ``dec.augment_shift`` > 0 the network is trained on randomly
+translated images (DEC-DA, Guo et al., 2018); the target distribution, k-means initialisation and
+evaluation always use the original images.
+
 Run on features instead of pixels (``npz:`` features or ``data.encoder_workdir``), this is the
 DELIUS recipe.
 
@@ -27,6 +31,7 @@ import optax
 
 from jclust import cluster as jcluster
 from jclust import models
+from jclust.data import augment
 from jclust.config_lib import ConfigError
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.optim import make_optimizer
@@ -136,14 +141,21 @@ def make(config, data_spec: DataSpec) -> Method:
     def encode(params, x):
         return model.apply({"params": params["autoencoder"]}, prepare(x), method=model.encode)
 
+    def augmented(x, rng, max_shift):
+        # DEC-DA (Guo et al., 2018): the network sees randomly shifted images; targets and
+        # evaluation use the originals.
+        if not data_spec.is_image or max_shift <= 0:
+            return x
+        return augment.random_shift(x, rng, max_shift)
+
     def pretrain_loss(params, model_state, cluster, batch, rng):
-        x = prepare(batch["x"])
+        x = prepare(augmented(batch["x"], rng, config.pretrain.augment_shift))
         _, x_rec = model.apply({"params": params["autoencoder"]}, x)
         loss = reconstruction_loss(x, x_rec)
         return loss, (model_state, {"rec": loss})
 
     def cluster_loss(params, model_state, cluster, batch, rng):
-        x = prepare(batch["x"])
+        x = prepare(augmented(batch["x"], rng, config.dec.augment_shift))
         z, x_rec = model.apply({"params": params["autoencoder"]}, x)
         q = soft_assignment(z, params["centroids"], alpha)
         p = jax.lax.stop_gradient(cluster.target[batch["index"]])
