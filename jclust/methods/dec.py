@@ -117,6 +117,9 @@ def make(config, data_spec: DataSpec) -> Method:
         raise ConfigError(f"num_clusters={k} is larger than the number of examples ({n})")
     if config.batch_size > n:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the number of examples ({n})")
+    if config.model.name != "mlp_autoencoder":
+        raise ConfigError(f"config.model.name={config.model.name!r}: DEC/IDEC need the "
+                          "'mlp_autoencoder' model")
     idec = config.method == "idec"
     alpha = config.dec.alpha
     gamma = config.dec.gamma
