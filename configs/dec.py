@@ -21,7 +21,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.pretrain.epochs = 50
     config.pretrain.optimizer = "adam"
     config.pretrain.learning_rate = 1e-3
-    config.pretrain.momentum = 0.9
+    config.pretrain.momentum = 0.9     # SGD only
     config.pretrain.augment_shift = 0  # random translation (pixels) of the training images
 
     config.dec = ml_collections.ConfigDict()
@@ -32,7 +32,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.dec.max_steps = 20000
     config.dec.optimizer = "sgd"
     config.dec.learning_rate = 0.01
-    config.dec.momentum = 0.9
+    config.dec.momentum = 0.9          # SGD only
     config.dec.augment_shift = 0
 
     config.kmeans = ml_collections.ConfigDict()
@@ -51,5 +51,5 @@ def get_config(arg: str = ""):
         config.dec.update_interval = 30
         config.log_every_steps = 100
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use '' or 'digits'")
+        raise config_lib.ConfigError(f"unknown config argument {arg!r}; use '' or 'digits'")
     return config_lib.finalize(config)

@@ -13,16 +13,14 @@ different model or device topology), nothing is moved and the error says why.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -36,13 +34,24 @@ class Checkpointer:
     asynchronous write must not still be reading them.
     """
 
-    def __init__(self, directory: str, keep: int = 2):
+    def __init__(self, directory: str, keep: int = 2, *, read_only: bool = False,
+                 warn: Callable[[str], None] | None = None):
+        """Args:
+          directory: the checkpoints folder (created unless read_only).
+          keep: how many newest steps to keep.
+          read_only: never write, delete or move anything (for reading another run's
+            checkpoints, which may still be training).
+          warn: where warnings about unreadable steps go (default: stderr).
+        """
         self.directory = os.path.abspath(directory)
         self.keep = keep
+        self.read_only = read_only
+        self._warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
         self._manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=not self.read_only,
+                                               read_only=self.read_only,
                                                enable_async_checkpointing=False)
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -52,11 +61,14 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Writes ``state`` and ``meta`` as checkpoint ``step`` (replacing one of the same step)."""
-        if step in self._manager.all_steps():
-            self._manager.delete(step)
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                         meta=ocp.args.JsonSave(meta)))
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
+        saved = self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
+        if not saved:
+            raise CheckpointError(f"orbax did not save step {step} in {self.directory} (newest "
+                                  f"step on disk: {self._manager.latest_step()})")
 
     def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
         """Restores the newest step that restores cleanly.
@@ -80,19 +92,19 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as err:  # orbax raises ValueError, KeyError, OSError... on bad data
                 manager.close()
-                log.warning("checkpoint step %d could not be restored (%s: %s)", step,
-                            type(err).__name__, _first_line(err))
-                print(f"WARNING: checkpoint step {step} is corrupt or unreadable "
-                      f"({type(err).__name__}: {_first_line(err)[:120]}); trying the previous one",
-                      flush=True)
+                self._warn(f"WARNING: checkpoint step {step} is corrupt or unreadable "
+                           f"({type(err).__name__}: {_first_line(err)[:120]}); trying the previous one")
                 failed.append((step, err))
                 continue
             manager.close()
             # An older step restored with the same target, so the newer ones are damaged, not
             # mismatched: move them aside (never delete) so that new saves do not mix with them.
             for bad_step, _ in failed:
-                print(f"WARNING: moved corrupt checkpoint step {bad_step} to "
-                      f"{self._move_aside(bad_step)}", flush=True)
+                if self.read_only:
+                    continue
+                moved = self._move_aside(bad_step)
+                if moved:
+                    self._warn(f"WARNING: moved corrupt checkpoint step {bad_step} to {moved}")
             self._manager.close()
             self._manager = self._new_manager()
             return restored["state"], dict(restored["meta"])
@@ -104,12 +116,14 @@ class Checkpointer:
                 "If the files are damaged, move the workdir away to start over") from err
         return None
 
-    def _move_aside(self, step: int) -> str:
+    def _move_aside(self, step: int) -> str | None:
+        """Moves a step's folder next to the checkpoints folder; returns where (None if absent)."""
         source = os.path.join(self.directory, str(step))
         dest = os.path.join(os.path.dirname(self.directory),
                             f"corrupt_checkpoint_{step}_{int(time.time())}")
-        if os.path.exists(source):
-            shutil.move(source, dest)
+        if not os.path.exists(source):
+            return None
+        shutil.move(source, dest)
         return dest
 
     def close(self) -> None:

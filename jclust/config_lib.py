@@ -79,7 +79,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} has no get_config(arg) function")
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError as err:  # e.g. an unknown config argument
+        raise ConfigError(f"{path}: {err}") from err
     config.lock()
     return config
 
@@ -125,10 +128,11 @@ def parse_value(dotted: str, text: str, current: Any) -> Any:
     expected = type(current)
     try:
         if isinstance(current, bool):
+            # Exactly what absl's boolean flags accept, so the two never disagree.
             lowered = text.strip().lower()
-            if lowered in ("true", "1", "yes"):
+            if lowered in ("true", "t", "1"):
                 return True
-            if lowered in ("false", "0", "no"):
+            if lowered in ("false", "f", "0"):
                 return False
             raise ValueError(text)
         if isinstance(current, int):
@@ -193,10 +197,13 @@ def cli_overrides(argv: Sequence[str], flag: str = "config") -> dict[str, str]:
         if arg.startswith(prefix):
             key, eq, value = arg[len(prefix):].partition("=")
             if not eq:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"flag {arg} has no value")
-                value, i = argv[i + 1], i + 1
+                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                    value, i = argv[i + 1], i + 1
+                else:
+                    value = "true"  # a bare boolean flag
             out[key] = value
+        elif arg.startswith(f"--no{flag}."):
+            out[arg[len(f"--no{flag}."):]] = "false"
         i += 1
     return out
 

@@ -11,7 +11,8 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0) -> op
     """Returns the optax transformation for ``name`` in {"adam", "sgd"}.
 
     Args:
-      name: "adam" (betas 0.9/0.999, eps 1e-8, as Keras and torch) or "sgd" (heavy-ball momentum).
+      name: "adam" (betas 0.9/0.999, eps 1e-8, optax's and torch's defaults) or "sgd"
+        (heavy-ball momentum).
       learning_rate: the step size.
       momentum: SGD momentum (ignored by Adam); 0 disables it.
     """
@@ -19,4 +20,5 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0) -> op
         return optax.adam(learning_rate)
     if name == "sgd":
         return optax.sgd(learning_rate, momentum=momentum or None)
-    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    from jclust.config_lib import ConfigError
+    raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")

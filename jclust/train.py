@@ -66,8 +66,18 @@ class TrainState:
 # Data
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> jdata.Dataset:
-    """Loads ``config.data.source`` (applying ``data.limit`` and ``data.encoder_workdir``)."""
+ENCODED_FEATURES = "encoder_features.npy"
+
+
+def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> jdata.Dataset:
+    """Loads ``config.data.source`` (applying ``data.limit`` and ``data.encoder_workdir``).
+
+    Args:
+      config: the run's config.
+      cache_dir: the run's workdir; with ``data.encoder_workdir``, features already encoded for
+        this run are read from ``cache_dir/encoder_features.npy`` instead of being recomputed (a
+        resumed run must see the same features even if the encoder run has moved on).
+    """
     image_shape = tuple(config.data.image_shape)
     if config.data.encoder_workdir:
         image_shape = tuple(read_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
@@ -76,8 +86,17 @@ def load_dataset(config: ml_collections.ConfigDict) -> jdata.Dataset:
     if config.data.limit and config.data.limit < dataset.num_examples:
         dataset = dataset.subset(np.arange(config.data.limit))
     if config.data.encoder_workdir:
-        dataset = encode_dataset(dataset, config.data.encoder_workdir,
-                                 batch_size=config.eval_batch_size)
+        cached = os.path.join(cache_dir, ENCODED_FEATURES) if cache_dir else None
+        if cached and os.path.exists(cached):
+            features = np.load(cached)
+            if features.shape[0] != dataset.num_examples:
+                raise jdata.DataError(f"{cached} holds {features.shape[0]} encoded examples but the "
+                                      f"data has {dataset.num_examples}; use a new workdir")
+            dataset = dataclasses.replace(dataset, inputs=features,
+                                          source=f"{dataset.source} encoded by {config.data.encoder_workdir}")
+        else:
+            dataset = encode_dataset(dataset, config.data.encoder_workdir,
+                                     batch_size=config.eval_batch_size)
     return dataset
 
 
@@ -278,7 +297,8 @@ def load_run(workdir: str):
     replicated = NamedSharding(make_mesh(), P())
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           jax.eval_shape(lambda: init_state(method, config.seed, sample)))
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      keep=config.keep_checkpoints, read_only=True)
     try:
         restored = ckpt.restore_latest(target)
     finally:
@@ -309,14 +329,28 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
                                source=f"{dataset.source} encoded by {encoder_workdir}")
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-    """Drops evaluations written after ``step`` (by a run killed before its next checkpoint)."""
+def _truncate_metrics(path: str, step: int) -> dict:
+    """Keeps the evaluations of steps <= ``step`` (atomically) and returns the last one ({} if none).
+
+    A run killed after an evaluation but before its next checkpoint leaves newer lines behind; a
+    kill in the middle of a write leaves a partial line. Both are dropped.
+    """
     if not os.path.exists(path):
-        return
+        return {}
+    kept = []
     with open(path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(record)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+    return kept[-1] if kept else {}
 
 
 def _fmt_time(seconds: float) -> str:
@@ -340,6 +374,18 @@ def cluster_health(labels: np.ndarray, num_clusters: int) -> dict:
 # The loop
 
 
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdout=None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates.
 
@@ -357,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         print(text, file=out, flush=True)
 
     config_lib.validate(config)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, cache_dir=workdir)
     spec = data_spec_of(dataset)
     mesh = make_mesh()
     if config.batch_size % mesh.size:
@@ -371,29 +417,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
-    run_info = {"config": config.to_dict(), "data_spec": spec._asdict(), "version": VERSION,
-                "source": dataset.source}
+    run_info = json.loads(json.dumps({"config": config.to_dict(), "data_spec": spec._asdict(),
+                                      "version": VERSION, "source": dataset.source}, default=list))
     info_path = os.path.join(workdir, "run.json")
+    changed = []
     if os.path.exists(info_path):
         with open(info_path) as f:
-            previous = json.load(f)
-        if previous.get("config") != json.loads(json.dumps(run_info["config"])):
-            say("note: the config differs from the one this workdir was started with; "
-                "resuming with the new one")
-    with open(info_path, "w") as f:
-        json.dump(run_info, f, indent=1, default=list)
+            changed = _config_diff(json.load(f).get("config", {}), run_info["config"])
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    encoded_path = os.path.join(workdir, ENCODED_FEATURES)
 
     state = init_state(method, config.seed, dataset.inputs[:config.batch_size])
     state = jax.device_put(state, runner.replicated)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    restored = ckpt.restore_latest(state)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      keep=config.keep_checkpoints, warn=say)
+    try:
+        restored = ckpt.restore_latest(state)
+    except checkpointing.CheckpointError as err:
+        if changed:
+            raise checkpointing.CheckpointError(
+                f"{err}. The config differs from the one this workdir was trained with in: "
+                f"{', '.join(changed)}; use a new workdir for a different model or data") from err
+        raise
+    # run.json describes what the checkpoints hold: write it only once they are known to match.
+    with open(info_path, "w") as f:
+        json.dump(run_info, f, indent=1)
+    if config.data.encoder_workdir and not os.path.exists(encoded_path):
+        # Freeze the encoder's features with the run, so that a resume trains on the same ones.
+        np.save(encoded_path, dataset.inputs)
     last_saved = -1
     if restored is not None:
         state = jax.device_put(restored[0], runner.replicated)
         last_saved = int(state.step)
-        _truncate_metrics(metrics_path, last_saved)
         say(f"resumed from checkpoint step {last_saved}")
+        if changed:
+            say(f"note: config keys changed since this workdir was started: {', '.join(changed)}")
+    # Evaluations newer than the restored state came from a run killed before its next checkpoint.
+    last_record = _truncate_metrics(metrics_path, last_saved)
 
     say(f"jclust {config.method}: {jdata.describe(dataset)}; {mesh.size} device(s) "
         f"({jax.default_backend()}); {total_steps} steps at most in phases "
@@ -403,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         say("note: the data has no labels, so ACC/NMI/ARI are skipped (training is unaffected)")
 
     previous_labels = None
-    last_record = {}
+    pending = []  # (step, metrics) still on device; fetched at log/save/eval time
 
     def meta_for(step):
         epoch, offset = schedule.position(step)
@@ -411,12 +471,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 "phase": method.phases[phase_at(bounds, step)].name,
                 "config": json.loads(config.to_json_best_effort())}
 
+    def flush():
+        """Fetches buffered step metrics; raises if a loss became non-finite."""
+        if not pending:
+            return {}
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending.clear()
+        for s, m in zip(steps, fetched):
+            for key, value in m.items():
+                if not np.all(np.isfinite(value)):
+                    raise NonFiniteLossError(
+                        f"{key} became {float(value)} at step {s + 1} (phase "
+                        f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
+                        f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
+        return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+
     def evaluate(state, step, features, extra):
         nonlocal previous_labels
         labels, confidence = runner.assign(state, features)
         record = {"step": step, "phase": method.phases[phase_at(bounds, max(step - 1, 0))].name}
         if dataset.labels is not None:
-            record.update({k: v for k, v in jmetrics.evaluate(dataset.labels, labels).items()})
+            record.update(jmetrics.evaluate(dataset.labels, labels))
         record.update(cluster_health(labels, config.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
         if previous_labels is not None:
@@ -432,11 +508,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             f"{record['cluster_size_max']}, size entropy {record['size_entropy']:.3f}")
         return record
 
-    def recluster_and_eval(state, step, force_eval):
-        due, first = recluster_due(method, bounds, step)
-        eval_due = force_eval or due or (config.eval_every_steps and step % config.eval_every_steps == 0)
+    def recluster_and_eval(state, step, force_eval, allow_recluster=True):
+        """Runs the recluster and/or evaluation due at ``step``; returns (state, record|None)."""
+        due, first = recluster_due(method, bounds, step) if allow_recluster else (False, False)
+        # An evaluation needs a usable assignment rule: not in phases without one (pretraining).
+        can_eval = method.phases[phase_at(bounds, step)].evaluate or step >= total_steps
+        eval_due = can_eval and (force_eval or due or (
+            config.eval_every_steps and step % config.eval_every_steps == 0))
         if not (due or eval_due):
             return state, None
+        flush()  # never cluster or evaluate parameters that already went NaN
         features = runner.features(state, dataset.inputs)
         extra = {}
         if due:
@@ -447,44 +528,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             state = jax.device_put(state.replace(params=params, cluster=cluster), runner.replicated)
         return state, evaluate(state, step, features, extra) if eval_due else None
 
-    step = int(state.step)
-    if restored is None:
-        state, record = recluster_and_eval(state, step, force_eval=False)
-        last_record = record or last_record
-
-    pending = []  # (step, metrics) still on device; fetched at log/save time
-    t_log, step_log = time.time(), step
-    t_start, step_start = t_log, step
-
-    def flush():
-        """Fetches buffered step metrics; raises if a loss became non-finite."""
-        if not pending:
-            return {}
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-            for key, value in m.items():
-                if not np.all(np.isfinite(value)):
-                    pending.clear()
-                    raise NonFiniteLossError(
-                        f"{key} became {float(value)} at step {s + 1} (phase "
-                        f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
-                        f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-        pending.clear()
-        return means
-
     def save(state, step):
         nonlocal last_saved
         flush()
-        finite = jax.tree.reduce(lambda a, b: a and b, jax.tree.map(
-            lambda x: bool(jnp.all(jnp.isfinite(x))) if jnp.issubdtype(x.dtype, jnp.floating) else True,
-            state.params))
+        finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)
+                     if jnp.issubdtype(x.dtype, jnp.floating))
         if not finite:
             raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. The "
                                      f"last good checkpoint (step {last_saved}) is left intact")
         ckpt.save(step, state, meta_for(step))
         last_saved = step
 
+    step = int(state.step)
+    if restored is None:
+        state, record = recluster_and_eval(state, step, force_eval=False)
+        last_record = record or last_record
+
+    t_log, step_log = time.time(), step
+    t_start, step_start = t_log, step
     done = method.done(state.cluster)
     try:
         while step < total_steps and not done:
@@ -497,8 +558,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
             phase_end = step == bounds[phase_index][1]
             state, record = recluster_and_eval(state, step, force_eval=phase_end)
-            last_record = record or last_record
-            done = method.done(state.cluster)
+            if record is not None:
+                last_record = record
+                done = method.done(state.cluster)  # only a recluster can change it
 
             if step % config.log_every_steps == 0 or phase_end or done:
                 means = flush()
@@ -515,7 +577,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if last_saved != step:
             save(state, step)
         if not last_record or last_record.get("step") != step:
-            _, last_record = recluster_and_eval(state, step, force_eval=True)
+            _, last_record = recluster_and_eval(state, step, force_eval=True, allow_recluster=False)
     finally:
         ckpt.close()
     if done:

@@ -32,6 +32,8 @@ def reference_run(tmp_path_factory):
 def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
     workdir, final = reference_run
     records = _records(workdir)
+    # No evaluation during pretraining (no centroids yet): the first is at its end, step 24.
+    assert records[0]["step"] == 24 and records[0]["phase"] == "pretrain"
     assert records[-1]["step"] == final["step"] == 64  # 3 epochs x 8 batches + 40 cluster steps
     for key in ("acc", "nmi", "ari", "purity", "clusters_used", "size_entropy"):
         assert key in final
@@ -50,10 +52,13 @@ def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
 
 def test_rerun_of_finished_workdir_resumes_without_training(reference_run, capsys):
     workdir, final = reference_run
+    before = open(os.path.join(workdir, "metrics.jsonl")).read()
     again = train.train_and_evaluate(tiny_config(), workdir)
     out = capsys.readouterr().out
     assert "resumed from checkpoint step 64" in out
-    assert again["acc"] == final["acc"]
+    assert "[cluster]" not in out  # no train step ran
+    assert again == final
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
 
 
 def test_corrupt_latest_checkpoint_is_skipped(reference_run, tmp_path, capsys):
@@ -92,38 +97,49 @@ def test_all_checkpoints_corrupt_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(reference_run, tmp_path):
-    ref_dir, _ = reference_run
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    # One pretraining epoch, then 150 cluster steps with a target update (and an evaluation)
+    # every 10 steps and a checkpoint every 50: the kill lands in the cluster phase after an
+    # evaluation newer than the last checkpoint, so resume must restore the target distribution
+    # and drop that evaluation.
+    overrides = {"pretrain.epochs": 1, "dec.max_steps": 150, "checkpoint_every_steps": 50}
+    reference = str(tmp_path / "reference")
+    train.train_and_evaluate(tiny_config(**overrides), reference)
+
     workdir = str(tmp_path / "killed")
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    # Checkpoint every 5 steps so that the kill lands between two checkpoints of a live run.
-    overrides = dict(TINY_CLI, checkpoint_every_steps=5)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen(cli_args(overrides, workdir), cwd=ROOT, env=env,
+    proc = subprocess.Popen(cli_args(dict(TINY_CLI, **overrides), workdir), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_after = None
     deadline = time.time() + 120
-    while time.time() < deadline:
-        steps = [s for s in os.listdir(ckpt_dir) if s.isdigit()] if os.path.isdir(ckpt_dir) else []
-        if steps and max(map(int, steps)) >= 15:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if steps and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                logged = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+            if steps and logged and max(steps) >= 50 and logged[-1] > max(steps):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_after = (max(steps), logged[-1])
+                break
+        time.sleep(0.002)
     proc.wait()
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    assert steps and steps[-1] < 64
-    result = run(cli_args(overrides, workdir), timeout=300)
+    assert killed_after is not None, "the run ended before it could be killed mid-phase"
+    result = run(cli_args(dict(TINY_CLI, **overrides), workdir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from checkpoint step" in result.stdout
     ours, state = final_params(workdir)
-    ref, _ = final_params(ref_dir)
-    assert int(state.step) == 64
+    ref, ref_state = final_params(reference)
+    assert int(state.step) == int(ref_state.step) == 158
     for a, b in zip(ours, ref):
         np.testing.assert_array_equal(a, b)
-    # Evaluations written after the restored checkpoint by the killed run were dropped.
-    steps_logged = [r["step"] for r in _records(workdir)]
-    assert steps_logged == sorted(set(steps_logged))
+    np.testing.assert_array_equal(state.cluster.target, ref_state.cluster.target)
+    # The evaluation newer than the restored checkpoint was dropped, then written again once.
+    ours_log = [{k: v for k, v in r.items() if k not in ("time", "nmi_previous")} for r in _records(workdir)]
+    ref_log = [{k: v for k, v in r.items() if k not in ("time", "nmi_previous")} for r in _records(reference)]
+    assert ours_log == ref_log
 
 
 @pytest.mark.slow
@@ -252,3 +268,33 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
     _, state = final_params(workdir)
     assert int(state.step) == 5
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_cli_unknown_config_argument_is_one_line(tmp_path):
+    result = run(cli_args({}, str(tmp_path / "never"), config_file="configs/dec.py:nonsense"),
+                 timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nonsense" in lines[0]
+
+
+def test_boolean_overrides_follow_absl():
+    config = tiny_config()
+    assert config_lib.apply_overrides(config, {"data.shuffle": "f"}).data.shuffle is False
+    assert config_lib.apply_overrides(config, {"data.shuffle": "True"}).data.shuffle is True
+    with pytest.raises(config_lib.ConfigError, match="data.shuffle"):
+        config_lib.apply_overrides(config, {"data.shuffle": "yes"})  # absl would refuse it too
+    assert config_lib.cli_overrides(["--config.data.shuffle", "--noconfig.data.shuffle"]) == {
+        "data.shuffle": "false"}
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"dec.update_interval": 0}, "dec.update_interval"),
+    ({"dec.alpha": -1.0}, "dec.alpha"),
+    ({"pretrain.optimizer": "lbfgs"}, "unknown optimizer"),
+    ({"model.name": "small_cnn"}, "mlp_autoencoder"),
+])
+def test_out_of_range_method_values_are_config_errors(tmp_path, overrides, match):
+    with pytest.raises(config_lib.ConfigError, match=match):
+        train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

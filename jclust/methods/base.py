@@ -43,6 +43,8 @@ class Phase(NamedTuple):
       recluster_every: run ``Method.recluster`` every this many steps of the phase (0: never
         periodically).
       recluster_at_start: run ``Method.recluster`` once when the phase starts.
+      evaluate: whether ``Method.assign`` means anything during this phase (False e.g. while an
+        autoencoder is pretrained and no centroids exist yet); evaluations are skipped if not.
     """
     name: str
     num_steps: int
@@ -50,6 +52,7 @@ class Phase(NamedTuple):
     loss_fn: LossFn
     recluster_every: int = 0
     recluster_at_start: bool = False
+    evaluate: bool = True
 
 
 class Method(NamedTuple):

@@ -120,6 +120,18 @@ def make(config, data_spec: DataSpec) -> Method:
     if config.model.name != "mlp_autoencoder":
         raise ConfigError(f"config.model.name={config.model.name!r}: DEC/IDEC need the "
                           "'mlp_autoencoder' model")
+    checks = {"dec.update_interval": config.dec.update_interval > 0,
+              "dec.max_steps": config.dec.max_steps > 0, "dec.alpha": config.dec.alpha > 0,
+              "dec.tol": config.dec.tol >= 0, "pretrain.epochs": config.pretrain.epochs >= 0,
+              "pretrain.augment_shift": config.pretrain.augment_shift >= 0,
+              "dec.augment_shift": config.dec.augment_shift >= 0}
+    for key, ok in checks.items():
+        if not ok:
+            section, leaf = key.split(".")
+            raise ConfigError(f"config.{key}={config[section][leaf]} is out of range")
+    if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
+        raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
+                          "are feature vectors")
     idec = config.method == "idec"
     alpha = config.dec.alpha
     gamma = config.dec.gamma
@@ -208,7 +220,7 @@ def make(config, data_spec: DataSpec) -> Method:
                         "centroids": "freeze"})
     phases = (
         Phase(name="pretrain", num_steps=config.pretrain.epochs * steps_per_epoch, tx=pretrain_tx,
-              loss_fn=pretrain_loss),
+              loss_fn=pretrain_loss, evaluate=False),
         Phase(name="cluster", num_steps=config.dec.max_steps, tx=cluster_tx, loss_fn=cluster_loss,
               recluster_every=config.dec.update_interval, recluster_at_start=True),
     )
