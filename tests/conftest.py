@@ -19,7 +19,8 @@ def tiny_config(**overrides):
     base = {
         "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
         "model.hidden": (32, 32), "model.embed_dim": 4,
-        "pretrain.epochs": 3, "dec.max_steps": 40, "dec.update_interval": 10, "dec.tol": 0.0,
+        "pretrain.epochs": 3, "pretrain.optimizer": "adam", "pretrain.learning_rate": 1e-3,
+        "dec.max_steps": 40, "dec.update_interval": 10, "dec.tol": 0.0,
         "kmeans.n_init": 2, "kmeans.max_iter": 50,
         "log_every_steps": 10, "checkpoint_every_steps": 20,
     }
@@ -38,7 +39,8 @@ def cli_args(config_overrides: dict, workdir: str, config_file: str = "configs/d
 
 TINY_CLI = {
     "data.limit": 256, "batch_size": 32, "eval_batch_size": 128, "model.hidden": "(32,32)",
-    "model.embed_dim": 4, "pretrain.epochs": 3, "dec.max_steps": 40, "dec.update_interval": 10,
+    "model.embed_dim": 4, "pretrain.epochs": 3, "pretrain.optimizer": "adam",
+    "pretrain.learning_rate": "0.001", "dec.max_steps": 40, "dec.update_interval": 10,
     "dec.tol": 0.0, "kmeans.n_init": 2, "kmeans.max_iter": 50, "log_every_steps": 10,
     "checkpoint_every_steps": 20,
 }
