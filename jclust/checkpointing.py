@@ -127,6 +127,7 @@ class Checkpointer:
         return dest
 
     def close(self) -> None:
+        """Releases the orbax manager."""
         self._manager.close()
 
 

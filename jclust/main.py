@@ -47,6 +47,7 @@ def check_argv(argv) -> None:
 
 
 def run():
+    """Entry point of ``python -m jclust.main``."""
     check_argv(sys.argv[1:])
     app.run(_main)
 

@@ -101,6 +101,7 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
 
 
 def data_spec_of(dataset: jdata.Dataset) -> jmethods.DataSpec:
+    """What a method may know about a data set: N, per-example shape, images or features."""
     return jmethods.DataSpec(num_examples=dataset.num_examples,
                              input_shape=tuple(int(s) for s in dataset.input_shape),
                              is_image=dataset.is_image)
@@ -127,6 +128,7 @@ class BatchSchedule:
         return divmod(step, self.steps_per_epoch)
 
     def indices(self, step: int) -> np.ndarray:
+        """Example indices [batch_size] of train step ``step``."""
         epoch, offset = self.position(step)
         if self._cache[0] != epoch:
             self._cache = (epoch, epoch_order(self.num_examples, epoch, self.seed, self.shuffle))
@@ -197,6 +199,7 @@ class Runner:
                                out_shardings=(self.batch_sharding, self.batch_sharding))
 
     def put_batch(self, batch: dict) -> dict:
+        """Places a host batch on the mesh, split along the batch axis."""
         return jax.device_put(batch, self.batch_sharding)
 
     def _padded_batches(self, array: np.ndarray):
@@ -249,6 +252,7 @@ def phase_bounds(method: jmethods.Method) -> list[tuple[int, int]]:
 
 
 def phase_at(bounds, step: int) -> int:
+    """Index of the phase that runs train step ``step`` (the last phase once training is over)."""
     for i, (_, end) in enumerate(bounds):
         if step < end:
             return i
