@@ -468,6 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
     previous_labels = None
     pending = []  # (step, metrics) still on device; fetched at log/save/eval time
+    fetched = []  # metrics fetched to the host since the last log line
 
     def meta_for(step):
         epoch, offset = schedule.position(step)
@@ -476,20 +477,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 "config": json.loads(config.to_json_best_effort())}
 
     def flush():
-        """Fetches buffered step metrics; raises if a loss became non-finite."""
+        """Fetches buffered step metrics into ``fetched``; raises if a loss became non-finite."""
         if not pending:
-            return {}
-        fetched = jax.device_get([m for _, m in pending])
+            return
+        values = jax.device_get([m for _, m in pending])
         steps = [s for s, _ in pending]
         pending.clear()
-        for s, m in zip(steps, fetched):
+        for s, m in zip(steps, values):
             for key, value in m.items():
                 if not np.all(np.isfinite(value)):
                     raise NonFiniteLossError(
                         f"{key} became {float(value)} at step {s + 1} (phase "
                         f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
                         f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
-        return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        fetched.extend(values)
+
+    def log_means():
+        """Means of the step metrics since the last log line."""
+        flush()
+        means = {k: float(np.mean([m[k] for m in fetched if k in m])) for k in fetched[-1]} if fetched else {}
+        fetched.clear()
+        return means
 
     def evaluate(state, step, features, extra):
         nonlocal previous_labels
@@ -567,7 +575,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 done = method.done(state.cluster)  # only a recluster can change it
 
             if step % config.log_every_steps == 0 or phase_end or done:
-                means = flush()
+                means = log_means()
                 now = time.time()
                 rate = (step - step_log) / max(now - t_log, 1e-9)
                 overall = (step - step_start) / max(now - t_start, 1e-9)
