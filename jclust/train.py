@@ -14,7 +14,6 @@ every recluster of steps <= s, and the data order and rngs are functions of the 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jclust import checkpointing
@@ -164,19 +164,15 @@ def make_train_step(method: jmethods.Method, phase_index: int):
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = phase.tx.update(grads, state.opt_states[phase_index], state.params)
-        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        params = optax.apply_updates(state.params, updates)
         opt_states = tuple(opt_state if i == phase_index else s
                            for i, s in enumerate(state.opt_states))
-        metrics = {"loss": loss, "grad_norm": _global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_states=opt_states)
         return new_state, metrics
 
     return train_step
-
-
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 class Runner:
