@@ -2,7 +2,8 @@
 
   python benchmarks/quality.py --config=configs/dec.py --seeds=0,1,2 --workdir=runs/bench_dec
   python benchmarks/quality.py --config=configs/idec.py --seeds=0,1,2 --workdir=runs/bench_idec \
-      --override pretrain.epochs=40
+      --override pretrain.epochs=0 \
+      --override 'init_params=runs/bench_dec/seed{seed}/params_pretrain.msgpack'
 
 Each seed runs in its own sub-workdir (re-running resumes and re-uses finished seeds). The
 output is the per-seed table plus one Markdown row: mean ± sd (sample sd, n-1) of ACC, NMI and
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="config file[:arg]")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE config override")
+    parser.add_argument("--override", action="append", default=[],
+                        help="KEY=VALUE config override; {seed} in it becomes the seed")
     args = parser.parse_args(argv)
 
     rows = []
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
             print(f"seed {seed}: re-using {result_path}", flush=True)
             continue
         cmd = [sys.executable, "-m", "jclust.main", f"--config={args.config}", f"--workdir={workdir}",
-               f"--config.seed={seed}"] + [f"--config.{o}" for o in args.override]
+               f"--config.seed={seed}"] + [f"--config.{o.replace('{seed}', str(seed))}"
+                                            for o in args.override]
         print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.time()
         proc = subprocess.run(cmd)

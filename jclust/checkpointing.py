@@ -13,6 +13,7 @@ different model or device topology), nothing is moved and the error says why.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,17 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class _ReadOnlyNotices(logging.Filter):
+    """Drops Orbax's warnings that merely restate that a manager was opened read-only."""
+    NOTICES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICES)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
 class CheckpointError(RuntimeError):

@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
     # DELIUS recipe: a jclust workdir whose trained encoder turns the images into features first.
     c.data.encoder_workdir = ""
 
+    # A params file exported by another run at the end of a phase (WORKDIR/params_<phase>.msgpack),
+    # loaded into a fresh run before training, e.g. IDEC on DEC's pretrained autoencoder with
+    # pretrain.epochs=0. Same network shapes required; ignored on resume (the checkpoint has them).
+    c.init_params = ""
+
     c.batch_size = 256
     c.eval_batch_size = 2048
 
@@ -53,6 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0: evaluate at phase ends, at every recluster and at the end
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
+    c.tensorboard = True  # also write WORKDIR/tensorboard/ events (tensorboardX, no TensorFlow)
+
+    # PNGs in WORKDIR/pictures/, overwritten as training goes (see jclust.viz).
+    c.pictures = ml_collections.ConfigDict()
+    c.pictures.every_evals = 1  # after every this many evaluations and at the end (0: never)
+    c.pictures.projection = "pca"  # 2-D projection of the embeddings: pca | tsne
+    c.pictures.max_points = 5000  # points drawn in the projection (a fixed random subset)
     return c
 
 
@@ -232,6 +244,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
     if config.data.limit < 0:
         raise ConfigError(f"config.data.limit must be >= 0, got {config.data.limit}")
+    if config.pictures.every_evals < 0 or config.pictures.max_points < 2:
+        raise ConfigError("config.pictures.every_evals must be >= 0 and config.pictures.max_points "
+                          f">= 2, got {config.pictures.every_evals} and {config.pictures.max_points}")
+    if config.pictures.projection not in ("pca", "tsne"):
+        raise ConfigError(f"config.pictures.projection={config.pictures.projection!r}; "
+                          "use 'pca' or 'tsne'")
     shape = tuple(config.data.image_shape)
     if len(shape) != 3 or min(shape) <= 0:
         raise ConfigError(f"config.data.image_shape must be (H, W, C) with positive sizes, got {shape}")

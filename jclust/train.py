@@ -34,6 +34,7 @@ from jclust import config_lib
 from jclust import data as jdata
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
+from jclust import writers
 
 VERSION = 1
 
@@ -167,7 +168,7 @@ def make_train_step(method: jmethods.Method, phase_index: int):
         params = optax.apply_updates(state.params, updates)
         opt_states = tuple(opt_state if i == phase_index else s
                            for i, s in enumerate(state.opt_states))
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_states=opt_states)
         return new_state, metrics
@@ -329,30 +330,6 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
                                source=f"{dataset.source} encoded by {encoder_workdir}")
 
 
-def _truncate_metrics(path: str, step: int) -> dict:
-    """Keeps the evaluations of steps <= ``step`` (atomically) and returns the last one ({} if none).
-
-    A run killed after an evaluation but before its next checkpoint leaves newer lines behind; a
-    kill in the middle of a write leaves a partial line. Both are dropped.
-    """
-    if not os.path.exists(path):
-        return {}
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(record)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
-    return kept[-1] if kept else {}
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
@@ -368,6 +345,86 @@ def cluster_health(labels: np.ndarray, num_clusters: int) -> dict:
             "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
             "size_entropy": float(-np.sum(frac * np.log(frac)) / math.log(num_clusters))
             if num_clusters > 1 else 0.0}
+
+
+def phase_params_path(workdir: str, phase_name: str) -> str:
+    """Where the parameters at the end of a phase are exported: ``WORKDIR/params_<phase>.msgpack``."""
+    return os.path.join(workdir, f"params_{phase_name}.msgpack")
+
+
+def export_params(path: str, params) -> None:
+    """Writes a params pytree as flax msgpack bytes (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.to_bytes(jax.device_get(params)))
+    os.replace(tmp, path)
+
+
+def import_params(path: str, like):
+    """Reads params exported by :func:`export_params` into the structure of ``like``.
+
+    Raises:
+      ConfigError: the file is missing, unreadable, or its tree or shapes differ from ``like``.
+    """
+    if not os.path.isfile(path):
+        raise config_lib.ConfigError(f"config.init_params={path!r}: no such file")
+    try:
+        with open(path, "rb") as f:
+            loaded = flax.serialization.msgpack_restore(f.read())
+        params = flax.serialization.from_state_dict(jax.device_get(like), loaded)
+    except Exception as err:  # noqa: BLE001 - msgpack and flax raise many types for a bad file
+        raise config_lib.ConfigError(f"config.init_params={path!r} cannot be used: "
+                                     f"{type(err).__name__}: {str(err)[:300]}") from err
+    for (where, a), b in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(params)):
+        if np.shape(a) != np.shape(b):
+            raise config_lib.ConfigError(
+                f"config.init_params={path!r}: {jax.tree_util.keystr(where)} has shape "
+                f"{np.shape(b)} but this model needs {np.shape(a)}")
+    return jax.tree.map(lambda a, b: np.asarray(b, dtype=np.asarray(a).dtype), like, params)
+
+
+ASSIGNMENTS = "assignments.npz"
+PICTURES = "pictures"
+
+
+def save_assignments(workdir: str, step: int, labels: np.ndarray, confidence: np.ndarray) -> None:
+    """Writes the latest evaluation's assignment (atomically) to ``WORKDIR/assignments.npz``.
+
+    Arrays: ``step`` [], ``labels`` int32 [N] and ``confidence`` float32 [N], in example order.
+    """
+    path = os.path.join(workdir, ASSIGNMENTS)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, step=np.int64(step), labels=labels.astype(np.int32),
+             confidence=confidence.astype(np.float32))
+    os.replace(tmp, path)
+
+
+def write_pictures(workdir: str, config: ml_collections.ConfigDict, dataset: jdata.Dataset,
+                   features: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
+                   writer: writers.RunWriter) -> None:
+    """Overwrites ``WORKDIR/pictures/*.png`` with the current state of the run.
+
+    Pictures: ``clusters.png`` (most confident images per cluster; image data only),
+    ``confusion.png`` (labels only), ``embedding.png`` (2-D projection of features [N, D]) and
+    ``curves.png`` (losses and metrics so far).
+    """
+    from jclust import viz
+    out = os.path.join(workdir, PICTURES)
+    k = config.num_clusters
+    step = writer.evals[-1]["step"] if writer.evals else 0
+    title = f"{config.method} on {dataset.source}, step {step}"
+    if dataset.is_image:
+        viz.cluster_grid(dataset.inputs, labels, confidence, os.path.join(out, "clusters.png"),
+                         num_clusters=k, class_labels=dataset.labels,
+                         class_names=dataset.class_names, title=title)
+    if dataset.labels is not None:
+        viz.confusion_matrix(dataset.labels, labels, os.path.join(out, "confusion.png"),
+                             num_clusters=k, class_names=dataset.class_names, title=title)
+    viz.embedding_projection(features, labels, os.path.join(out, "embedding.png"),
+                             method=config.pictures.projection, max_points=config.pictures.max_points,
+                             seed=config.seed, title=title)
+    viz.training_curves(writer.evals, writer.train_records, os.path.join(out, "curves.png"),
+                        title=f"{config.method} on {dataset.source}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,6 +472,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     schedule = BatchSchedule(spec.num_examples, config.batch_size, config.seed, config.data.shuffle)
     runner = Runner(method, mesh, config.eval_batch_size)
 
+    state = init_state(method, config.seed, dataset.inputs[:config.batch_size])
+    initial_params = import_params(config.init_params, state.params) if config.init_params else None
+    state = jax.device_put(state, runner.replicated)
+
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
     run_info = json.loads(json.dumps({"config": config.to_dict(), "data_spec": spec._asdict(),
@@ -424,11 +485,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     if os.path.exists(info_path):
         with open(info_path) as f:
             changed = _config_diff(json.load(f).get("config", {}), run_info["config"])
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     encoded_path = os.path.join(workdir, ENCODED_FEATURES)
 
-    state = init_state(method, config.seed, dataset.inputs[:config.batch_size])
-    state = jax.device_put(state, runner.replicated)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       keep=config.keep_checkpoints, warn=say)
     try:
@@ -452,8 +510,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         say(f"resumed from checkpoint step {last_saved}")
         if changed:
             say(f"note: config keys changed since this workdir was started: {', '.join(changed)}")
-    # Evaluations newer than the restored state came from a run killed before its next checkpoint.
-    last_record = _truncate_metrics(metrics_path, last_saved)
+    # Records newer than the restored state came from a run killed before its next checkpoint.
+    writer = writers.RunWriter(workdir, last_saved, tensorboard=config.tensorboard)
+    last_record = writer.evals[-1] if writer.evals else {}
+    evals_done = 0
 
     say(f"jclust {config.method}: {jdata.describe(dataset)}; {mesh.size} device(s) "
         f"({jax.default_backend()}); {total_steps} steps at most in phases "
@@ -496,7 +556,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         return means
 
     def evaluate(state, step, features, extra):
-        nonlocal previous_labels
+        nonlocal previous_labels, evals_done
         labels, confidence = runner.assign(state, features)
         record = {"step": step, "phase": method.phases[phase_at(bounds, max(step - 1, 0))].name}
         if dataset.labels is not None:
@@ -508,8 +568,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         previous_labels = labels
         record.update(extra)
         record["time"] = time.time()
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        writer.write_eval(record)
+        save_assignments(workdir, step, labels, confidence)
+        evals_done += 1
+        final = step >= total_steps or method.done(state.cluster)
+        if config.pictures.every_evals and (final or evals_done % config.pictures.every_evals == 0):
+            write_pictures(workdir, config, dataset, features, labels, confidence, writer)
         shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
         say(f"  eval step {step}: {shown}{', ' if shown else ''}clusters used "
             f"{record['clusters_used']}/{config.num_clusters}, sizes {record['cluster_size_min']}.."
@@ -545,9 +609,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. The "
                                      f"last good checkpoint (step {last_saved}) is left intact")
         ckpt.save(step, state, meta_for(step))
+        writer.flush()
         last_saved = step
 
     step = int(state.step)
+    if restored is None and initial_params is not None:
+        state = jax.device_put(state.replace(params=initial_params), runner.replicated)
+        say(f"parameters initialised from {config.init_params}")
     if restored is None:
         state, record = recluster_and_eval(state, step, force_eval=False)
         last_record = record or last_record
@@ -565,6 +633,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             step += 1
 
             phase_end = step == bounds[phase_index][1]
+            if phase_end:
+                flush()
+                export_params(phase_params_path(workdir, method.phases[phase_index].name),
+                              state.params)
             state, record = recluster_and_eval(state, step, force_eval=phase_end)
             if record is not None:
                 last_record = record
@@ -575,6 +647,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 now = time.time()
                 rate = (step - step_log) / max(now - t_log, 1e-9)
                 overall = (step - step_start) / max(now - t_start, 1e-9)
+                writer.write_train({"step": step, "phase": method.phases[phase_index].name,
+                                    **means, "steps_per_s": rate, "time": now})
                 say(f"[{method.phases[phase_index].name}] step {step}/{total_steps} "
                     + " ".join(f"{k}={v:.5g}" for k, v in means.items())
                     + f" | {rate:.1f} steps/s, {rate * config.batch_size:.0f} ex/s, "
@@ -588,6 +662,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             _, last_record = recluster_and_eval(state, step, force_eval=True, allow_recluster=False)
     finally:
         ckpt.close()
+        writer.close()
     if done:
         say(f"stopped at step {step}: the method's convergence criterion was met")
     summary = ", ".join(f"{k.upper()}={last_record[k]:.4f}" for k in ("acc", "nmi", "ari")

@@ -23,6 +23,7 @@ def tiny_config(**overrides):
         "dec.max_steps": 40, "dec.update_interval": 10, "dec.tol": 0.0,
         "kmeans.n_init": 2, "kmeans.max_iter": 50,
         "log_every_steps": 10, "checkpoint_every_steps": 20,
+        "pictures.every_evals": 0,  # matplotlib costs ~1 s a picture; tests that want them ask
     }
     base.update(overrides)
     return config_lib.apply_overrides(config, base)
@@ -42,7 +43,7 @@ TINY_CLI = {
     "model.embed_dim": 4, "pretrain.epochs": 3, "pretrain.optimizer": "adam",
     "pretrain.learning_rate": "0.001", "dec.max_steps": 40, "dec.update_interval": 10,
     "dec.tol": 0.0, "kmeans.n_init": 2, "kmeans.max_iter": 50, "log_every_steps": 10,
-    "checkpoint_every_steps": 20,
+    "checkpoint_every_steps": 20, "pictures.every_evals": 0,
 }
 
 

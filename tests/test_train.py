@@ -293,3 +293,35 @@ def test_out_of_range_method_values_are_config_errors(tmp_path, overrides, match
     with pytest.raises(config_lib.ConfigError, match=match):
         train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+def test_phase_params_are_exported_and_initialise_another_run(reference_run, tmp_path, capsys):
+    ref_dir, _ = reference_run
+    pretrained = train.phase_params_path(ref_dir, "pretrain")
+    assert os.path.exists(train.phase_params_path(ref_dir, "cluster"))
+    # IDEC on DEC's pretrained autoencoder, as IDEC's reference code does with --ae_weights; with
+    # a zero learning rate the autoencoder must come out exactly as it was loaded.
+    workdir = str(tmp_path / "idec")
+    config = tiny_config(method="idec", init_params=pretrained, **{
+        "pretrain.epochs": 0, "dec.learning_rate": 0.0, "dec.max_steps": 10})
+    train.train_and_evaluate(config, workdir)
+    assert f"parameters initialised from {pretrained}" in capsys.readouterr().out
+    like = train.load_run(workdir)[2].params
+    exported = train.import_params(pretrained, like)
+    _, _, state, _ = train.load_run(workdir)
+    for a, b in zip(jax.tree.leaves(exported["autoencoder"]),
+                    jax.tree.leaves(state.params["autoencoder"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"init_params": "/nonexistent/params.msgpack"}, "no such file"),
+    ({"model.embed_dim": 6}, "has shape"),
+])
+def test_bad_init_params_fail_before_writing(reference_run, tmp_path, overrides, match):
+    ref_dir, _ = reference_run
+    overrides = {"init_params": train.phase_params_path(ref_dir, "pretrain"), **overrides}
+    workdir = str(tmp_path / "run")
+    with pytest.raises(config_lib.ConfigError, match=match):
+        train.train_and_evaluate(tiny_config(**overrides), workdir)
+    assert not os.path.exists(workdir)

@@ -211,15 +211,17 @@ def make(config, data_spec: DataSpec) -> Method:
         return params, cluster, info
 
     cluster_tx = make_optimizer(config.dec.optimizer, config.dec.learning_rate, config.dec.momentum)
+    pretrain_steps = config.pretrain.epochs * steps_per_epoch
     pretrain_tx = make_optimizer(config.pretrain.optimizer, config.pretrain.learning_rate,
-                                 config.pretrain.momentum)
+                                 config.pretrain.momentum, schedule=config.pretrain.lr_schedule,
+                                 num_steps=max(pretrain_steps, 1))
     # The pretraining optimiser must not move the (still unused) centroids.
     pretrain_tx = optax.multi_transform(
         {"train": pretrain_tx, "freeze": optax.set_to_zero()},
         lambda params: {"autoencoder": jax.tree.map(lambda _: "train", params["autoencoder"]),
                         "centroids": "freeze"})
     phases = (
-        Phase(name="pretrain", num_steps=config.pretrain.epochs * steps_per_epoch, tx=pretrain_tx,
+        Phase(name="pretrain", num_steps=pretrain_steps, tx=pretrain_tx,
               loss_fn=pretrain_loss, evaluate=False),
         Phase(name="cluster", num_steps=config.dec.max_steps, tx=cluster_tx, loss_fn=cluster_loss,
               recluster_every=config.dec.update_interval, recluster_at_start=True),
