@@ -208,6 +208,13 @@ def test_delius_on_npz_features_and_on_a_jclust_encoder(tmp_path, capsys):
     assert "features of dim 4" in out  # the encoder's 4-d embedding
     assert final["acc"] > 0.9
 
+    # predict on a DELIUS run encodes the images with the same encoder first.
+    from jclust import predict
+    result = predict.predict(str(tmp_path / "folder_run"), f"folder:{folder}",
+                             str(tmp_path / "predicted"), pictures=False)
+    assert result.summary["acc"] == pytest.approx(final["acc"])
+    assert result.ids[0].startswith("dark/") and result.embeddings.shape == (40, 2)
+
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: a clear error, and nothing written
