@@ -44,6 +44,10 @@ from jclust import metrics as jmetrics
 from jclust import train
 
 
+OUTPUTS = frozenset({"assignments.csv", "embeddings.npy", "summary.json", "confusion.csv",
+                     "clusters.png", "confusion.png", "embedding.png"})
+
+
 class Prediction(NamedTuple):
     """What :func:`predict` computed.
 
@@ -254,8 +258,14 @@ def write_outputs(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
         if pictures:
             write_pictures(stage, prediction, dataset)
         os.makedirs(out, exist_ok=True)
-        for name in sorted(os.listdir(stage)):
+        written = set(os.listdir(stage))
+        for name in sorted(written):
             os.replace(os.path.join(stage, name), os.path.join(out, name))
+        # An earlier prediction into the same folder must not leave files this one did not write
+        # (e.g. confusion.csv of labelled data next to assignments of unlabelled data).
+        for name in OUTPUTS - written:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

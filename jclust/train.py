@@ -576,8 +576,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             write_pictures(workdir, config, dataset, features, labels, confidence, writer)
         shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
         say(f"  eval step {step}: {shown}{', ' if shown else ''}clusters used "
-            f"{record['clusters_used']}/{config.num_clusters}, sizes {record['cluster_size_min']}.."
-            f"{record['cluster_size_max']}, size entropy {record['size_entropy']:.3f}")
+            f"{record['clusters_used']}/{config.num_clusters} ({record['empty_clusters']} empty), "
+            f"sizes {record['cluster_size_min']}..{record['cluster_size_max']}, size entropy "
+            f"{record['size_entropy']:.3f}"
+            + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else ""))
         return record
 
     def recluster_and_eval(state, step, force_eval, allow_recluster=True):

@@ -119,6 +119,8 @@ def test_cli_on_an_unlabelled_folder_names_the_skipped_file(trained, tmp_path):
     folder = str(tmp_path / "photos")
     _digit_folder(folder, 12, corrupt=True)
     out = str(tmp_path / "out")
+    predict.predict(workdir, "digits", out, limit=20, pictures=False)  # labelled, into the same out
+    assert os.path.exists(os.path.join(out, "confusion.csv"))
     proc = run([sys.executable, "-m", "jclust.predict", f"--workdir={workdir}", f"--data=folder:{folder}",
                 f"--out={out}"])
     assert proc.returncode == 0, proc.stderr
@@ -127,7 +129,9 @@ def test_cli_on_an_unlabelled_folder_names_the_skipped_file(trained, tmp_path):
         rows = list(csv.reader(f))
     assert rows[0] == ["id", "cluster", "confidence"]
     assert sorted(r[0] for r in rows[1:]) == [f"img_{i:03d}.png" for i in range(12)]
-    assert not os.path.exists(os.path.join(out, "confusion.csv"))
+    assert not os.path.exists(os.path.join(out, "confusion.csv"))  # the labelled run's is gone
+    assert not os.path.exists(os.path.join(out, "confusion.png"))
+    assert os.path.exists(os.path.join(out, "clusters.png"))
     assert "broken.png" in " ".join(json.load(open(os.path.join(out, "summary.json")))["warnings"])
 
 
