@@ -534,7 +534,7 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
     colors = _cluster_colors(num_clusters)
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
-    marker = float(np.clip(15000.0 / m, 2.5, 30.0))
+    marker = float(np.clip(25000.0 / m, 4.0, 30.0))
     # Shuffle the drawing order so no cluster is systematically painted over the others.
     draw = rng.permutation(m)
     ax.scatter(coords[draw, 0], coords[draw, 1], c=colors[sub_labels[draw]], s=marker,
@@ -542,16 +542,21 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
     stroke = [patheffects.withStroke(linewidth=3.5, foreground="white")]
     for k in np.unique(sub_labels):
         cx, cy = np.median(coords[sub_labels == k], axis=0)
-        # A frame in the cluster's colour ties the number to its points.
-        ax.text(cx, cy, str(k), ha="center", va="center", fontsize=11, fontweight="bold",
-                color="black", path_effects=stroke, zorder=5,
-                bbox=dict(boxstyle="round,pad=0.2", facecolor=(1, 1, 1, 0.6),
-                          edgecolor=colors[k], linewidth=2.0))
+        # The number sits beside its cluster with a leader line to the median, so it never hides
+        # the densest points (DEC-like methods pack a cluster into a tight blob); its frame has
+        # the cluster's colour.
+        ax.annotate(str(k), xy=(cx, cy), xytext=(14, 10), textcoords="offset points",
+                    ha="center", va="center", fontsize=11, fontweight="bold", color="black",
+                    path_effects=stroke, zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.2", facecolor=(1, 1, 1, 0.75),
+                              edgecolor=colors[k], linewidth=2.0),
+                    arrowprops=dict(arrowstyle="-", color=colors[k], linewidth=1.2,
+                                    shrinkA=0, shrinkB=0))
     ax.set_xlabel(f"{axis_name} 1")
     ax.set_ylabel(f"{axis_name} 2")
     method_name = "raw 2-D" if d == 2 else {"pca": "PCA", "tsne": "t-SNE"}[method]
     head = (f"{method_name} of {m:,} of {n:,} points · colour = cluster, "
-            f"number at each cluster's median")
+            f"numbers point at each cluster's median")
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=11 if title else 10)
     _save(fig, path)
     return coords, indices
