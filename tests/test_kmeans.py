@@ -211,6 +211,51 @@ def test_unrepairable_empty_cluster_keeps_its_centroid():
     assert float(out.inertia) == 0.0
 
 
+def test_split_empty_copies_and_perturbs_the_donor():
+    c = jnp.array([[1.0, 2.0, 3.0], [7.0, 7.0, 7.0]])  # row 1 is empty: its value is ignored
+    counts = jnp.array([5.0, 0.0])
+    eps = 0.1
+    out_c, out_counts, n = kmeans_lib.split_empty(c, counts, jax.random.key(0), eps)
+    sign = np.array([1.0, -1.0, 1.0])
+    np.testing.assert_allclose(out_c[1], np.array([1.0, 2.0, 3.0]) * (1 + eps * sign), rtol=1e-6)
+    np.testing.assert_allclose(out_c[0], np.array([1.0, 2.0, 3.0]) * (1 - eps * sign), rtol=1e-6)
+    np.testing.assert_array_equal(out_counts, [3.0, 2.0])  # the new cluster takes floor(5/2)
+    assert int(n) == 1
+
+
+def test_split_donor_is_drawn_by_size_minus_one():
+    c = jnp.arange(12.0).reshape(4, 3)
+    counts = jnp.array([1.0, 3.0, 5.0, 0.0])  # weights n_j - 1 = 0, 2, 4
+    split = jax.jit(jax.vmap(lambda key: kmeans_lib.split_empty(c, counts, key, 1e-3)[0]))
+    new_rows = np.asarray(split(jax.random.split(jax.random.key(1), 3000)))[:, 3]
+    donors = np.argmin(np.abs(new_rows[:, None, :] - np.asarray(c)[None, :3, :]).sum(-1), axis=1)
+    freq = np.bincount(donors, minlength=3) / len(donors)
+    assert freq[0] == 0.0  # a singleton is never split
+    np.testing.assert_allclose(freq[1:], [1 / 3, 2 / 3], atol=0.03)
+
+
+def test_split_is_impossible_when_all_clusters_are_singletons():
+    c = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    out_c, out_counts, n = kmeans_lib.split_empty(c, jnp.array([1.0, 1.0, 0.0]),
+                                                  jax.random.key(0), 0.1)
+    assert int(n) == 0
+    np.testing.assert_array_equal(out_c, c)
+
+
+def test_kmeans_split_policy_fills_empty_clusters(blobs):
+    # Two far-away initial centroids get no points at first and are filled by splits.
+    c0 = np.concatenate([blobs[:2], np.full((2, 5), 1e3, np.float32)])
+    out = cluster.kmeans(blobs, 4, key=jax.random.key(0), init=c0, empty_policy="split")
+    assert int(out.n_empty_repaired) >= 2
+    labels = np.asarray(out.labels)
+    assert len(np.unique(labels)) == 4
+    # Still a k-means fixed point: every point is at its nearest centroid.
+    d = ((blobs[:, None, :] - np.asarray(out.centroids)[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, d.argmin(1))
+    with pytest.raises(ValueError, match="empty_policy"):
+        cluster.kmeans(blobs, 4, key=jax.random.key(0), empty_policy="drop")
+
+
 # (e) spherical k-means.
 
 

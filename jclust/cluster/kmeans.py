@@ -26,6 +26,17 @@ relocation. A point that already sits exactly on its centroid is never used,
 and a cluster that stays empty keeps its previous centroid. Every re-seeded
 cluster adds one to ``KMeansOutput.n_empty_repaired``.
 
+With ``empty_policy="split"`` (DeepCluster's policy, the one in faiss's
+``Clustering.cpp``) an empty cluster e instead takes a copy of a non-empty
+cluster j drawn with probability proportional to ``n_j - 1`` (so singletons are
+never split), perturbed symmetrically: even coordinates of e are multiplied by
+``1 + split_eps`` and of j by ``1 - split_eps``, odd coordinates the other way
+round, and j's count is shared between the two. Empty clusters are handled in
+index order, each seeing the counts left by the previous splits. The
+perturbation acts on the mean-centred coordinates the loop works in (faiss works
+on raw coordinates). The next assignment step then divides j's points between
+the two copies.
+
 Spherical k-means (``spherical=True``) L2-normalises the points and centroids,
 assigns by maximal cosine similarity and re-normalises the centroids after each
 update; distances and inertia are then ``1 - cos``.
@@ -208,12 +219,50 @@ def _repair_empty(x, valid, centroids, labels, sums, counts, spherical):
     return sums, counts, jnp.sum(ok, dtype=jnp.int32)
 
 
-def _update_centroids(x, valid, centroids, labels, spherical):
+def split_empty(centroids, counts, key, eps):
+    """Fills empty clusters by splitting non-empty ones (DeepCluster / faiss policy).
+
+    Args:
+      centroids: [k, d] float32 centroids (an empty cluster's row is ignored).
+      counts: [k] float32 cluster sizes.
+      key: PRNG key choosing the donor clusters.
+      eps: relative size of the symmetric perturbation.
+
+    Returns:
+      (centroids [k, d], counts [k], n_split [] int32). Empty clusters are visited in index
+      order; each takes a perturbed copy of a donor j drawn with probability proportional to
+      ``counts[j] - 1`` and half of its count. An empty cluster stays empty (its row unchanged)
+      when every cluster has at most one point.
+    """
+    k, d = centroids.shape
+    sign = jnp.where(jnp.arange(d) % 2 == 0, 1.0, -1.0).astype(centroids.dtype)
+
+    def body(e, carry):
+        c, counts, n_split = carry
+        weights = jnp.maximum(counts - 1.0, 0.0)
+        possible = (counts[e] == 0) & (jnp.sum(weights) > 0)
+        logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+        j = jax.random.categorical(jax.random.fold_in(key, e), logits)
+        donor = c[j]
+        half = jnp.floor(counts[j] / 2.0)
+        split_c = c.at[e].set(donor * (1.0 + eps * sign)).at[j].set(donor * (1.0 - eps * sign))
+        split_counts = counts.at[e].set(half).at[j].set(counts[j] - half)
+        c = jnp.where(possible, split_c, c)
+        counts = jnp.where(possible, split_counts, counts)
+        return c, counts, n_split + possible.astype(jnp.int32)
+
+    return jax.lax.fori_loop(0, k, body, (centroids, counts, jnp.int32(0)))
+
+
+def _update_centroids(x, valid, centroids, labels, spherical, empty_policy="farthest", key=None,
+                      split_eps=1.0 / 1024):
     """One M-step with empty-cluster repair.
 
     Args:
       x: [n_pad, d] float32; valid: [n_pad] bool; centroids: [k, d];
       labels: [n_pad] int32 in [0, k] (k marks padding).
+      empty_policy: "farthest" (re-seed at far points) or "split" (split big clusters).
+      key: PRNG key for "split".
 
     Returns:
       (new centroids [k, d], n_repaired [] int32).
@@ -221,6 +270,14 @@ def _update_centroids(x, valid, centroids, labels, spherical):
     k = centroids.shape[0]
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
     counts = jax.ops.segment_sum(valid.astype(jnp.float32), labels, num_segments=k)
+    if empty_policy == "split":
+        means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
+        new = jnp.where((counts > 0)[:, None], means, centroids)
+        new, _, n_split = jax.lax.cond(
+            jnp.any(counts == 0),
+            lambda c: split_empty(c, counts, key, split_eps),
+            lambda c: (c, counts, jnp.int32(0)), new)
+        return (_normalize(new) if spherical else new), n_split
 
     # Only the taken branch runs, so the O(n d) distances cost nothing in
     # iterations without empty clusters.
@@ -241,14 +298,15 @@ def _update_centroids(x, valid, centroids, labels, spherical):
     return new, n_repaired
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "spherical", "chunk"))
-def _fit(x, init, tol, *, max_iter, spherical, chunk):
+@functools.partial(jax.jit, static_argnames=("max_iter", "spherical", "chunk", "empty_policy"))
+def _fit(x, init, tol, key, split_eps, *, max_iter, spherical, chunk, empty_policy="farthest"):
     """Lloyd iterations from given initial centroids.
 
     Args:
       x: [n, d] float32 data; init: [k, d] float32 initial centroids.
       tol: [] float32 relative tolerance (scaled by the mean feature variance).
-      max_iter, spherical, chunk: static, see :func:`kmeans`.
+      key: PRNG key for the "split" empty-cluster policy; split_eps: its perturbation.
+      max_iter, spherical, chunk, empty_policy: static, see :func:`kmeans`.
 
     Returns:
       KMeansOutput.
@@ -276,7 +334,8 @@ def _fit(x, init, tol, *, max_iter, spherical, chunk):
     def body(state):
         it, c, labels_old, _, n_rep = state
         labels = mask(_assign_chunks(xs, c, spherical, with_distances=False))
-        new_c, n_new = _update_centroids(x_pad, valid, c, labels, spherical)
+        new_c, n_new = _update_centroids(x_pad, valid, c, labels, spherical, empty_policy,
+                                         jax.random.fold_in(key, it), split_eps)
         strict = jnp.all(labels == labels_old)
         shift_tot = jnp.sum((new_c - c) ** 2)
         done = strict | (shift_tot <= tol_abs)
@@ -444,6 +503,8 @@ def kmeans(
     spherical=False,
     chunk_size=None,
     memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
+    empty_policy="farthest",
+    split_eps=1.0 / 1024,
 ):
     """k-means clustering with Lloyd iterations (scikit-learn semantics).
 
@@ -457,7 +518,8 @@ def kmeans(
     from their own centroid (distinct points, farthest first; the point leaves
     its old cluster). A point lying exactly on its centroid is never used; a
     cluster that cannot be repaired keeps its previous centroid. Repairs are
-    counted in ``n_empty_repaired``.
+    counted in ``n_empty_repaired``. ``empty_policy="split"`` instead splits a
+    non-empty cluster (DeepCluster's policy; see the module docstring).
 
     The compiled loop depends only on the shapes, ``max_iter``, ``spherical``
     and the chunk size, so repeated calls do not recompile. Callable under an
@@ -480,6 +542,9 @@ def kmeans(
         ``memory_budget_bytes``.
       memory_budget_bytes: bound on the [chunk, k] float32 distance block
         (counted twice for a temporary).
+      empty_policy: "farthest" (scikit-learn-like relocation) or "split"
+        (DeepCluster/faiss: copy and perturb a cluster drawn by size).
+      split_eps: relative perturbation of a split (faiss: 1/1024).
 
     Returns:
       KMeansOutput(centroids [k, d], labels [n] int32, inertia [] float32,
@@ -494,6 +559,8 @@ def kmeans(
         raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
     if tol < 0:
         raise ValueError(f"tol must be non-negative, got {tol}.")
+    if empty_policy not in ("farthest", "split"):
+        raise ValueError(f"empty_policy must be 'farthest' or 'split', got {empty_policy!r}.")
     chunk = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
     # k-means++ / random seeding on the points the loop actually clusters.
     x_init = _normalize(x) if spherical else x
@@ -535,9 +602,12 @@ def kmeans(
             x,
             init_fn(keys[i]),
             tol,
+            jax.random.fold_in(keys[i], 1),
+            jnp.float32(split_eps),
             max_iter=max_iter,
             spherical=spherical,
             chunk=chunk,
+            empty_policy=empty_policy,
         )
         if best is None:
             best = out
