@@ -29,7 +29,7 @@ from matplotlib.patches import Rectangle
 
 _DPI = 100
 # Keys of a training log line that are bookkeeping, not losses.
-_NOT_LOSSES = frozenset({"step", "time", "grad_norm", "epoch", "batch_in_epoch", "lr",
+_NOT_LOSSES = frozenset({"step", "time", "grad_norm", "steps_per_s", "epoch", "batch_in_epoch", "lr",
                          "learning_rate"})
 _QUALITY_KEYS = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
 _HEALTH_KEYS = (("size_entropy", "cluster-size entropy (normalised)"),
@@ -603,8 +603,19 @@ def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict],
         return
 
     fig = Figure(figsize=(9.5, 1.2 + 2.5 * len(panels)), layout="constrained")
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     changes = _phase_changes(train_records + eval_records)
+    # Evaluations often cover only the last phase (e.g. DEC's clustering after a long
+    # pretraining): their panels get their own step axis spanning the evaluations, so that
+    # their curves are not squeezed into a sliver at the right edge.
+    eval_axes = [ax for ax, (ylabel, _, _) in zip(axes, panels) if ylabel != "training loss"]
+    eval_steps = np.array([r["step"] for r in eval_records if _is_number(r.get("step"))], float)
+    for ax in eval_axes[1:]:
+        ax.sharex(eval_axes[0])
+    if eval_axes and eval_steps.size:
+        lo, hi = eval_steps.min(), eval_steps.max()
+        pad = max((hi - lo) * 0.03, 1.0)
+        eval_axes[0].set_xlim(lo - pad, hi + pad)
     for ax, (ylabel, curves, bounded) in zip(axes, panels):
         values = [v for _, s, v in curves if s.size]
         for name, steps, vals in curves:
@@ -629,7 +640,13 @@ def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict],
         top.tick_params(length=0, labelsize=8, labelcolor="0.25", pad=2)
         for label in top.get_xticklabels():
             label.set_horizontalalignment("left")
-    axes[-1].set_xlabel("step")
+    for ax in axes:
+        if ax is axes[-1] or ax not in eval_axes:
+            ax.set_xlabel("step" if ax not in eval_axes or not eval_steps.size else
+                          f"step (evaluations: steps {int(eval_steps.min()):,}–"
+                          f"{int(eval_steps.max()):,})")
+    for ax in eval_axes[:-1]:
+        ax.tick_params(labelbottom=False)
     if title:
         fig.suptitle(title)
     _save(fig, path)
