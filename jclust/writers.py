@@ -27,15 +27,7 @@ def truncate_jsonl(path: str, step: int) -> list[dict]:
     """
     if not os.path.exists(path):
         return []
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(record)
+    kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
