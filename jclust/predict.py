@@ -34,7 +34,6 @@ import tempfile
 import warnings
 from typing import NamedTuple
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -104,9 +103,7 @@ class Predictor:
         Raises:
           FileNotFoundError: no run.json or no checkpoint in ``workdir``.
         """
-        config, method, state, spec = train.load_run(workdir)
-        mesh = train.make_mesh()
-        state = jax.device_put(state, train.NamedSharding(mesh, train.P()))
+        config, method, state, spec = train.load_run(workdir)  # restored replicated on the mesh
         return cls(workdir=workdir, config=config, method=method, state=state, data_spec=spec,
                    step=int(state.step))
 
@@ -216,8 +213,8 @@ def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
     if dataset.labels is not None:
         summary.update(jmetrics.evaluate(dataset.labels, labels))
         num_classes = int(max(dataset.labels.max() + 1, len(dataset.class_names or ())))
-        contingency = np.zeros((num_classes, k), np.int64)
-        np.add.at(contingency, (dataset.labels, labels), 1)
+        from jclust import viz
+        contingency = viz.contingency_table(dataset.labels, labels, num_classes, k)
     prediction = Prediction(ids=ids, labels=labels, confidence=confidence, embeddings=embeddings,
                             true_labels=dataset.labels, summary=summary, contingency=contingency)
     shown = ", ".join(f"{m.upper()}={summary[m]:.4f}" for m in ("acc", "nmi", "ari") if m in summary)

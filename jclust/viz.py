@@ -80,8 +80,12 @@ def top_per_cluster(labels, confidence, num_clusters: int, per_cluster: int) -> 
             for j in range(num_clusters)]
 
 
-def _contingency(true_labels, pred_labels, num_classes: int, num_clusters: int) -> np.ndarray:
-    """int64 [num_classes, num_clusters]: how many examples of class i fell in cluster j."""
+def contingency_table(true_labels, pred_labels, num_classes: int, num_clusters: int) -> np.ndarray:
+    """int64 [num_classes, num_clusters]: how many examples of class i fell in cluster j.
+
+    Unlike :func:`jclust.metrics.contingency`, absent classes and empty clusters keep their
+    (all-zero) row or column, so indices are the label values themselves.
+    """
     true_labels = _check_ids(true_labels, num_classes, "true_labels")
     pred_labels = _check_ids(pred_labels, num_clusters, "pred_labels")
     if true_labels.shape != pred_labels.shape:
@@ -122,7 +126,7 @@ def matched_order(true_labels, pred_labels, num_clusters: int, num_classes: int)
       int64 [K], a permutation of ``0..K-1``: the matched clusters in class order, then the
       unmatched ones (when K > C) by decreasing size, ties by lower id.
     """
-    return _order_from_table(_contingency(true_labels, pred_labels, num_classes, num_clusters))
+    return _order_from_table(contingency_table(true_labels, pred_labels, num_classes, num_clusters))
 
 
 def _cluster_colors(num_clusters: int) -> np.ndarray:
@@ -292,7 +296,7 @@ def _row_labels(labels: np.ndarray, num_clusters: int, class_labels: np.ndarray 
     if class_labels is None or not labels.size:
         return texts, majors
     num_classes = int(class_labels.max()) + 1
-    table = _contingency(class_labels, labels, num_classes, num_clusters)
+    table = contingency_table(class_labels, labels, num_classes, num_clusters)
     for j in np.flatnonzero(sizes):
         major = int(np.argmax(table[:, j]))  # ties: the lower class id
         name = (class_names[major] if class_names is not None and major < len(class_names)
@@ -428,7 +432,7 @@ def confusion_matrix(true_labels, pred_labels, path, *, num_clusters: int,
     if num_classes is None:
         num_classes = (len(class_names) if class_names is not None
                        else int(true_labels.max()) + 1 if true_labels.size else 1)
-    table = _contingency(true_labels, pred_labels, num_classes, num_clusters)
+    table = contingency_table(true_labels, pred_labels, num_classes, num_clusters)
     order = _order_from_table(table)
     rows, cols = _match(table)
     total = int(table.sum())
