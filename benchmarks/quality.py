@@ -43,39 +43,74 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="config file[:arg]")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="seeds run at once (on an accelerator); each then logs to SEEDDIR/log.txt")
     parser.add_argument("--override", action="append", default=[],
                         help="KEY=VALUE config override; {seed} in it becomes the seed")
     args = parser.parse_args(argv)
 
-    rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        workdir = os.path.join(args.workdir, f"seed{seed}")
-        result_path = os.path.join(workdir, "result.json")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {}
+    pending = []
+    for seed in seeds:
+        result_path = os.path.join(args.workdir, f"seed{seed}", "result.json")
         if os.path.exists(result_path):
             with open(result_path) as f:
-                rows.append(json.load(f))
+                results[seed] = json.load(f)
             print(f"seed {seed}: re-using {result_path}", flush=True)
-            continue
-        cmd = [sys.executable, "-m", "jclust.main", f"--config={args.config}", f"--workdir={workdir}",
-               f"--config.seed={seed}"] + [f"--config.{o.replace('{seed}', str(seed))}"
-                                            for o in args.override]
-        print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-        start = time.time()
-        proc = subprocess.run(cmd)
-        if proc.returncode:
-            print(f"seed {seed} failed with exit code {proc.returncode}", file=sys.stderr)
-            return proc.returncode
-        seconds = time.time() - start
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            final = [json.loads(line) for line in f][-1]
-        row = {"seed": seed, "seconds": seconds, **{k: final[k] for k in ("step", "acc", "nmi", "ari")}}
-        with open(result_path, "w") as f:
-            json.dump(row, f)
-        rows.append(row)
+        else:
+            pending.append(seed)
 
-    print("\n| seed | ACC | NMI | ARI | steps | wall time |\n|---|---|---|---|---|---|")
+    running = {}  # seed -> (process, start time, log file or None)
+    failed = 0
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            seed = pending.pop(0)
+            workdir = os.path.join(args.workdir, f"seed{seed}")
+            cmd = [sys.executable, "-m", "jclust.main", f"--config={args.config}",
+                   f"--workdir={workdir}", f"--config.seed={seed}"] + [
+                       f"--config.{o.replace('{seed}', str(seed))}" for o in args.override]
+            print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+            log = None
+            if args.parallel > 1:  # interleaved output would be unreadable: one log per seed
+                os.makedirs(workdir, exist_ok=True)
+                log = open(os.path.join(workdir, "log.txt"), "a")
+            running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=log), time.time(), log)
+        time.sleep(0.2 if args.parallel > 1 else 0)
+        for seed, (proc, start, log) in list(running.items()):
+            if proc.poll() is None:
+                if args.parallel == 1:
+                    proc.wait()
+                else:
+                    continue
+            del running[seed]
+            if log:
+                log.close()
+            if proc.returncode:
+                print(f"seed {seed} failed with exit code {proc.returncode}", file=sys.stderr)
+                failed = proc.returncode
+                continue
+            workdir = os.path.join(args.workdir, f"seed{seed}")
+            with open(os.path.join(workdir, "metrics.jsonl")) as f:
+                evals = [json.loads(line) for line in f]
+            final = evals[-1]
+            row = {"seed": seed, "seconds": time.time() - start,
+                   **{k: final[k] for k in ("step", "acc", "nmi", "ari")},
+                   "acc_first_eval": evals[0].get("acc")}
+            with open(os.path.join(workdir, "result.json"), "w") as f:
+                json.dump(row, f)
+            results[seed] = row
+            print(f"seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} ARI {row['ari']:.4f} "
+                  f"({row['seconds'] / 60:.1f} min)", flush=True)
+    if failed:
+        return failed
+    rows = [results[seed] for seed in seeds]
+
+    print("\n| seed | ACC at first eval | ACC | NMI | ARI | steps | wall time |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['acc']:.4f} | {r['nmi']:.4f} | {r['ari']:.4f} | {r['step']} | "
+        first = r.get("acc_first_eval")
+        print(f"| {r['seed']} | {'-' if first is None else f'{first:.4f}'} | {r['acc']:.4f} | {r['nmi']:.4f} | {r['ari']:.4f} | {r['step']} | "
               f"{r['seconds'] / 60:.1f} min |")
 
     def stat(key):

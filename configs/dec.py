@@ -34,6 +34,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.pretrain.momentum = 0.9     # SGD only
     config.pretrain.lr_schedule = "constant"  # constant | cosine (to 0 at the end of pretraining)
     config.pretrain.augment_shift = 0  # random translation (pixels) of the training images
+    config.pretrain.input_dropout = 0.0  # denoising: fraction of input features zeroed
 
     config.dec = ml_collections.ConfigDict()
     config.dec.alpha = 1.0            # Student-t degrees of freedom

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jclust import methods
+from jclust.config_lib import ConfigError
 from jclust.methods import dec
 
 
@@ -125,3 +126,41 @@ def test_pretrain_does_not_move_centroids(tiny):
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.abs(updates["centroids"]).max()) == 0.0
     assert float(jnp.abs(jax.tree.leaves(updates["autoencoder"])[0]).max()) > 0.0
+
+
+def test_denoising_pretraining_loss(tiny):
+    """input_dropout zeroes a fraction of the inputs (rescaling the rest, as dropout does) and
+    reconstructs the clean image; 0 is the plain autoencoder loss."""
+    config, method = _method(tiny, "dec")
+    x = jnp.asarray(np.random.default_rng(4).integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8))
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), x)
+    batch = {"x": x, "index": jnp.array([0, 1])}
+    from jclust import models
+    model = models.MLPAutoencoder(hidden=(32, 32), embed_dim=4, output_dim=64)
+    x_flat = np.asarray(x).reshape(2, -1).astype(np.float32) / 255.0
+    rng = jax.random.PRNGKey(7)
+
+    clean, _ = method.phases[0].loss_fn(params, model_state, cluster, batch, rng)
+    _, x_rec = model.apply({"params": params["autoencoder"]}, jnp.asarray(x_flat))
+    np.testing.assert_allclose(clean, np.mean((np.asarray(x_rec) - x_flat) ** 2), rtol=1e-5)
+
+    rate = 0.5
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.pretrain.input_dropout = rate
+    config.lock()
+    method = methods.make(config, methods.DataSpec(6, (8, 8, 1), True))
+    noisy, _ = method.phases[0].loss_fn(params, model_state, cluster, batch, rng)
+    _, drop_rng = jax.random.split(rng)
+    keep = np.asarray(jax.random.bernoulli(drop_rng, 1 - rate, x_flat.shape))
+    assert 0 < keep.mean() < 1
+    _, x_rec = model.apply({"params": params["autoencoder"]},
+                           jnp.asarray(np.where(keep, x_flat / (1 - rate), 0)))
+    np.testing.assert_allclose(noisy, np.mean((np.asarray(x_rec) - x_flat) ** 2), rtol=1e-5)
+    assert abs(float(noisy) - float(clean)) > 1e-6
+
+    config.unlock()
+    config.pretrain.input_dropout = 1.0
+    config.lock()
+    with pytest.raises(ConfigError, match="input_dropout"):
+        methods.make(config, methods.DataSpec(6, (8, 8, 1), True))

@@ -11,7 +11,9 @@ Phases:
 
 With ``pretrain.augment_shift`` / ``dec.augment_shift`` > 0 the network is trained on randomly
 translated images (DEC-DA, Guo et al., 2018); the target distribution, k-means initialisation and
-evaluation always use the original images.
+evaluation always use the original images. With ``pretrain.input_dropout`` > 0 the autoencoder is
+pretrained as a denoising one (inputs partly zeroed, clean reconstruction target), as in DEC's
+stacked denoising autoencoder.
 
 Run on features instead of pixels (``npz:`` features or ``data.encoder_workdir``), this is the
 DELIUS recipe.
@@ -124,6 +126,7 @@ def make(config, data_spec: DataSpec) -> Method:
               "dec.max_steps": config.dec.max_steps > 0, "dec.alpha": config.dec.alpha > 0,
               "dec.tol": config.dec.tol >= 0, "pretrain.epochs": config.pretrain.epochs >= 0,
               "pretrain.augment_shift": config.pretrain.augment_shift >= 0,
+              "pretrain.input_dropout": 0 <= config.pretrain.input_dropout < 1,
               "dec.augment_shift": config.dec.augment_shift >= 0}
     for key, ok in checks.items():
         if not ok:
@@ -163,9 +166,21 @@ def make(config, data_spec: DataSpec) -> Method:
             return x
         return augment.random_shift(x, rng, max_shift)
 
+    def corrupted(x, rng, rate):
+        # Denoising pretraining (DEC's stacked denoising autoencoder used 20 % input dropout):
+        # the encoder sees x with a fraction `rate` of its features zeroed (the rest scaled by
+        # 1/(1-rate), as a dropout layer does, so clean inputs keep the expected scale) and the
+        # loss compares the reconstruction with the clean x.
+        if rate <= 0:
+            return x
+        keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0)
+
     def pretrain_loss(params, model_state, cluster, batch, rng):
-        x = prepare(augmented(batch["x"], rng, config.pretrain.augment_shift))
-        _, x_rec = model.apply({"params": params["autoencoder"]}, x)
+        shift_rng, drop_rng = jax.random.split(rng) if rng is not None else (None, None)
+        x = prepare(augmented(batch["x"], shift_rng, config.pretrain.augment_shift))
+        _, x_rec = model.apply({"params": params["autoencoder"]},
+                               corrupted(x, drop_rng, config.pretrain.input_dropout))
         loss = reconstruction_loss(x, x_rec)
         return loss, (model_state, {"rec": loss})
 
