@@ -123,6 +123,15 @@ class BatchSchedule:
         self.seed, self.shuffle = seed, shuffle
         self.steps_per_epoch = num_examples // batch_size
         self._cache = (None, None)
+        self._order = None
+
+    def set_order(self, order: np.ndarray | None) -> None:
+        """Uses ``order`` (example indices, at least one epoch long) for every epoch from now on,
+        or the seeded permutations again for None."""
+        if order is not None and order.shape[0] < self.steps_per_epoch * self.batch_size:
+            raise ValueError(f"an example order of {order.shape[0]} indices is shorter than an "
+                             f"epoch ({self.steps_per_epoch} x {self.batch_size})")
+        self._order = order
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, batch offset within the epoch) of ``step``."""
@@ -131,6 +140,8 @@ class BatchSchedule:
     def indices(self, step: int) -> np.ndarray:
         """Example indices [batch_size] of train step ``step``."""
         epoch, offset = self.position(step)
+        if self._order is not None:
+            return self._order[offset * self.batch_size:(offset + 1) * self.batch_size]
         if self._cache[0] != epoch:
             self._cache = (epoch, epoch_order(self.num_examples, epoch, self.seed, self.shuffle))
         return self._cache[1][offset * self.batch_size:(offset + 1) * self.batch_size]
@@ -582,6 +593,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else ""))
         return record
 
+    def use_method_order(state):
+        if method.example_order is not None:
+            schedule.set_order(np.asarray(jax.device_get(method.example_order(state.cluster))))
+
     def recluster_and_eval(state, step, force_eval, allow_recluster=True):
         """Runs the recluster and/or evaluation due at ``step``; returns (state, record|None)."""
         due, first = recluster_due(method, bounds, step) if allow_recluster else (False, False)
@@ -600,6 +615,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 state.params, state.cluster, features, phase=phase_at(bounds, step), first=first,
                 key=key)
             state = jax.device_put(state.replace(params=params, cluster=cluster), runner.replicated)
+            use_method_order(state)
+            if "warning" in extra:
+                say(f"warning at step {step}: {extra['warning']}")
         return state, evaluate(state, step, features, extra) if eval_due else None
 
     def save(state, step):
@@ -615,6 +633,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         last_saved = step
 
     step = int(state.step)
+    if restored is not None:
+        use_method_order(state)
     if restored is None and initial_params is not None:
         state = jax.device_put(state.replace(params=initial_params), runner.replicated)
         say(f"parameters initialised from {config.init_params}")

@@ -71,6 +71,10 @@ class Method(NamedTuple):
         for the log. None if the method has none.
       done: ``(cluster) -> bool``; True once the method's stopping criterion has been met.
       assignment_rule: one sentence describing ``assign``, printed and documented.
+      example_order: ``(cluster) -> int [M]`` (M >= steps per epoch x batch), or None. When set,
+        every epoch visits the examples in this order instead of a seeded permutation (e.g.
+        DeepCluster's uniform sampling over pseudo-labels). It must live in the clustering state
+        (so that a resumed run sees the same order) and may change only at recluster steps.
     """
     init: Callable
     phases: tuple
@@ -79,3 +83,4 @@ class Method(NamedTuple):
     recluster: Callable | None
     done: Callable
     assignment_rule: str
+    example_order: Callable | None = None

@@ -1,0 +1,196 @@
+"""DeepCluster v1 (Caron et al., 2018): k-means pseudo-labels on PCA-whitened features.
+
+Every ``deepcluster.recluster_epochs`` epochs (and before the first step):
+  1. a feature pass over the whole data set without augmentation (the backbone's representation);
+  2. PCA to ``pca_dim`` with whitening, then L2 normalisation of every row;
+  3. k-means with ``train_clusters`` clusters (random data points as initial centroids, a new key
+     every time, ``kmeans_iters`` Lloyd iterations, empty clusters split from a non-empty one as
+     in faiss) gives every example a pseudo-label;
+  4. the classifier head is re-initialised (N(0, 0.01²) weights, zero bias: cluster ids are
+     permuted between clusterings) and the epoch order samples every non-empty pseudo-class
+     equally often (``sampling="uniform"``; or ``"reweight"``: plain shuffling with the loss
+     weighted by 1/|class|; or ``"none"``).
+Between reclusterings the backbone and head minimise the cross-entropy of the pseudo-labels on
+augmented views. The head has its own SGD without momentum (so a re-initialised head inherits no
+stale momentum); the backbone uses SGD with momentum and weight decay.
+
+Evaluation with K = ``num_clusters`` (10 for Fashion-MNIST): at every reclustering, spherical
+k-means with K clusters on the same whitened, L2-normalised features.
+
+Assignment rule: the example's backbone features are whitened and L2-normalised with the PCA of
+the last reclustering and go to the evaluation centroid of largest cosine similarity; confidence
+is that cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jclust import cluster as jcluster
+from jclust import metrics as jmetrics
+from jclust import models
+from jclust.config_lib import ConfigError
+from jclust.data import augment, samplers
+from jclust.methods.base import DataSpec, Method, Phase
+
+ASSIGNMENT_RULE = ("features whitened and L2-normalised by the last reclustering's PCA, then the "
+                   "evaluation centroid (spherical k-means, K = num_clusters) of largest cosine "
+                   "similarity; confidence = that cosine similarity")
+SAMPLING = ("uniform", "reweight", "none")
+
+
+class DeepClusterState(NamedTuple):
+    """Clustering state of DeepCluster (all of it is checkpointed).
+
+    Attributes:
+      pseudo_labels: [N] int32 training pseudo-labels (-1 before the first clustering).
+      class_weights: [train_clusters] float32 loss weight of each pseudo-class (ones unless
+        ``sampling="reweight"``).
+      order: [N] int32 example order of the current epochs (uniform sampling over pseudo-labels,
+        or a seeded permutation).
+      pca_mean: [D] float32; pca_projection: [D, pca_dim] float32, whitening folded in.
+      eval_centroids: [num_clusters, pca_dim] float32 unit rows.
+    """
+    pseudo_labels: jax.Array
+    class_weights: jax.Array
+    order: jax.Array
+    pca_mean: jax.Array
+    pca_projection: jax.Array
+    eval_centroids: jax.Array
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean (optionally weighted) softmax cross-entropy. logits [B, K], labels [B] int, weights [B]."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if weights is None:
+        return jnp.mean(losses)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:
+    """PCA-whitened, L2-normalised features. features [B, D] -> [B, pca_dim]."""
+    z = (features - mean) @ projection
+    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+
+def make(config, data_spec: DataSpec) -> Method:
+    """Builds DeepCluster v1 for ``config`` (sections ``model``, ``optim``, ``deepcluster``)."""
+    dc = config.deepcluster
+    n = data_spec.num_examples
+    k_eval = config.num_clusters
+    k_train = dc.train_clusters
+    for key, ok in {"deepcluster.train_clusters": 1 <= k_train <= n,
+                    "num_clusters": 1 <= k_eval <= n,
+                    "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= config.model.dense,
+                    "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
+                    "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
+                    "optim.epochs": config.optim.epochs >= 1,
+                    "batch_size": config.batch_size <= n}.items():
+        if not ok:
+            raise ConfigError(f"config.{key} is out of range (N = {n} examples, representation "
+                              f"size {config.model.dense})")
+    if dc.sampling not in SAMPLING:
+        raise ConfigError(f"config.deepcluster.sampling={dc.sampling!r}; use one of {SAMPLING}")
+    if not data_spec.is_image:
+        raise ConfigError("DeepCluster trains a CNN on images; the data are feature vectors")
+    if config.model.name != "small_cnn":
+        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster needs 'small_cnn'")
+
+    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
+                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
+    head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(dc.head_init_std))
+    steps_per_epoch = n // config.batch_size
+    height, width = data_spec.input_shape[:2]
+
+    def init(rng, x):
+        k1, k2 = jax.random.split(rng)
+        params = {"backbone": backbone.init(k1, x, method=backbone.features)["params"]}
+        params["head"] = head.init(k2, jnp.zeros((1, config.model.dense)))["params"]
+        state = DeepClusterState(
+            pseudo_labels=jnp.full((n,), -1, jnp.int32),
+            class_weights=jnp.ones((k_train,), jnp.float32),
+            order=jnp.arange(n, dtype=jnp.int32),
+            pca_mean=jnp.zeros((config.model.dense,), jnp.float32),
+            pca_projection=jnp.zeros((config.model.dense, dc.pca_dim), jnp.float32),
+            eval_centroids=jnp.zeros((k_eval, dc.pca_dim), jnp.float32))
+        return params, {}, state
+
+    def features(params, x):
+        return backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
+
+    def view(x, rng):
+        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
+                                    flip=dc.flip, max_degrees=dc.rotation_degrees,
+                                    color=data_spec.input_shape[-1] == 3)
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        h = features(params, view(batch["x"], rng))
+        logits = head.apply({"params": params["head"]}, h)
+        labels = cluster.pseudo_labels[batch["index"]]
+        weights = cluster.class_weights[labels] if dc.sampling == "reweight" else None
+        loss = cross_entropy(logits, labels, weights)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        return loss, (model_state, {"pseudo_label_acc": accuracy})
+
+    def embed(params, model_state, x):
+        return features(params, x)
+
+    def assign(params, cluster, feats):
+        sims = whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
+        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+    def recluster(params, cluster, feats, *, phase, first, key):
+        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(key, 5)
+        pca = jcluster.pca_fit(feats, dc.pca_dim, whiten=True)
+        projection = (pca.components * pca.scale[:, None]).T
+        z = whiten(jnp.asarray(feats), pca.mean, projection)
+        km = jcluster.kmeans(z, k_train, key=k_train_km, init="random", max_iter=dc.kmeans_iters,
+                             tol=0.0, empty_policy="split")
+        evaluation = jcluster.kmeans(z, k_eval, key=k_eval_km, n_init=dc.eval_n_init,
+                                     spherical=True)
+        labels = np.asarray(km.labels)
+        sizes = np.bincount(labels, minlength=k_train)
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(k_order)).ravel().tolist())
+        if dc.sampling == "uniform":
+            order = samplers.uniform_over_labels(labels, n, rng)
+        else:
+            order = rng.permutation(n)
+        weights = (1.0 / np.maximum(sizes, 1)) * (n / max(int(np.sum(sizes > 0)), 1))
+        info = {"pseudo_clusters_used": int(np.sum(sizes > 0)),
+                "pseudo_size_min": int(sizes.min()), "pseudo_size_max": int(sizes.max()),
+                "kmeans_splits": int(km.n_empty_repaired)}
+        old = np.asarray(cluster.pseudo_labels)
+        if old.min() >= 0:
+            info["pseudo_nmi_previous"] = float(jmetrics.nmi(old, labels))
+        if int(np.sum(sizes > 0)) == 1:
+            info["warning"] = f"pseudo-label collapse: all {n} examples in one cluster"
+        params = {**params, "head": head.init(k_head, jnp.zeros((1, config.model.dense)))["params"]}
+        cluster = DeepClusterState(
+            pseudo_labels=jnp.asarray(labels, jnp.int32),
+            class_weights=jnp.asarray(weights, jnp.float32),
+            order=jnp.asarray(order, jnp.int32), pca_mean=pca.mean, pca_projection=projection,
+            eval_centroids=evaluation.centroids)
+        return params, cluster, info
+
+    def label_tx():
+        backbone_tx = optax.chain(
+            optax.add_decayed_weights(config.optim.weight_decay),
+            optax.sgd(config.optim.learning_rate, momentum=config.optim.momentum or None))
+        head_tx = optax.sgd(config.optim.learning_rate)
+        return optax.multi_transform(
+            {"backbone": backbone_tx, "head": head_tx},
+            lambda params: {part: jax.tree.map(lambda _: part, params[part]) for part in params})
+
+    phases = (Phase(name="deepcluster", num_steps=config.optim.epochs * steps_per_epoch,
+                    tx=label_tx(), loss_fn=loss_fn,
+                    recluster_every=dc.recluster_epochs * steps_per_epoch,
+                    recluster_at_start=True),)
+    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
+                  example_order=lambda cluster: cluster.order)
