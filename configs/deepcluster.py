@@ -36,6 +36,7 @@ def get_config(arg: str = ""):
     config.deepcluster.recluster_epochs = 1
     config.deepcluster.sampling = "uniform"  # uniform | reweight | none
     config.deepcluster.head_init_std = 0.01
+    config.deepcluster.collapse_fraction = 0.5  # warn when one pseudo-class holds this much data
     config.deepcluster.eval_n_init = 5  # restarts of the K = num_clusters evaluation k-means
     config.deepcluster.crop_scale = (0.5, 1.0)  # random resized crop area fraction
     config.deepcluster.flip = True

@@ -572,6 +572,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         record = {"step": step, "phase": method.phases[phase_at(bounds, max(step - 1, 0))].name}
         if dataset.labels is not None:
             record.update(jmetrics.evaluate(dataset.labels, labels))
+        if dataset.labels is not None and method.training_labels is not None:
+            pseudo = np.asarray(jax.device_get(method.training_labels(state.cluster)))
+            if pseudo.min() >= 0:
+                record["pseudo_purity"] = float(jmetrics.purity(dataset.labels, pseudo))
+                record["pseudo_nmi"] = float(jmetrics.nmi(dataset.labels, pseudo))
         record.update(cluster_health(labels, config.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
         if previous_labels is not None:
@@ -590,7 +595,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             f"{record['clusters_used']}/{config.num_clusters} ({record['empty_clusters']} empty), "
             f"sizes {record['cluster_size_min']}..{record['cluster_size_max']}, size entropy "
             f"{record['size_entropy']:.3f}"
-            + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else ""))
+            + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else "")
+            + (f"; pseudo-labels: purity {record['pseudo_purity']:.4f}, NMI {record['pseudo_nmi']:.4f}"
+               if "pseudo_purity" in record else ""))
         return record
 
     def use_method_order(state):

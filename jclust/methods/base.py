@@ -75,6 +75,10 @@ class Method(NamedTuple):
         every epoch visits the examples in this order instead of a seeded permutation (e.g.
         DeepCluster's uniform sampling over pseudo-labels). It must live in the clustering state
         (so that a resumed run sees the same order) and may change only at recluster steps.
+      training_labels: ``(cluster) -> int [N]``, or None: the labels the method trains on when
+        they are not the K = ``num_clusters`` assignment (DeepCluster's over-clustering
+        pseudo-labels, -1 where none yet). Evaluations then also report their majority-vote
+        purity and NMI against the ground truth.
     """
     init: Callable
     phases: tuple
@@ -84,3 +88,4 @@ class Method(NamedTuple):
     done: Callable
     assignment_rule: str
     example_order: Callable | None = None
+    training_labels: Callable | None = None

@@ -90,6 +90,7 @@ def make(config, data_spec: DataSpec) -> Method:
                     "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= config.model.dense,
                     "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
                     "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
+                    "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1,
                     "optim.epochs": config.optim.epochs >= 1,
                     "batch_size": config.batch_size <= n}.items():
         if not ok:
@@ -168,8 +169,12 @@ def make(config, data_spec: DataSpec) -> Method:
         old = np.asarray(cluster.pseudo_labels)
         if old.min() >= 0:
             info["pseudo_nmi_previous"] = float(jmetrics.nmi(old, labels))
-        if int(np.sum(sizes > 0)) == 1:
-            info["warning"] = f"pseudo-label collapse: all {n} examples in one cluster"
+        if sizes.max() >= dc.collapse_fraction * n:
+            info["warning"] = (
+                f"pseudo-label collapse: {int(sizes.max())} of {n} examples in one cluster "
+                f"({int(np.sum(sizes > 0))} of {k_train} clusters used); training goes on. "
+                "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
+                "more deepcluster.recluster_epochs")
         params = {**params, "head": head.init(k_head, jnp.zeros((1, config.model.dense)))["params"]}
         cluster = DeepClusterState(
             pseudo_labels=jnp.asarray(labels, jnp.int32),
@@ -193,4 +198,5 @@ def make(config, data_spec: DataSpec) -> Method:
                     recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  example_order=lambda cluster: cluster.order)
+                  example_order=lambda cluster: cluster.order,
+                  training_labels=lambda cluster: cluster.pseudo_labels)
