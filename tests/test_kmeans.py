@@ -364,3 +364,19 @@ def test_errors(blobs):
         cluster.assign(blobs, blobs[:2, :3])
     with pytest.raises(ValueError, match="larger than the number of examples"):
         cluster.kmeans_plusplus(blobs[:3], 4, key=key)
+
+
+def test_keep_policy_leaves_an_empty_centroid_in_place():
+    # Two tight groups; the third initial centroid is far from every point and stays empty.
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], np.float32)
+    init = np.array([[0.0, 0.1], [5.0, 5.1], [100.0, -100.0]], np.float32)
+    out = cluster.kmeans(x, 3, key=jax.random.PRNGKey(0), init=init, max_iter=5, tol=0.0,
+                         empty_policy="keep")
+    np.testing.assert_allclose(out.centroids[2], init[2])
+    np.testing.assert_allclose(out.centroids[:2], [[0.05, 0.0], [5.05, 5.0]], atol=1e-6)
+    np.testing.assert_array_equal(out.labels, [0, 0, 1, 1])
+    assert int(out.n_empty_repaired) == int(out.n_iter)  # empty at every iteration
+    sph = cluster.kmeans(x[[0, 1, 2, 3]] + 1.0, 3, key=jax.random.PRNGKey(0), spherical=True,
+                         init=np.array([[1.0, 0.9], [0.9, 1.0], [-1.0, -1.0]], np.float32),
+                         max_iter=3, tol=0.0, empty_policy="keep")
+    np.testing.assert_allclose(sph.centroids[2], np.array([-1.0, -1.0]) / np.sqrt(2), rtol=1e-6)

@@ -37,6 +37,9 @@ perturbation acts on the mean-centred coordinates the loop works in (faiss works
 on raw coordinates). The next assignment step then divides j's points between
 the two copies.
 
+With ``empty_policy="keep"`` (DeepCluster-v2's rule) an empty cluster simply keeps its previous
+centroid; ``n_empty_repaired`` then counts the empty clusters met over the iterations.
+
 Spherical k-means (``spherical=True``) L2-normalises the points and centroids,
 assigns by maximal cosine similarity and re-normalises the centroids after each
 update; distances and inertia are then ``1 - cos``.
@@ -261,7 +264,8 @@ def _update_centroids(x, valid, centroids, labels, spherical, empty_policy="fart
     Args:
       x: [n_pad, d] float32; valid: [n_pad] bool; centroids: [k, d];
       labels: [n_pad] int32 in [0, k] (k marks padding).
-      empty_policy: "farthest" (re-seed at far points) or "split" (split big clusters).
+      empty_policy: "farthest" (re-seed at far points), "split" (split big clusters) or
+        "keep" (leave an empty cluster's centroid where it was).
       key: PRNG key for "split".
 
     Returns:
@@ -270,6 +274,10 @@ def _update_centroids(x, valid, centroids, labels, spherical, empty_policy="fart
     k = centroids.shape[0]
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
     counts = jax.ops.segment_sum(valid.astype(jnp.float32), labels, num_segments=k)
+    if empty_policy == "keep":
+        means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
+        new = jnp.where((counts > 0)[:, None], means, centroids)
+        return (_normalize(new) if spherical else new), jnp.sum(counts == 0).astype(jnp.int32)
     if empty_policy == "split":
         means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
         new = jnp.where((counts > 0)[:, None], means, centroids)
@@ -542,8 +550,10 @@ def kmeans(
         ``memory_budget_bytes``.
       memory_budget_bytes: bound on the [chunk, k] float32 distance block
         (counted twice for a temporary).
-      empty_policy: "farthest" (scikit-learn-like relocation) or "split"
-        (DeepCluster/faiss: copy and perturb a cluster drawn by size).
+      empty_policy: "farthest" (scikit-learn-like relocation), "split"
+        (DeepCluster/faiss: copy and perturb a cluster drawn by size) or "keep"
+        (DeepCluster-v2: an empty cluster keeps its previous centroid; the
+        empty clusters met are then what ``n_empty_repaired`` counts).
       split_eps: relative perturbation of a split (faiss: 1/1024).
 
     Returns:
@@ -559,8 +569,9 @@ def kmeans(
         raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
     if tol < 0:
         raise ValueError(f"tol must be non-negative, got {tol}.")
-    if empty_policy not in ("farthest", "split"):
-        raise ValueError(f"empty_policy must be 'farthest' or 'split', got {empty_policy!r}.")
+    if empty_policy not in ("farthest", "split", "keep"):
+        raise ValueError(
+            f"empty_policy must be 'farthest', 'split' or 'keep', got {empty_policy!r}.")
     chunk = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
     # k-means++ / random seeding on the points the loop actually clusters.
     x_init = _normalize(x) if spherical else x

@@ -1,0 +1,229 @@
+"""DeepCluster-v2 (Caron et al., 2020, appendix of the SwAV paper): spherical k-means on a memory
+bank of projected features, prototypes set from the centroids.
+
+Model: backbone -> projection head Dense-ReLU-Dense -> L2-normalised z [B, F]; H prototype heads,
+each a bias-free [K_h, F] matrix of unit rows (``params["prototypes"][h]``).
+
+State: a memory bank [N, 2, F] holding, for every example, the z of its two augmented views as
+last seen; the current assignments [H, N]; the evaluation centroids.
+
+Every ``recluster_epochs`` epochs (and before the first step):
+  1. the first time, the memory is filled with the z of the un-augmented images (both slots);
+  2. for head h, spherical k-means with K_h clusters on memory slot h mod 2: K_h random memory
+     rows as initial centroids (a new key each time), ``kmeans_iters`` iterations, an empty
+     cluster keeps its previous centroid (``empty_policy="keep"``, as in the reference), then
+     one final assignment;
+  3. the centroids become head h's prototypes and the assignments its targets.
+Every step, for both views v and every head h, the loss is the cross-entropy of
+softmax(<z_v, c^h_k> / temperature) against the example's assignment a^h_i, averaged over views
+and heads; then the batch's z of both views overwrite its memory slots (``Phase.cluster_update``).
+With ``freeze_prototypes`` (the reference's effective default) the prototypes get no updates, so
+they always equal the last centroids; otherwise they are trained between reclusterings and reset
+to the centroids at each.
+
+Evaluation with K = ``num_clusters``: at every reclustering, spherical k-means with K clusters
+(``eval_n_init`` restarts) on the z of the un-augmented images.
+
+Assignment rule: the evaluation centroid of largest cosine similarity with the example's z;
+confidence = that cosine similarity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jclust import cluster as jcluster
+from jclust import metrics as jmetrics
+from jclust import models
+from jclust.config_lib import ConfigError
+from jclust.data import augment
+from jclust.methods.base import DataSpec, Method, Phase
+from jclust.optim import make_schedule
+
+ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
+                   "L2-normalised features) of largest cosine similarity; confidence = that cosine "
+                   "similarity")
+
+
+class DeepClusterV2State(NamedTuple):
+    """Clustering state of DeepCluster-v2 (all of it is checkpointed).
+
+    Attributes:
+      memory: [N, 2, F] float32 unit rows, the z of each example's two views as last seen.
+      assignments: [H, N] int32 k-means assignment of each example for each head (-1 before the
+        first clustering).
+      eval_centroids: [num_clusters, F] float32 unit rows.
+    """
+    memory: jax.Array
+    assignments: jax.Array
+    eval_centroids: jax.Array
+
+
+class ProjectionHead(nn.Module):
+    """Dense(hidden)-ReLU-Dense(out) followed by L2 normalisation. [B, D] -> [B, out] unit rows."""
+    hidden: int
+    out: int
+
+    @nn.compact
+    def __call__(self, h):
+        z = nn.Dense(self.out)(nn.relu(nn.Dense(self.hidden)(h)))
+        return l2_normalize(z)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """Rows scaled to unit norm (zero rows stay zero). [..., D] -> [..., D]."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def prototype_loss(z: jax.Array, prototypes: jax.Array, targets: jax.Array,
+                   temperature: float) -> jax.Array:
+    """Mean cross-entropy of softmax(z . c_k / temperature) against the targets.
+
+    Args:
+      z: [V, B, F] unit rows (V views).
+      prototypes: [H, K, F] unit rows (H heads).
+      targets: [H, B] int32 cluster of each example for each head.
+      temperature: softmax temperature.
+
+    Returns:
+      Scalar: the mean over views, heads and examples.
+    """
+    logits = jnp.einsum("vbf,hkf->vhbk", z, prototypes) / temperature
+    labels = jnp.broadcast_to(targets[None], logits.shape[:-1])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make(config, data_spec: DataSpec) -> Method:
+    """Builds DeepCluster-v2 for ``config`` (sections ``model``, ``optim``, ``deepclusterv2``)."""
+    dc = config.deepclusterv2
+    n = data_spec.num_examples
+    k_eval = config.num_clusters
+    heads = tuple(int(k) for k in dc.prototypes)
+    num_heads = len(heads)
+    if num_heads == 0:
+        raise ConfigError("config.deepclusterv2.prototypes must name at least one head, e.g. (100,)")
+    if len(set(heads)) != 1:
+        raise ConfigError(f"config.deepclusterv2.prototypes={heads}: every head needs the same "
+                          "number of prototypes (they are stored as one [H, K, F] array)")
+    k_train = heads[0]
+    for key, ok in {"deepclusterv2.prototypes": 1 <= k_train <= n,
+                    "num_clusters": 1 <= k_eval <= n,
+                    "deepclusterv2.feature_dim": dc.feature_dim >= 1,
+                    "deepclusterv2.temperature": dc.temperature > 0,
+                    "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
+                    "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
+                    "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1,
+                    "optim.epochs": config.optim.epochs >= 1,
+                    "batch_size": config.batch_size <= n}.items():
+        if not ok:
+            raise ConfigError(f"config.{key} is out of range (N = {n} examples)")
+    if not data_spec.is_image:
+        raise ConfigError("DeepCluster-v2 trains a CNN on images; the data are feature vectors")
+    if config.model.name != "small_cnn":
+        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster-v2 needs 'small_cnn'")
+
+    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
+                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
+    projection = ProjectionHead(hidden=dc.projection_hidden, out=dc.feature_dim)
+    steps_per_epoch = n // config.batch_size
+    num_steps = config.optim.epochs * steps_per_epoch
+    height, width = data_spec.input_shape[:2]
+
+    def init(rng, x):
+        k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
+        params = {
+            "backbone": backbone.init(k_backbone, x, method=backbone.features)["params"],
+            "projection": projection.init(k_projection, jnp.zeros((1, config.model.dense)))["params"],
+            "prototypes": l2_normalize(jax.random.normal(k_prototypes,
+                                                         (num_heads, k_train, dc.feature_dim))),
+        }
+        state = DeepClusterV2State(
+            memory=jnp.zeros((n, 2, dc.feature_dim), jnp.float32),
+            assignments=jnp.full((num_heads, n), -1, jnp.int32),
+            eval_centroids=jnp.zeros((k_eval, dc.feature_dim), jnp.float32))
+        return params, {}, state
+
+    def project(params, x):
+        h = backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
+        return projection.apply({"params": params["projection"]}, h)
+
+    def view(x, rng):
+        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
+                                    flip=dc.flip, color=data_spec.input_shape[-1] == 3)
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        k1, k2 = jax.random.split(rng)
+        z = jnp.stack([project(params, view(batch["x"], k1)), project(params, view(batch["x"], k2))])
+        targets = cluster.assignments[:, batch["index"]]  # [H, B]
+        loss = prototype_loss(z, params["prototypes"], targets, dc.temperature)
+        logits = jnp.einsum("vbf,hkf->vhbk", z, params["prototypes"])
+        agreement = jnp.mean((jnp.argmax(logits, -1) == targets[None]).astype(jnp.float32))
+        return loss, (model_state, {"assignment_acc": agreement}, jnp.swapaxes(z, 0, 1))
+
+    def update_memory(cluster, batch, outputs, rng):
+        del rng
+        memory = cluster.memory.at[batch["index"]].set(outputs)  # outputs: [B, 2, F]
+        return cluster._replace(memory=memory), {}
+
+    def embed(params, model_state, x):
+        return project(params, x)
+
+    def assign(params, cluster, feats):
+        sims = l2_normalize(feats) @ cluster.eval_centroids.T
+        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+    def recluster(params, cluster, feats, *, phase, first, key):
+        feats = jnp.asarray(feats)
+        memory = cluster.memory
+        if first and int(jnp.max(cluster.assignments)) < 0:
+            memory = jnp.stack([feats, feats], axis=1)
+        keys = jax.random.split(key, num_heads + 1)
+        prototypes, assignments, info = [], [], {}
+        for h in range(num_heads):
+            km = jcluster.kmeans(memory[:, h % 2], k_train, key=keys[h], init="random",
+                                 max_iter=dc.kmeans_iters, tol=0.0, spherical=True,
+                                 empty_policy="keep")
+            prototypes.append(km.centroids)
+            assignments.append(km.labels)
+            sizes = np.bincount(np.asarray(km.labels), minlength=k_train)
+            info[f"head{h}_clusters_used"] = int(np.sum(sizes > 0))
+            if h == 0:
+                info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()))
+                if sizes.max() >= dc.collapse_fraction * n:
+                    info["warning"] = (
+                        f"assignment collapse: {int(sizes.max())} of {n} examples in one cluster "
+                        f"({int(np.sum(sizes > 0))} of {k_train} used); training goes on. Remedies: "
+                        "a higher deepclusterv2.temperature, a lower optim.learning_rate, more "
+                        "prototypes")
+        assignments = jnp.stack(assignments).astype(jnp.int32)
+        old = np.asarray(cluster.assignments[0])
+        if old.min() >= 0:
+            info["pseudo_nmi_previous"] = float(jmetrics.nmi(old, np.asarray(assignments[0])))
+        evaluation = jcluster.kmeans(feats, k_eval, key=keys[-1], n_init=dc.eval_n_init,
+                                     spherical=True)
+        params = {**params, "prototypes": jnp.stack(prototypes)}
+        cluster = DeepClusterV2State(memory=memory, assignments=assignments,
+                                     eval_centroids=evaluation.centroids)
+        return params, cluster, info
+
+    schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
+    trainable = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                            optax.sgd(schedule, momentum=config.optim.momentum or None))
+    frozen = optax.set_to_zero() if dc.freeze_prototypes else trainable
+    tx = optax.multi_transform(
+        {"train": trainable, "prototypes": frozen},
+        lambda params: {part: jax.tree.map(lambda _: "prototypes" if part == "prototypes" else "train",
+                                           params[part]) for part in params})
+
+    phases = (Phase(name="deepclusterv2", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
+                    recluster_every=dc.recluster_epochs * steps_per_epoch, recluster_at_start=True,
+                    cluster_update=update_memory),)
+    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
+                  training_labels=lambda cluster: cluster.assignments[0])
