@@ -164,8 +164,16 @@ def _round_up(value: int, multiple: int) -> int:
 # Steps
 
 
+# fold_in constant giving a phase's ``cluster_update`` a key independent of its loss's.
+CLUSTER_UPDATE_STREAM = 0xC1A5
+
+
 def make_train_step(method: jmethods.Method, phase_index: int):
-    """The pure train step of one phase: ``(state, batch) -> (state, metrics)``."""
+    """The pure train step of one phase: ``(state, batch) -> (state, metrics)``.
+
+    Order: loss and gradients on the current state; optimiser update; then, if the phase has a
+    ``cluster_update``, the new clustering state from the loss's outputs.
+    """
     phase = method.phases[phase_index]
 
     def train_step(state: TrainState, batch: dict):
@@ -174,14 +182,22 @@ def make_train_step(method: jmethods.Method, phase_index: int):
         def loss_fn(params):
             return phase.loss_fn(params, state.model_state, state.cluster, batch, rng)
 
-        (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = phase.tx.update(grads, state.opt_states[phase_index], state.params)
         params = optax.apply_updates(state.params, updates)
         opt_states = tuple(opt_state if i == phase_index else s
                            for i, s in enumerate(state.opt_states))
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        if phase.cluster_update is None:
+            (model_state, aux_metrics), cluster, cluster_metrics = aux, state.cluster, {}
+        else:
+            model_state, aux_metrics, outputs = aux
+            cluster, cluster_metrics = phase.cluster_update(
+                state.cluster, batch, jax.lax.stop_gradient(outputs),
+                jax.random.fold_in(rng, CLUSTER_UPDATE_STREAM))
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux_metrics,
+                   **cluster_metrics}
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                                  opt_states=opt_states)
+                                  opt_states=opt_states, cluster=cluster)
         return new_state, metrics
 
     return train_step

@@ -39,12 +39,21 @@ class Phase(NamedTuple):
       num_steps: the most steps this phase runs; ``Method.done`` may end it earlier.
       tx: the optimiser of this phase; its state is created fresh at the start of training and only
         advanced during this phase.
-      loss_fn: ``(params, model_state, cluster, batch, rng) -> (loss, (model_state, metrics))``.
+      loss_fn: ``(params, model_state, cluster, batch, rng) -> (loss, (model_state, metrics))``;
+        with ``cluster_update`` set, ``-> (loss, (model_state, metrics, outputs))`` where
+        ``outputs`` is any pytree of the forward pass that the update needs (e.g. the batch's
+        features [B, D]); it is passed on without gradient.
       recluster_every: run ``Method.recluster`` every this many steps of the phase (0: never
         periodically).
       recluster_at_start: run ``Method.recluster`` once when the phase starts.
       evaluate: whether ``Method.assign`` means anything during this phase (False e.g. while an
         autoencoder is pretrained and no centroids exist yet); evaluations are skipped if not.
+      cluster_update: ``(cluster, batch, outputs, rng) -> (cluster, metrics)``, or None. Runs
+        inside the jitted train step, after the optimiser update, on the ``outputs`` of that
+        step's ``loss_fn``; the returned clustering state replaces ``TrainState.cluster`` (so it
+        is checkpointed like everything else) and its metrics (scalars) join the step's. ``rng``
+        is a key of its own, derived from the step like the loss's. For clustering state that
+        changes every step (ODC's memories); fixed shapes only.
     """
     name: str
     num_steps: int
@@ -53,6 +62,7 @@ class Phase(NamedTuple):
     recluster_every: int = 0
     recluster_at_start: bool = False
     evaluate: bool = True
+    cluster_update: Callable | None = None
 
 
 class Method(NamedTuple):
