@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 # Methods the trainer knows, mapped to the module in ``jclust.methods`` implementing them.
-METHODS = {"dec": "dec", "idec": "dec", "deepcluster": "deepcluster"}
+METHODS = {"dec": "dec", "idec": "dec", "deepcluster": "deepcluster", "odc": "odc"}
 
 
 class ConfigError(ValueError):
