@@ -116,6 +116,22 @@ def test_split_of_identical_points_falls_back_to_random_halves():
     np.testing.assert_allclose(new_centroids[2], [0.6, 0.8], rtol=1e-6)
 
 
+def test_bisect_matches_scikit_learn_two_means():
+    from sklearn.cluster import KMeans
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(0.0, 1.0, (60, 5)), rng.normal(1.5, 1.0, (40, 5))])
+    x = np.concatenate([blobs, rng.normal(9.0, 1.0, (30, 5))]).astype(np.float32)
+    member = np.arange(130) < 100  # the last 30 rows belong to another cluster
+    part = np.asarray(odc.bisect(jnp.asarray(x), jnp.asarray(member), jax.random.PRNGKey(0), 20))
+    assert not part[0] and not np.any(part[100:]) and 0 < part.sum() < 100
+    km = KMeans(n_clusters=2, n_init=10, random_state=0).fit(x[:100])
+
+    def inertia(labels):
+        return sum(((x[:100][labels == c] - x[:100][labels == c].mean(0)) ** 2).sum() for c in (0, 1))
+
+    assert inertia(part[:100].astype(int)) <= inertia(km.labels_) * (1 + 1e-5)
+
+
 def test_cluster_update_order_and_centroid_interval():
     _, method = small_method(num_examples=6, **{"odc.train_clusters": 2, "odc.min_cluster_size": 1,
                                                 "odc.centroid_update_every": 2,

@@ -153,14 +153,15 @@ def bisect(x: jax.Array, member: jax.Array, key: jax.Array, iters: int) -> jax.A
     """Splits the member rows of x in two by 2-means (Euclidean).
 
     Start: the sign of the projection on the members' principal direction (power iteration from
-    the member farthest from their mean); then ``iters`` Lloyd iterations. If a side comes out
-    empty (e.g. identical rows), a random half is taken instead, as the reference does.
+    the member farthest from their mean); then Lloyd iterations until the partition stops
+    changing, at most ``iters``. If a side comes out empty (e.g. identical rows), a random half
+    is taken instead, as the reference does.
 
     Args:
       x: [N, D] float32.
       member: [N] bool, the rows to split (at least two for a useful result).
       key: PRNG key, used only by the random fallback.
-      iters: Lloyd iterations.
+      iters: the most Lloyd iterations.
 
     Returns:
       [N] bool, the part that does *not* contain the lowest-index member (a subset of member).
@@ -168,21 +169,30 @@ def bisect(x: jax.Array, member: jax.Array, key: jax.Array, iters: int) -> jax.A
     w = member.astype(x.dtype)[:, None]
     centred = (x - masked_mean(x, member)) * w
     start = centred[jnp.argmax(jnp.sum(centred * centred, axis=1))]
+    scatter = jnp.dot(centred.T, centred, precision=_PRECISION)  # [D, D]
 
     def power(_, v):
-        v = jnp.dot(centred.T, jnp.dot(centred, v, precision=_PRECISION), precision=_PRECISION)
+        v = jnp.dot(scatter, v, precision=_PRECISION)
         return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(x.dtype).tiny)
 
     direction = jax.lax.fori_loop(0, _POWER_ITERS, power, start)
     part = member & (jnp.dot(centred, direction, precision=_PRECISION) > 0)
 
-    def lloyd(_, part):
-        a, b = masked_mean(x, member & ~part), masked_mean(x, member & part)
-        return member & (jnp.sum((x - b) ** 2, axis=1) < jnp.sum((x - a) ** 2, axis=1))
+    def lloyd(carry):
+        i, part, _ = carry
+        sides = jnp.stack([member & ~part, member & part]).astype(x.dtype)  # [2, N]
+        sums = jnp.dot(sides, x, precision=_PRECISION)
+        a, b = sums / jnp.maximum(jnp.sum(sides, axis=1), 1.0)[:, None]
+        # |x - b|² < |x - a|²  <=>  2 x·(b - a) > |b|² - |a|²
+        gap = 2.0 * jnp.dot(x, b - a, precision=_PRECISION) - (jnp.sum(b * b) - jnp.sum(a * a))
+        new = member & (gap > 0)
+        return i + 1, new, jnp.any(new != part)
 
-    part = jax.lax.fori_loop(0, iters, lloyd, part)
+    _, part, _ = jax.lax.while_loop(lambda c: (c[0] < iters) & c[2], lloyd,
+                                    (jnp.int32(0), part, jnp.bool_(True)))
     size = jnp.sum(part)
-    part = jnp.where((size > 0) & (size < jnp.sum(member)), part, random_half(member, key))
+    part = jax.lax.cond((size > 0) & (size < jnp.sum(member)), lambda: part,
+                        lambda: random_half(member, key))
     return jnp.where(part[jnp.argmax(member)], member & ~part, part)
 
 
