@@ -63,12 +63,13 @@ def get_config(arg: str = ""):
         config.data.source = "digits"
         config.data.image_shape = (8, 8, 1)
         config.model.widths = (32, 64)
-        config.optim.epochs = 30
+        # 30 epochs (22 s of training) ended with the loss and ACC still improving.
+        config.optim.epochs = 100
         config.batch_size = 64
         # 1,797 images: 30 clusters of ~60, and a smaller floor so that splits do not churn.
         config.odc.train_clusters = 30
         config.odc.min_cluster_size = 10
-        config.odc.eval_epochs = 5
+        config.odc.eval_epochs = 10
         config.odc.flip = False  # a mirrored digit is not the same digit
         config.log_every_steps = 50
         config.pictures.every_evals = 2
