@@ -6,9 +6,10 @@ method's periodic whole-data-set recluster step on a feature pass, evaluations a
 ``WORKDIR/metrics.jsonl``, and Orbax checkpoints of the whole state. Re-running with the same
 workdir resumes from the newest readable checkpoint.
 
-Order inside one iteration (it makes resume exact): train step ``s -> s+1``; if a recluster is due
-at ``s+1``, run it; evaluate if due; save if due. So the checkpoint of step ``s`` always includes
-every recluster of steps <= s, and the data order and rngs are functions of the step alone.
+Order inside one iteration (it makes resume exact): train step ``s -> s+1`` (with the phase's
+per-step ``cluster_update``, if any, inside it); if a recluster is due at ``s+1``, run it;
+evaluate if due; save if due. So the checkpoint of step ``s`` always includes every recluster of
+steps <= s, and the data order and rngs are functions of the step alone.
 """
 
 from __future__ import annotations

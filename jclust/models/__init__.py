@@ -5,6 +5,7 @@ import flax.linen as nn
 from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_inputs
 from jclust.models.cnn import SmallCNN, max_pool_2x2
 from jclust.models.conv import Conv3x3, conv3x3, im2col3x3, resolve_impl
+from jclust.models.neck import NonLinearNeck
 
 _MODELS = {
     "mlp_autoencoder": MLPAutoencoder,
@@ -34,6 +35,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 __all__ = [
     "Conv3x3",
     "MLPAutoencoder",
+    "NonLinearNeck",
     "SmallCNN",
     "conv3x3",
     "dec_kernel_init",

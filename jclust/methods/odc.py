@@ -1,0 +1,423 @@
+"""ODC, Online Deep Clustering (Zhan et al., CVPR 2020): pseudo-labels that evolve every step.
+
+Model: SmallCNN backbone -> non-linear neck (Dense-ReLU-Dropout-Dense-ReLU) -> feature f [D]
+-> linear head with ``odc.train_clusters`` outputs.
+
+State (``ODCState``, checkpointed): a samples memory (L2-normalised features F [N, D] and labels
+l [N]) and a centroids memory C [K, D] (means of the unit rows of F, not re-normalised).
+
+Initialisation (``recluster`` at the start of training): features of the whole data set (no
+augmentation, evaluation mode), L2-normalised, fill F; k-means with K = ``odc.train_clusters``
+(random data points as initial centroids, ``odc.kmeans_iters`` Lloyd iterations, empty clusters
+split as in faiss) fills l; C = cluster means of F; the head is re-initialised (N(0, 0.01²)).
+
+Every iteration, in the reference code's order:
+  1. loss: cross-entropy of the head on an augmented view against l[index], each example weighted
+     by w_l[index] with w_k = (n_k + 1e-5)^(-1/2) / sum_k' (n_k' + 1e-5)^(-1/2) from the label
+     counts n_k (the mean is sum_i w_i CE_i / sum_i w_i, as PyTorch's weighted cross-entropy);
+     gradient step.
+  2. samples memory at the batch: F_i <- normalise((1 - m) F_i + m f_i / |f_i|), m =
+     ``odc.memory_momentum`` (f from step 1's forward pass: augmented view, training mode).
+  3. batch re-assignment: l_i <- argmax_k <C_k, F_i> (dot product, unnormalised centroids).
+  4. every ``odc.centroid_update_every`` iterations: all centroids recomputed from F and l (an
+     empty cluster keeps its centroid).
+  5. small clusters (fewer than ``odc.min_cluster_size`` members): their members move to the
+     nearest centroid (dot product) among the other clusters; then, for each of these now empty
+     clusters e in index order, the currently largest cluster j is split in two by 2-means on
+     its memory features (Euclidean, see ``bisect``): the part holding j's lowest-index member
+     keeps label j, the other part takes label e, and C_j, C_e become the means of their parts.
+  6. the next iteration's loss weights follow from the new label counts.
+All of it runs inside the jitted train step with fixed shapes (the trainer's ``cluster_update``
+hook); step 5 costs O(N K) only at iterations that have a small cluster.
+
+Evaluation with K = ``num_clusters``: at the start and every ``odc.eval_epochs`` epochs, the
+features of the whole data set are clustered by spherical k-means (the memories are left alone);
+the final evaluation applies the last of these centroids to the final features.
+
+Deviations from the reference (ResNet-50 on ImageNet): no BatchNorm in the neck (its running
+statistics, momentum 0.001, would not settle in a few thousand steps); a 2-means split started
+from the principal direction instead of scikit-learn's k-means++ restarts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jclust import cluster as jcluster
+from jclust import metrics as jmetrics
+from jclust import models
+from jclust.config_lib import ConfigError
+from jclust.data import augment
+from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.deepcluster import cross_entropy
+
+ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode) go to the evaluation centroid "
+                   "of largest cosine similarity; the evaluation centroids come from spherical "
+                   "k-means (K = num_clusters) on the whole data set's features at the start and "
+                   "every odc.eval_epochs epochs; confidence = that cosine similarity")
+
+_PRECISION = jax.lax.Precision.HIGHEST  # full float32 dot products also on GPU/TPU
+_POWER_ITERS = 10  # power iterations for the principal direction that starts a 2-means split
+
+
+class ODCState(NamedTuple):
+    """Clustering state of ODC (all of it is checkpointed).
+
+    Attributes:
+      features: [N, D] float32 samples memory, unit rows (zeros before initialisation).
+      labels: [N] int32 samples-memory pseudo-labels in [0, K).
+      centroids: [K, D] float32 centroids memory (means of unit rows).
+      iteration: [] int32 ODC iterations since the memories were initialised.
+      eval_centroids: [num_clusters, D] float32 unit rows, the evaluation clustering.
+      recluster_labels: [N] int32 the memory labels at the last recluster (for the NMI
+        between successive ones).
+    """
+    features: jax.Array
+    labels: jax.Array
+    centroids: jax.Array
+    iteration: jax.Array
+    eval_centroids: jax.Array
+    recluster_labels: jax.Array
+
+
+def normalize_rows(x: jax.Array) -> jax.Array:
+    """Rows scaled to unit L2 norm, x / (|x| + 1e-10) as in the reference. x: [n, D]."""
+    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-10)
+
+
+def loss_weights(labels: jax.Array, num_clusters: int, power: float = 0.5) -> jax.Array:
+    """Class weights w_k ∝ (n_k + 1e-5)^(-power), summing to one.
+
+    Args:
+      labels: [N] int pseudo-labels in [0, num_clusters).
+      num_clusters: K.
+      power: 0.5 in ODC.
+
+    Returns:
+      [K] float32.
+    """
+    counts = jnp.bincount(labels, length=num_clusters).astype(jnp.float32)
+    inverse = (counts + 1e-5) ** (-power)
+    return inverse / jnp.sum(inverse)
+
+
+def update_memory(memory: jax.Array, index: jax.Array, features: jax.Array,
+                  momentum: float) -> jax.Array:
+    """Momentum update of the samples memory at ``index``.
+
+    F_i <- normalise((1 - m) F_i + m normalise(f_i)); ``momentum`` m is the weight of the new
+    feature, as in the reference. memory: [N, D], index: [B] (distinct), features: [B, D].
+    Returns the new memory [N, D].
+    """
+    mixed = (1.0 - momentum) * memory[index] + momentum * normalize_rows(features)
+    return memory.at[index].set(normalize_rows(mixed))
+
+
+def nearest_centroid(features: jax.Array, centroids: jax.Array) -> jax.Array:
+    """argmax_k <centroids_k, features_i> (dot product). [B, D], [K, D] -> [B] int32."""
+    sims = jnp.dot(features, centroids.T, precision=_PRECISION)
+    return jnp.argmax(sims, axis=-1).astype(jnp.int32)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of the rows of x [n, D] where mask [n] is True ([D]; zeros if none)."""
+    w = mask.astype(x.dtype)
+    return jnp.dot(w, x, precision=_PRECISION) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def centroids_from_memory(memory: jax.Array, labels: jax.Array,
+                          previous: jax.Array) -> jax.Array:
+    """Cluster means of the memory; an empty cluster keeps its previous centroid.
+
+    memory: [N, D], labels: [N] in [0, K), previous: [K, D]. Returns [K, D].
+    """
+    k = previous.shape[0]
+    sums = jax.ops.segment_sum(memory, labels, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(labels, memory.dtype), labels, num_segments=k)
+    return jnp.where((counts > 0)[:, None], sums / jnp.maximum(counts, 1.0)[:, None], previous)
+
+
+def random_half(member: jax.Array, key: jax.Array) -> jax.Array:
+    """A uniformly random ``n - n // 2`` of the n members. member: [N] bool -> [N] bool."""
+    scores = jnp.where(member, jax.random.uniform(key, member.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores))
+    return member & (rank >= jnp.sum(member) // 2)
+
+
+def bisect(x: jax.Array, member: jax.Array, key: jax.Array, iters: int) -> jax.Array:
+    """Splits the member rows of x in two by 2-means (Euclidean).
+
+    Start: the sign of the projection on the members' principal direction (power iteration from
+    the member farthest from their mean); then Lloyd iterations until the partition stops
+    changing, at most ``iters``. If a side comes out empty (e.g. identical rows), a random half
+    is taken instead, as the reference does.
+
+    Args:
+      x: [N, D] float32.
+      member: [N] bool, the rows to split (at least two for a useful result).
+      key: PRNG key, used only by the random fallback.
+      iters: the most Lloyd iterations.
+
+    Returns:
+      [N] bool, the part that does *not* contain the lowest-index member (a subset of member).
+    """
+    w = member.astype(x.dtype)[:, None]
+    centred = (x - masked_mean(x, member)) * w
+    start = centred[jnp.argmax(jnp.sum(centred * centred, axis=1))]
+    scatter = jnp.dot(centred.T, centred, precision=_PRECISION)  # [D, D]
+
+    def power(_, v):
+        v = jnp.dot(scatter, v, precision=_PRECISION)
+        return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(x.dtype).tiny)
+
+    direction = jax.lax.fori_loop(0, _POWER_ITERS, power, start)
+    part = member & (jnp.dot(centred, direction, precision=_PRECISION) > 0)
+
+    def lloyd(carry):
+        i, part, _ = carry
+        sides = jnp.stack([member & ~part, member & part]).astype(x.dtype)  # [2, N]
+        sums = jnp.dot(sides, x, precision=_PRECISION)
+        a, b = sums / jnp.maximum(jnp.sum(sides, axis=1), 1.0)[:, None]
+        # |x - b|² < |x - a|²  <=>  2 x·(b - a) > |b|² - |a|²
+        gap = 2.0 * jnp.dot(x, b - a, precision=_PRECISION) - (jnp.sum(b * b) - jnp.sum(a * a))
+        new = member & (gap > 0)
+        return i + 1, new, jnp.any(new != part)
+
+    _, part, _ = jax.lax.while_loop(lambda c: (c[0] < iters) & c[2], lloyd,
+                                    (jnp.int32(0), part, jnp.bool_(True)))
+    size = jnp.sum(part)
+    part = jax.lax.cond((size > 0) & (size < jnp.sum(member)), lambda: part,
+                        lambda: random_half(member, key))
+    return jnp.where(part[jnp.argmax(member)], member & ~part, part)
+
+
+def split_largest(memory: jax.Array, labels: jax.Array, centroids: jax.Array, empty: jax.Array,
+                  key: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
+    """Refills the empty cluster ``empty`` with part of the currently largest cluster.
+
+    The largest cluster j (lowest index on ties) is split by :func:`bisect` on its memory rows;
+    the part without j's lowest-index member takes label ``empty``; the centroids of j and
+    ``empty`` become the means of their parts. Nothing changes if j has fewer than two members.
+
+    Args:
+      memory: [N, D]; labels: [N] int32; centroids: [K, D]; empty: [] int, an empty cluster.
+      key: PRNG key for :func:`bisect`'s fallback; iters: its Lloyd iterations.
+
+    Returns:
+      (labels [N], centroids [K, D]).
+    """
+    sizes = jnp.bincount(labels, length=centroids.shape[0])
+    largest = jnp.argmax(sizes)
+    member = labels == largest
+    moved = bisect(memory, member, key, iters) & (sizes[largest] >= 2)
+    new_centroids = (centroids.at[largest].set(masked_mean(memory, member & ~moved))
+                     .at[empty].set(masked_mean(memory, moved)))
+    return (jnp.where(moved, empty, labels),
+            jnp.where(sizes[largest] >= 2, new_centroids, centroids))
+
+
+def fix_small_clusters(memory: jax.Array, labels: jax.Array, centroids: jax.Array,
+                       key: jax.Array, *, min_size: int,
+                       iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Dissolves clusters with fewer than ``min_size`` members and refills them by splitting.
+
+    Members of small clusters move to the nearest centroid (dot product) among the clusters that
+    are not small; then every small (now empty) cluster, in index order, takes part of the
+    then-largest cluster (:func:`split_largest`). Requires K * min_size <= N, so that some
+    cluster is not small.
+
+    Args:
+      memory: [N, D] unit rows; labels: [N] int32; centroids: [K, D].
+      key: PRNG key (random halving fallback of the splits).
+      min_size: the smallest allowed cluster size.
+      iters: Lloyd iterations of each 2-means split.
+
+    Returns:
+      (labels [N], centroids [K, D], number of small clusters [] int32).
+    """
+    k = centroids.shape[0]
+    small = jnp.bincount(labels, length=k) < min_size
+
+    def fix(operands):
+        labels, centroids = operands
+        sims = jnp.dot(memory, centroids.T, precision=_PRECISION)
+        target = jnp.argmax(jnp.where(small[None, :], -jnp.inf, sims), axis=1).astype(jnp.int32)
+        labels = jnp.where(small[labels], target, labels)
+
+        def refill(e, carry):
+            return jax.lax.cond(
+                small[e], lambda c: split_largest(memory, *c, e, jax.random.fold_in(key, e), iters),
+                lambda c: c, carry)
+
+        return jax.lax.fori_loop(0, k, refill, (labels, centroids))
+
+    labels, centroids = jax.lax.cond(jnp.any(small), fix, lambda operands: operands,
+                                     (labels, centroids))
+    return labels, centroids, jnp.sum(small, dtype=jnp.int32)
+
+
+def make(config, data_spec: DataSpec) -> Method:
+    """Builds ODC for ``config`` (sections ``model``, ``optim``, ``odc``)."""
+    oc = config.odc
+    n = data_spec.num_examples
+    k_train, k_eval = oc.train_clusters, config.num_clusters
+    if not data_spec.is_image:
+        raise ConfigError("ODC trains a CNN on images; the data are feature vectors")
+    if config.model.name != "small_cnn":
+        raise ConfigError(f"config.model.name={config.model.name!r}: ODC needs 'small_cnn'")
+    if k_train > n or k_eval > n:
+        raise ConfigError(f"config.odc.train_clusters={k_train} / config.num_clusters={k_eval}: "
+                          f"more clusters than the {n} examples")
+    for key, ok in {"odc.train_clusters": k_train >= 2,
+                    "odc.min_cluster_size": oc.min_cluster_size >= 1,
+                    "odc.feature_dim": oc.feature_dim >= 1,
+                    "odc.neck_hidden": oc.neck_hidden >= 1,
+                    "odc.neck_dropout": 0.0 <= oc.neck_dropout < 1.0,
+                    "odc.memory_momentum": 0.0 < oc.memory_momentum <= 1.0,
+                    "odc.centroid_update_every": oc.centroid_update_every >= 1,
+                    "odc.reweight_power": oc.reweight_power >= 0.0,
+                    "odc.kmeans_iters": oc.kmeans_iters >= 1,
+                    "odc.split_iters": oc.split_iters >= 1,
+                    "odc.eval_n_init": oc.eval_n_init >= 1,
+                    "odc.eval_epochs": oc.eval_epochs >= 1,
+                    "optim.epochs": config.optim.epochs >= 1,
+                    "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0,
+                    "batch_size": config.batch_size <= n}.items():
+        if not ok:
+            section, _, leaf = key.rpartition(".")
+            value = config[section][leaf] if section else config[leaf]
+            raise ConfigError(f"config.{key}={value} is out of range (N = {n} examples)")
+    if k_train * oc.min_cluster_size > n:
+        raise ConfigError(f"config.odc.train_clusters x config.odc.min_cluster_size = {k_train} x "
+                          f"{oc.min_cluster_size} exceeds the {n} examples: every cluster would "
+                          "be too small")
+
+    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
+                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
+    neck = models.NonLinearNeck(hidden=oc.neck_hidden, features=oc.feature_dim,
+                                dropout=oc.neck_dropout)
+    head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(oc.head_init_std))
+    steps_per_epoch = n // config.batch_size
+    num_steps = config.optim.epochs * steps_per_epoch
+    height, width = data_spec.input_shape[:2]
+
+    def init_head(key):
+        return head.init(key, jnp.zeros((1, oc.feature_dim)))["params"]
+
+    def init(rng, x):
+        k_backbone, k_neck, k_head = jax.random.split(rng, 3)
+        params = {"backbone": backbone.init(k_backbone, x, method=backbone.features)["params"]}
+        params["neck"] = neck.init(k_neck, jnp.zeros((1, config.model.dense)))["params"]
+        params["head"] = init_head(k_head)
+        state = ODCState(features=jnp.zeros((n, oc.feature_dim), jnp.float32),
+                         labels=jnp.zeros((n,), jnp.int32),
+                         centroids=jnp.zeros((k_train, oc.feature_dim), jnp.float32),
+                         iteration=jnp.zeros((), jnp.int32),
+                         eval_centroids=jnp.zeros((k_eval, oc.feature_dim), jnp.float32),
+                         recluster_labels=jnp.zeros((n,), jnp.int32))
+        return params, {}, state
+
+    def features(params, x, dropout_rng=None):
+        h = backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
+        if dropout_rng is None:
+            return neck.apply({"params": params["neck"]}, h)
+        return neck.apply({"params": params["neck"]}, h, train=True, rngs={"dropout": dropout_rng})
+
+    def view(x, rng):
+        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(oc.crop_scale),
+                                    flip=oc.flip, max_degrees=oc.rotation_degrees,
+                                    color=data_spec.input_shape[-1] == 3)
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        view_rng, dropout_rng = jax.random.split(rng)
+        f = features(params, view(batch["x"], view_rng), dropout_rng)
+        logits = head.apply({"params": params["head"]}, f)
+        labels = cluster.labels[batch["index"]]
+        weights = loss_weights(cluster.labels, k_train, oc.reweight_power)[labels]
+        loss = cross_entropy(logits, labels, weights)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        return loss, (model_state, {"pseudo_label_acc": accuracy}, f)
+
+    def cluster_update(cluster, batch, f, rng):
+        index = batch["index"]
+        memory = update_memory(cluster.features, index, f, oc.memory_momentum)
+        new = nearest_centroid(memory[index], cluster.centroids)
+        changed = jnp.mean((new != cluster.labels[index]).astype(jnp.float32))
+        labels = cluster.labels.at[index].set(new)
+        iteration = cluster.iteration + 1
+        centroids = jax.lax.cond(iteration % oc.centroid_update_every == 0,
+                                 centroids_from_memory, lambda m, l, c: c,
+                                 memory, labels, cluster.centroids)
+        labels, centroids, n_small = fix_small_clusters(
+            memory, labels, centroids, rng, min_size=oc.min_cluster_size, iters=oc.split_iters)
+        sizes = jnp.bincount(labels, length=k_train)
+        metrics = {"memory_label_change": changed, "small_clusters": n_small,
+                   "memory_size_min": jnp.min(sizes), "memory_size_max": jnp.max(sizes)}
+        return cluster._replace(features=memory, labels=labels, centroids=centroids,
+                                iteration=iteration), metrics
+
+    def embed(params, model_state, x):
+        return normalize_rows(features(params, x))
+
+    def assign(params, cluster, feats):
+        sims = jnp.dot(normalize_rows(feats), cluster.eval_centroids.T, precision=_PRECISION)
+        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+    def recluster(params, cluster, feats, *, phase, first, key):
+        k_init, k_eval_km, k_head = jax.random.split(key, 3)
+        z = normalize_rows(jnp.asarray(feats, jnp.float32))
+        info = {}
+        if first:
+            km = jcluster.kmeans(z, k_train, key=k_init, init="random", max_iter=oc.kmeans_iters,
+                                 tol=0.0, empty_policy="split")
+            cluster = cluster._replace(
+                features=z, labels=km.labels,
+                centroids=centroids_from_memory(z, km.labels, km.centroids),
+                iteration=jnp.zeros((), jnp.int32))
+            params = {**params, "head": init_head(k_head)}
+            info["kmeans_splits"] = int(km.n_empty_repaired)
+        labels = np.asarray(cluster.labels)
+        if not first:
+            info["memory_nmi_previous"] = float(jmetrics.nmi(np.asarray(cluster.recluster_labels),
+                                                             labels))
+        evaluation = jcluster.kmeans(z, k_eval, key=k_eval_km, n_init=oc.eval_n_init,
+                                     spherical=True)
+        sizes = np.bincount(labels, minlength=k_train)
+        eval_used = int(np.sum(np.bincount(np.asarray(evaluation.labels), minlength=k_eval) > 0))
+        info.update(memory_clusters_used=int(np.sum(sizes > 0)),
+                    memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()))
+        if int(np.sum(sizes > 0)) == 1:
+            info["warning"] = f"pseudo-label collapse: all {n} examples in one memory cluster"
+        elif eval_used == 1 and k_eval > 1:
+            info["warning"] = (f"feature collapse: the evaluation k-means put all {n} examples in "
+                               "one cluster")
+        cluster = cluster._replace(eval_centroids=evaluation.centroids,
+                                   recluster_labels=jnp.asarray(labels, jnp.int32))
+        return params, cluster, info
+
+    def label_tx():
+        learning_rate = config.optim.learning_rate
+        if config.optim.lr_decay_factor != 1.0:
+            learning_rate = optax.piecewise_constant_schedule(
+                learning_rate,
+                {int(config.optim.lr_decay_fraction * num_steps): config.optim.lr_decay_factor})
+        # The head has no momentum (reference: paramwise momentum 0 for ``head.``).
+        head_tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                              optax.sgd(learning_rate))
+        body_tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                              optax.sgd(learning_rate, momentum=config.optim.momentum or None))
+        return optax.multi_transform(
+            {"body": body_tx, "head": head_tx},
+            lambda params: {part: jax.tree.map(lambda _: "head" if part == "head" else "body",
+                                               params[part]) for part in params})
+
+    phases = (Phase(name="odc", num_steps=num_steps, tx=label_tx(), loss_fn=loss_fn,
+                    recluster_every=oc.eval_epochs * steps_per_epoch, recluster_at_start=True,
+                    cluster_update=cluster_update),)
+    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE)
