@@ -642,6 +642,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             use_method_order(state)
             if "warning" in extra:
                 say(f"warning at step {step}: {extra['warning']}")
+        elif eval_due and method.fit_evaluation is not None:
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
+            cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
+            state = jax.device_put(state.replace(cluster=cluster), runner.replicated)
         return state, evaluate(state, step, features, extra) if eval_due else None
 
     def save(state, step):

@@ -20,6 +20,7 @@ TINY = {
     "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
     "model.widths": (8, 16), "model.dense": 32, "deepcluster.pca_dim": 8,
     "deepcluster.train_clusters": 12, "deepcluster.eval_n_init": 2, "optim.epochs": 3,
+    "deepcluster.recluster_epochs": 1,
     "log_every_steps": 8, "checkpoint_every_steps": 4, "keep_checkpoints": 50,
     "pictures.every_evals": 0, "tensorboard": False,
 }
@@ -208,3 +209,22 @@ def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(state.cluster.pseudo_labels, ref_state.cluster.pseudo_labels)
+
+
+def test_final_evaluation_refits_on_the_final_features(reference_run):
+    """The last evaluation (no reclustering at the final step) uses PCA and centroids fitted on the
+    final features, and they are what the final checkpoint holds (so predict agrees)."""
+    workdir, final = reference_run
+    _, state = final_params(workdir)
+    config = tiny_config()
+    dataset = train.load_dataset(config)
+    method = methods.make(config, train.data_spec_of(dataset))
+    feats = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(dataset.inputs)))
+    mean, projection = np.asarray(state.cluster.pca_mean), np.asarray(state.cluster.pca_projection)
+    z = (feats - mean) @ projection
+    # Whitened on these very features: unit variance per component, zero mean.
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(z.std(0, ddof=1), 1.0, rtol=2e-2)
+    labels, _ = method.assign(state.params, state.cluster, jnp.asarray(feats))
+    from jclust import metrics
+    assert metrics.accuracy(dataset.labels, np.asarray(labels)) == pytest.approx(final["acc"], abs=1e-6)

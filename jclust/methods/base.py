@@ -89,6 +89,11 @@ class Method(NamedTuple):
         they are not the K = ``num_clusters`` assignment (DeepCluster's over-clustering
         pseudo-labels, -1 where none yet). Evaluations then also report their majority-vote
         purity and NMI against the ground truth.
+      fit_evaluation: ``(params, cluster, features [N, D], *, key) -> cluster``, or None: refits
+        what ``assign`` reads (e.g. evaluation centroids fitted by k-means on the features) on the
+        current features. The trainer calls it before every evaluation that does not come with a
+        recluster at the same step (the final one, ``eval_every_steps``), so that no evaluation
+        applies centroids fitted on features that have changed since.
     """
     init: Callable
     phases: tuple
@@ -99,3 +104,4 @@ class Method(NamedTuple):
     assignment_rule: str
     example_order: Callable | None = None
     training_labels: Callable | None = None
+    fit_evaluation: Callable | None = None

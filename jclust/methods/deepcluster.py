@@ -15,7 +15,9 @@ augmented views. The head has its own SGD without momentum (so a re-initialised 
 stale momentum); the backbone uses SGD with momentum and weight decay.
 
 Evaluation with K = ``num_clusters`` (10 for Fashion-MNIST): at every reclustering, spherical
-k-means with K clusters on the same whitened, L2-normalised features.
+k-means with K clusters on the same whitened, L2-normalised features; before an evaluation
+without a reclustering (the final one), PCA and these centroids are refitted on the current
+features.
 
 Assignment rule: the example's backbone features are whitened and L2-normalised with the PCA of
 the last reclustering and go to the evaluation centroid of largest cosine similarity; confidence
@@ -39,8 +41,8 @@ from jclust.config_lib import ConfigError
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase
 
-ASSIGNMENT_RULE = ("features whitened and L2-normalised by the last reclustering's PCA, then the "
-                   "evaluation centroid (spherical k-means, K = num_clusters) of largest cosine "
+ASSIGNMENT_RULE = ("features whitened and L2-normalised by the PCA of the latest evaluation, then "
+                   "the evaluation centroid (spherical k-means, K = num_clusters) of largest cosine "
                    "similarity; confidence = that cosine similarity")
 SAMPLING = ("uniform", "reweight", "none")
 
@@ -146,11 +148,20 @@ def make(config, data_spec: DataSpec) -> Method:
         sims = whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
-    def recluster(params, cluster, feats, *, phase, first, key):
-        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(key, 5)
+    def whitening(feats):
         pca = jcluster.pca_fit(feats, dc.pca_dim, whiten=True)
         projection = (pca.components * pca.scale[:, None]).T
-        z = whiten(jnp.asarray(feats), pca.mean, projection)
+        return pca.mean, projection, whiten(jnp.asarray(feats), pca.mean, projection)
+
+    def fit_evaluation(params, cluster, feats, *, key):
+        mean, projection, z = whitening(feats)
+        evaluation = jcluster.kmeans(z, k_eval, key=key, n_init=dc.eval_n_init, spherical=True)
+        return cluster._replace(pca_mean=mean, pca_projection=projection,
+                                eval_centroids=evaluation.centroids)
+
+    def recluster(params, cluster, feats, *, phase, first, key):
+        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(key, 5)
+        mean, projection, z = whitening(feats)
         km = jcluster.kmeans(z, k_train, key=k_train_km, init="random", max_iter=dc.kmeans_iters,
                              tol=0.0, empty_policy="split")
         evaluation = jcluster.kmeans(z, k_eval, key=k_eval_km, n_init=dc.eval_n_init,
@@ -179,7 +190,7 @@ def make(config, data_spec: DataSpec) -> Method:
         cluster = DeepClusterState(
             pseudo_labels=jnp.asarray(labels, jnp.int32),
             class_weights=jnp.asarray(weights, jnp.float32),
-            order=jnp.asarray(order, jnp.int32), pca_mean=pca.mean, pca_projection=projection,
+            order=jnp.asarray(order, jnp.int32), pca_mean=mean, pca_projection=projection,
             eval_centroids=evaluation.centroids)
         return params, cluster, info
 
@@ -199,4 +210,5 @@ def make(config, data_spec: DataSpec) -> Method:
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   example_order=lambda cluster: cluster.order,
-                  training_labels=lambda cluster: cluster.pseudo_labels)
+                  training_labels=lambda cluster: cluster.pseudo_labels,
+                  fit_evaluation=fit_evaluation)

@@ -21,8 +21,9 @@ With ``freeze_prototypes`` (the reference's effective default) the prototypes ge
 they always equal the last centroids; otherwise they are trained between reclusterings and reset
 to the centroids at each.
 
-Evaluation with K = ``num_clusters``: at every reclustering, spherical k-means with K clusters
-(``eval_n_init`` restarts) on the z of the un-augmented images.
+Evaluation with K = ``num_clusters``: at every reclustering, and before an evaluation without one
+(the final one), spherical k-means with K clusters (``eval_n_init`` restarts) on the z of the
+un-augmented images.
 
 Assignment rule: the evaluation centroid of largest cosine similarity with the example's z;
 confidence = that cosine similarity.
@@ -212,6 +213,11 @@ def make(config, data_spec: DataSpec) -> Method:
                                      eval_centroids=evaluation.centroids)
         return params, cluster, info
 
+    def fit_evaluation(params, cluster, feats, *, key):
+        evaluation = jcluster.kmeans(jnp.asarray(feats), k_eval, key=key, n_init=dc.eval_n_init,
+                                     spherical=True)
+        return cluster._replace(eval_centroids=evaluation.centroids)
+
     schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
     trainable = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
                             optax.sgd(schedule, momentum=config.optim.momentum or None))
@@ -226,4 +232,5 @@ def make(config, data_spec: DataSpec) -> Method:
                     cluster_update=update_memory),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  training_labels=lambda cluster: cluster.assignments[0])
+                  training_labels=lambda cluster: cluster.assignments[0],
+                  fit_evaluation=fit_evaluation)

@@ -31,8 +31,8 @@ All of it runs inside the jitted train step with fixed shapes (the trainer's ``c
 hook); step 5 costs O(N K) only at iterations that have a small cluster.
 
 Evaluation with K = ``num_clusters``: at the start and every ``odc.eval_epochs`` epochs, the
-features of the whole data set are clustered by spherical k-means (the memories are left alone);
-the final evaluation applies the last of these centroids to the final features.
+features of the whole data set are clustered by spherical k-means (the memories are left alone),
+and again before any evaluation that comes without such a reclustering (the final one).
 
 Deviations from the reference (ResNet-50 on ImageNet): no BatchNorm in the neck (its running
 statistics, momentum 0.001, would not settle in a few thousand steps); a 2-means split started
@@ -58,8 +58,8 @@ from jclust.methods.deepcluster import cross_entropy
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode) go to the evaluation centroid "
                    "of largest cosine similarity; the evaluation centroids come from spherical "
-                   "k-means (K = num_clusters) on the whole data set's features at the start and "
-                   "every odc.eval_epochs epochs; confidence = that cosine similarity")
+                   "k-means (K = num_clusters) on the whole data set's features of the latest "
+                   "evaluation; confidence = that cosine similarity")
 
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 dot products also on GPU/TPU
 _POWER_ITERS = 10  # power iterations for the principal direction that starts a 2-means split
@@ -400,6 +400,11 @@ def make(config, data_spec: DataSpec) -> Method:
                                    recluster_labels=jnp.asarray(labels, jnp.int32))
         return params, cluster, info
 
+    def fit_evaluation(params, cluster, feats, *, key):
+        z = normalize_rows(jnp.asarray(feats, jnp.float32))
+        evaluation = jcluster.kmeans(z, k_eval, key=key, n_init=oc.eval_n_init, spherical=True)
+        return cluster._replace(eval_centroids=evaluation.centroids)
+
     def label_tx():
         learning_rate = config.optim.learning_rate
         if config.optim.lr_decay_factor != 1.0:
@@ -420,4 +425,5 @@ def make(config, data_spec: DataSpec) -> Method:
                     recluster_every=oc.eval_epochs * steps_per_epoch, recluster_at_start=True,
                     cluster_update=cluster_update),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
-                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE)
+                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
+                  training_labels=lambda cluster: cluster.labels, fit_evaluation=fit_evaluation)
