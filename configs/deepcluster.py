@@ -48,6 +48,7 @@ def get_config(arg: str = ""):
     if arg == "digits":
         config.data.source = "digits"
         config.data.image_shape = (8, 8, 1)
+        config.deepcluster.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)
         config.model.pool_first = False
         config.deepcluster.train_clusters = 50

@@ -49,6 +49,7 @@ def get_config(arg: str = ""):
     if arg == "digits":
         config.data.source = "digits"
         config.data.image_shape = (8, 8, 1)
+        config.deepclusterv2.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)
         config.model.pool_first = False
         config.deepclusterv2.prototypes = (50, 50, 50)

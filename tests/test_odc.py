@@ -289,3 +289,24 @@ def test_digits_end_to_end_checkpoints_memories_and_resumes_exactly(tmp_path):
     for a, b in zip(jax.tree.leaves(state.cluster), jax.tree.leaves(ref_state.cluster)):
         np.testing.assert_array_equal(a, b)
     assert _records(resumed) == records
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
+    """The per-step memory updates and splits see the whole (sharded) batch: 8 simulated devices
+    end with the same parameters and memories as 1."""
+    from tests.conftest import cli_args, run
+    one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
+    train.train_and_evaluate(odc_config(), one)
+    overrides = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
+                 for k, v in TINY_ODC.items()}
+    result = run(cli_args(overrides, eight, config_file="configs/odc.py:digits"),
+                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 device(s)" in result.stdout
+    ours, state = final_params(eight)
+    ref, ref_state = final_params(one)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(state.cluster.features, ref_state.cluster.features, atol=1e-4)
+    np.testing.assert_array_equal(state.cluster.labels, ref_state.cluster.labels)
