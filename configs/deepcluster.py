@@ -3,7 +3,8 @@
   python -m jclust.main --config=configs/deepcluster.py --workdir=runs/deepcluster
   python -m jclust.main --config=configs/deepcluster.py:digits --workdir=runs/deepcluster_digits
 
-Args (after the colon): "" (Fashion-MNIST) or "digits" (scikit-learn's 8x8 digits, minutes).
+Args (after the colon): "" (Fashion-MNIST), "digits" (scikit-learn's 8x8 digits, minutes) or
+"cifar10" (TFDS cifar10, ResNet-18, Sobel input; sized for a GPU/TPU).
 """
 
 from jclust import config_lib
@@ -44,6 +45,7 @@ def get_config(arg: str = ""):
     config.deepcluster.crop_scale = (0.5, 1.0)  # random resized crop area fraction
     config.deepcluster.flip = True
     config.deepcluster.rotation_degrees = 0.0
+    config.deepcluster.sobel = False  # grayscale + Sobel gradients before the network (colour data)
 
     if arg == "digits":
         config.data.source = "digits"
@@ -60,6 +62,23 @@ def get_config(arg: str = ""):
         config.batch_size = 64
         config.log_every_steps = 50
         config.pictures.every_evals = 5
+    elif arg == "cifar10":
+        # 32x32 colour images on a GPU/TPU: ResNet-18 with the CIFAR stem (BatchNorm statistics in
+        # the model state, synchronised over the data-parallel batch); train + test merged.
+        config.data.source = "tfds:cifar10"
+        config.data.image_shape = (32, 32, 3)
+        config.model = ml_collections.ConfigDict()
+        config.model.name = "resnet18"
+        config.model.stage_widths = (64, 128, 256, 512)
+        config.batch_size = 256
+        config.eval_batch_size = 1024
+        config.log_every_steps = 100
+        config.checkpoint_every_steps = 2000
+        config.optim.epochs = 100
+        config.deepcluster.sobel = True  # as DeepCluster does on colour images
+        config.deepcluster.pca_dim = 128
+        config.deepcluster.crop_scale = (0.2, 1.0)
+        config.deepcluster.train_clusters = 100
     elif arg:
-        raise config_lib.ConfigError(f"unknown config argument {arg!r}; use '' or 'digits'")
+        raise config_lib.ConfigError(f"unknown config argument {arg!r}; use '', 'digits' or 'cifar10'")
     return config_lib.finalize(config)

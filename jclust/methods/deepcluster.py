@@ -87,9 +87,14 @@ def make(config, data_spec: DataSpec) -> Method:
     n = data_spec.num_examples
     k_eval = config.num_clusters
     k_train = dc.train_clusters
+    if config.model.name not in ("small_cnn", "resnet18"):
+        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster needs 'small_cnn' "
+                          "or 'resnet18'")
+    backbone = models.make_backbone(config.model)
+    feature_dim = backbone.feature_dim
     for key, ok in {"deepcluster.train_clusters": 1 <= k_train <= n,
                     "num_clusters": 1 <= k_eval <= n,
-                    "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= config.model.dense,
+                    "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= feature_dim,
                     "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
                     "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
                     "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1,
@@ -97,52 +102,51 @@ def make(config, data_spec: DataSpec) -> Method:
                     "batch_size": config.batch_size <= n}.items():
         if not ok:
             raise ConfigError(f"config.{key} is out of range (N = {n} examples, representation "
-                              f"size {config.model.dense})")
+                              f"size {feature_dim})")
     if dc.sampling not in SAMPLING:
         raise ConfigError(f"config.deepcluster.sampling={dc.sampling!r}; use one of {SAMPLING}")
     if not data_spec.is_image:
         raise ConfigError("DeepCluster trains a CNN on images; the data are feature vectors")
-    if config.model.name != "small_cnn":
-        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster needs 'small_cnn'")
-
-    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
-                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
     head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(dc.head_init_std))
     steps_per_epoch = n // config.batch_size
     height, width = data_spec.input_shape[:2]
 
     def init(rng, x):
         k1, k2 = jax.random.split(rng)
-        params = {"backbone": backbone.init(k1, x, method=backbone.features)["params"]}
-        params["head"] = head.init(k2, jnp.zeros((1, config.model.dense)))["params"]
+        backbone_params, backbone_state = backbone.init(k1, prepare(x))
+        params = {"backbone": backbone_params,
+                  "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
         state = DeepClusterState(
             pseudo_labels=jnp.full((n,), -1, jnp.int32),
             class_weights=jnp.ones((k_train,), jnp.float32),
             order=jnp.arange(n, dtype=jnp.int32),
-            pca_mean=jnp.zeros((config.model.dense,), jnp.float32),
-            pca_projection=jnp.zeros((config.model.dense, dc.pca_dim), jnp.float32),
+            pca_mean=jnp.zeros((feature_dim,), jnp.float32),
+            pca_projection=jnp.zeros((feature_dim, dc.pca_dim), jnp.float32),
             eval_centroids=jnp.zeros((k_eval, dc.pca_dim), jnp.float32))
-        return params, {}, state
-
-    def features(params, x):
-        return backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
+        return params, {"backbone": backbone_state}, state
 
     def view(x, rng):
         return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
                                     flip=dc.flip, max_degrees=dc.rotation_degrees,
                                     color=data_spec.input_shape[-1] == 3)
 
+    def prepare(x):
+        # Sobel: grayscale + gradients, so that colour cannot be used to find trivial clusters.
+        return models.sobel_filter(x) if dc.sobel else x
+
     def loss_fn(params, model_state, cluster, batch, rng):
-        h = features(params, view(batch["x"], rng))
+        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"],
+                                           prepare(view(batch["x"], rng)), train=True)
         logits = head.apply({"params": params["head"]}, h)
         labels = cluster.pseudo_labels[batch["index"]]
         weights = cluster.class_weights[labels] if dc.sampling == "reweight" else None
         loss = cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        return loss, (model_state, {"pseudo_label_acc": accuracy})
+        return loss, ({"backbone": backbone_state}, {"pseudo_label_acc": accuracy})
 
     def embed(params, model_state, x):
-        return features(params, x)
+        return backbone.apply(params["backbone"], model_state["backbone"], prepare(x),
+                              train=False)[0]
 
     def assign(params, cluster, feats):
         sims = whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
@@ -186,7 +190,7 @@ def make(config, data_spec: DataSpec) -> Method:
                 f"({int(np.sum(sizes > 0))} of {k_train} clusters used); training goes on. "
                 "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
                 "more deepcluster.recluster_epochs")
-        params = {**params, "head": head.init(k_head, jnp.zeros((1, config.model.dense)))["params"]}
+        params = {**params, "head": head.init(k_head, jnp.zeros((1, feature_dim)))["params"]}
         cluster = DeepClusterState(
             pseudo_labels=jnp.asarray(labels, jnp.int32),
             class_weights=jnp.asarray(weights, jnp.float32),

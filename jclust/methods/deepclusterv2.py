@@ -126,11 +126,11 @@ def make(config, data_spec: DataSpec) -> Method:
             raise ConfigError(f"config.{key} is out of range (N = {n} examples)")
     if not data_spec.is_image:
         raise ConfigError("DeepCluster-v2 trains a CNN on images; the data are feature vectors")
-    if config.model.name != "small_cnn":
-        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster-v2 needs 'small_cnn'")
+    if config.model.name not in ("small_cnn", "resnet18"):
+        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster-v2 needs "
+                          "'small_cnn' or 'resnet18'")
 
-    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
-                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
+    backbone = models.make_backbone(config.model)
     projection = ProjectionHead(hidden=dc.projection_hidden, out=dc.feature_dim)
     steps_per_epoch = n // config.batch_size
     num_steps = config.optim.epochs * steps_per_epoch
@@ -138,9 +138,11 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def init(rng, x):
         k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
+        backbone_params, backbone_state = backbone.init(k_backbone, x)
         params = {
-            "backbone": backbone.init(k_backbone, x, method=backbone.features)["params"],
-            "projection": projection.init(k_projection, jnp.zeros((1, config.model.dense)))["params"],
+            "backbone": backbone_params,
+            "projection": projection.init(k_projection,
+                                          jnp.zeros((1, backbone.feature_dim)))["params"],
             "prototypes": l2_normalize(jax.random.normal(k_prototypes,
                                                          (num_heads, k_train, dc.feature_dim))),
         }
@@ -148,11 +150,11 @@ def make(config, data_spec: DataSpec) -> Method:
             memory=jnp.zeros((n, 2, dc.feature_dim), jnp.float32),
             assignments=jnp.full((num_heads, n), -1, jnp.int32),
             eval_centroids=jnp.zeros((k_eval, dc.feature_dim), jnp.float32))
-        return params, {}, state
+        return params, {"backbone": backbone_state}, state
 
-    def project(params, x):
-        h = backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
-        return projection.apply({"params": params["projection"]}, h)
+    def project(params, model_state, x, train):
+        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
+        return projection.apply({"params": params["projection"]}, h), {"backbone": backbone_state}
 
     def view(x, rng):
         return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
@@ -160,7 +162,10 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def loss_fn(params, model_state, cluster, batch, rng):
         k1, k2 = jax.random.split(rng)
-        z = jnp.stack([project(params, view(batch["x"], k1)), project(params, view(batch["x"], k2))])
+        # Both views in one forward pass (one set of batch statistics for a BatchNorm backbone).
+        views = jnp.concatenate([view(batch["x"], k1), view(batch["x"], k2)])
+        z, model_state = project(params, model_state, views, train=True)
+        z = z.reshape(2, -1, z.shape[-1])
         targets = cluster.assignments[:, batch["index"]]  # [H, B]
         loss = prototype_loss(z, params["prototypes"], targets, dc.temperature)
         logits = jnp.einsum("vbf,hkf->vhbk", z, params["prototypes"])
@@ -173,7 +178,7 @@ def make(config, data_spec: DataSpec) -> Method:
         return cluster._replace(memory=memory), {}
 
     def embed(params, model_state, x):
-        return project(params, x)
+        return project(params, model_state, x, train=False)[0]
 
     def assign(params, cluster, feats):
         sims = l2_normalize(feats) @ cluster.eval_centroids.T

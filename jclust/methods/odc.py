@@ -268,8 +268,9 @@ def make(config, data_spec: DataSpec) -> Method:
     k_train, k_eval = oc.train_clusters, config.num_clusters
     if not data_spec.is_image:
         raise ConfigError("ODC trains a CNN on images; the data are feature vectors")
-    if config.model.name != "small_cnn":
-        raise ConfigError(f"config.model.name={config.model.name!r}: ODC needs 'small_cnn'")
+    if config.model.name not in ("small_cnn", "resnet18"):
+        raise ConfigError(f"config.model.name={config.model.name!r}: ODC needs 'small_cnn' or "
+                          "'resnet18'")
     if k_train > n or k_eval > n:
         raise ConfigError(f"config.odc.train_clusters={k_train} / config.num_clusters={k_eval}: "
                           f"more clusters than the {n} examples")
@@ -297,8 +298,7 @@ def make(config, data_spec: DataSpec) -> Method:
                           f"{oc.min_cluster_size} exceeds the {n} examples: every cluster would "
                           "be too small")
 
-    backbone = models.SmallCNN(widths=tuple(config.model.widths), dense=config.model.dense,
-                               conv_impl=config.model.conv_impl, pool_first=config.model.pool_first)
+    backbone = models.make_backbone(config.model)
     neck = models.NonLinearNeck(hidden=oc.neck_hidden, features=oc.feature_dim,
                                 dropout=oc.neck_dropout)
     head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(oc.head_init_std))
@@ -311,8 +311,9 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def init(rng, x):
         k_backbone, k_neck, k_head = jax.random.split(rng, 3)
-        params = {"backbone": backbone.init(k_backbone, x, method=backbone.features)["params"]}
-        params["neck"] = neck.init(k_neck, jnp.zeros((1, config.model.dense)))["params"]
+        backbone_params, backbone_state = backbone.init(k_backbone, x)
+        params = {"backbone": backbone_params,
+                  "neck": neck.init(k_neck, jnp.zeros((1, backbone.feature_dim)))["params"]}
         params["head"] = init_head(k_head)
         state = ODCState(features=jnp.zeros((n, oc.feature_dim), jnp.float32),
                          labels=jnp.zeros((n,), jnp.int32),
@@ -320,13 +321,16 @@ def make(config, data_spec: DataSpec) -> Method:
                          iteration=jnp.zeros((), jnp.int32),
                          eval_centroids=jnp.zeros((k_eval, oc.feature_dim), jnp.float32),
                          recluster_labels=jnp.zeros((n,), jnp.int32))
-        return params, {}, state
+        return params, {"backbone": backbone_state}, state
 
-    def features(params, x, dropout_rng=None):
-        h = backbone.apply({"params": params["backbone"]}, x, method=backbone.features)
-        if dropout_rng is None:
-            return neck.apply({"params": params["neck"]}, h)
-        return neck.apply({"params": params["neck"]}, h, train=True, rngs={"dropout": dropout_rng})
+    def features(params, model_state, x, dropout_rng=None):
+        """Neck features [B, D] and the new model state; training mode iff dropout_rng is given."""
+        train = dropout_rng is not None
+        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
+        if not train:
+            return neck.apply({"params": params["neck"]}, h), model_state
+        f = neck.apply({"params": params["neck"]}, h, train=True, rngs={"dropout": dropout_rng})
+        return f, {"backbone": backbone_state}
 
     def view(x, rng):
         return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(oc.crop_scale),
@@ -335,7 +339,7 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def loss_fn(params, model_state, cluster, batch, rng):
         view_rng, dropout_rng = jax.random.split(rng)
-        f = features(params, view(batch["x"], view_rng), dropout_rng)
+        f, model_state = features(params, model_state, view(batch["x"], view_rng), dropout_rng)
         logits = head.apply({"params": params["head"]}, f)
         labels = cluster.labels[batch["index"]]
         weights = loss_weights(cluster.labels, k_train, oc.reweight_power)[labels]
@@ -362,7 +366,7 @@ def make(config, data_spec: DataSpec) -> Method:
                                 iteration=iteration), metrics
 
     def embed(params, model_state, x):
-        return normalize_rows(features(params, x))
+        return normalize_rows(features(params, model_state, x)[0])
 
     def assign(params, cluster, feats):
         sims = jnp.dot(normalize_rows(feats), cluster.eval_centroids.T, precision=_PRECISION)

@@ -3,6 +3,7 @@
 import flax.linen as nn
 
 from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_inputs
+from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_filter
 from jclust.models.cnn import SmallCNN, max_pool_2x2
 from jclust.models.conv import Conv3x3, conv3x3, im2col3x3, resolve_impl
 from jclust.models.neck import NonLinearNeck
@@ -33,6 +34,10 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "Backbone",
+    "ResNet18",
+    "make_backbone",
+    "sobel_filter",
     "Conv3x3",
     "MLPAutoencoder",
     "NonLinearNeck",

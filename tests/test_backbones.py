@@ -1,0 +1,97 @@
+"""Backbones behind one interface: ResNet-18 (CIFAR stem, BatchNorm state) and the Sobel filter."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from jclust import config_lib, methods, models, train
+
+
+def _resnet_config(widths=(8, 8, 16, 16)):
+    c = ml_collections.ConfigDict({"name": "resnet18", "stage_widths": widths})
+    return c
+
+
+def test_resnet18_shapes_and_batch_statistics():
+    backbone = models.make_backbone(_resnet_config())
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    params, state = backbone.init(jax.random.PRNGKey(0), x)
+    assert backbone.feature_dim == 16
+    feats, same = backbone.apply(params, state, x, train=False)
+    assert feats.shape == (4, 16)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    _, updated = backbone.apply(params, state, x, train=True)
+    # Running means move towards the batch means (momentum 0.9 from zero init).
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(updated),
+                                                          jax.tree.leaves(state))]
+    assert max(moved) > 1e-3
+    # Stride-2 stages: 32 -> 32 -> 16 -> 8 -> 4 before the global average.
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    assert n_params > 10_000
+
+
+def test_full_resnet18_has_the_usual_size():
+    backbone = models.make_backbone(_resnet_config((64, 128, 256, 512)))
+    shapes = jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 32, 32, 3), jnp.uint8)))
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes[0]))
+    assert 11_100_000 < n_params < 11_200_000  # ResNet-18, CIFAR stem, no classifier: 11.17 M
+
+
+def test_sobel_matches_scipy():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 7, 9, 3), dtype=np.uint8)
+    out = np.asarray(models.sobel_filter(jnp.asarray(images)))
+    gray = images.astype(np.float64).mean(-1) / 255.0
+    kernel = np.array(models.backbones.SOBEL_X)
+    for b in range(2):
+        gx = scipy.ndimage.correlate(gray[b], kernel, mode="constant")
+        gy = scipy.ndimage.correlate(gray[b], kernel.T, mode="constant")
+        np.testing.assert_allclose(out[b, ..., 0], gx, atol=1e-5)
+        np.testing.assert_allclose(out[b, ..., 1], gy, atol=1e-5)
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(ValueError, match="resnet18, small_cnn"):
+        models.make_backbone(ml_collections.ConfigDict({"name": "vgg"}))
+
+
+@pytest.mark.parametrize("config_file", ["deepcluster.py", "deepclusterv2.py", "odc.py"])
+def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
+    """The :cifar10 variants (ResNet-18, BatchNorm state, Sobel for DeepCluster) on fake 32x32
+    colour images, shrunk: one recluster and one jitted train step."""
+    config = config_lib.load_config(f"configs/{config_file}:cifar10")
+    small = {"model.stage_widths": (8, 8, 8, 8), "batch_size": 8}
+    section = {"deepcluster.py": "deepcluster", "deepclusterv2.py": "deepclusterv2",
+               "odc.py": "odc"}[config_file]
+    small.update({"deepcluster.py": {"deepcluster.train_clusters": 4, "deepcluster.pca_dim": 4},
+                  "deepclusterv2.py": {"deepclusterv2.prototypes": (4, 4, 4),
+                                       "deepclusterv2.projection_hidden": 16,
+                                       "deepclusterv2.feature_dim": 8},
+                  "odc.py": {"odc.train_clusters": 4, "odc.min_cluster_size": 2,
+                             "odc.feature_dim": 8, "odc.neck_hidden": 16}}[config_file])
+    small["num_clusters"] = 3
+    config = config_lib.apply_overrides(config, small)
+    assert config.model.name == "resnet18" and config.data.image_shape == (32, 32, 3)
+    if section == "deepcluster":
+        assert config.deepcluster.sobel
+    n = 16
+    x = np.random.default_rng(2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    method = methods.make(config, methods.DataSpec(n, (32, 32, 3), True))
+    state = train.init_state(method, 0, x[:2])
+    assert "batch_stats" in state.model_state["backbone"]
+    feats = method.embed(state.params, state.model_state, jnp.asarray(x))
+    params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
+                                          key=jax.random.PRNGKey(3))
+    state = state.replace(params=params, cluster=cluster)
+    before = jax.device_get(state.model_state)
+    batch = {"x": jnp.asarray(x[:8]), "index": jnp.arange(8, dtype=jnp.int32)}
+    new_state, metrics = jax.jit(train.make_train_step(method, 0))(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
+                                                        jax.tree.leaves(before))]
+    assert any(changed)  # BatchNorm running statistics advanced
