@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -366,13 +365,8 @@ def _fmt_time(seconds: float) -> str:
 
 
 def cluster_health(labels: np.ndarray, num_clusters: int) -> dict:
-    """Cluster-size statistics of an assignment. labels: [N] in 0..num_clusters-1."""
-    sizes = np.bincount(labels, minlength=num_clusters)
-    frac = sizes[sizes > 0] / labels.size
-    return {"clusters_used": int(np.sum(sizes > 0)), "empty_clusters": int(np.sum(sizes == 0)),
-            "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
-            "size_entropy": float(-np.sum(frac * np.log(frac)) / math.log(num_clusters))
-            if num_clusters > 1 else 0.0}
+    """Cluster-size statistics of an assignment (:func:`jclust.metrics.cluster_sizes`)."""
+    return jmetrics.cluster_sizes(labels, num_clusters)
 
 
 def phase_params_path(workdir: str, phase_name: str) -> str:

@@ -157,3 +157,13 @@ def test_input_errors(fn):
 def test_unknown_average_method():
     with pytest.raises(ValueError, match="average_method"):
         metrics.nmi([0, 1], [0, 1], average_method="harmonic")
+
+
+def test_cluster_sizes_hand_computed():
+    from jclust.metrics import cluster_sizes
+    # Sizes (2, 2, 0, 0) over K = 4: two used, two empty, entropy log 2 / log 4 = 0.5.
+    stats = cluster_sizes(np.array([0, 1, 0, 1]), 4, prefix="pseudo_")
+    assert stats == {"pseudo_clusters_used": 2, "pseudo_empty_clusters": 2,
+                     "pseudo_cluster_size_min": 0, "pseudo_cluster_size_max": 2,
+                     "pseudo_size_entropy": pytest.approx(0.5)}
+    assert cluster_sizes(np.zeros(5, int), 1)["size_entropy"] == 0.0

@@ -180,6 +180,7 @@ def make(config, data_spec: DataSpec) -> Method:
         weights = (1.0 / np.maximum(sizes, 1)) * (n / max(int(np.sum(sizes > 0)), 1))
         info = {"pseudo_clusters_used": int(np.sum(sizes > 0)),
                 "pseudo_size_min": int(sizes.min()), "pseudo_size_max": int(sizes.max()),
+                "pseudo_size_entropy": jmetrics.cluster_sizes(labels, k_train)["size_entropy"],
                 "kmeans_splits": int(km.n_empty_repaired)}
         old = np.asarray(cluster.pseudo_labels)
         if old.min() >= 0:

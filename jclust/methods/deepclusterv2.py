@@ -200,7 +200,10 @@ def make(config, data_spec: DataSpec) -> Method:
             sizes = np.bincount(np.asarray(km.labels), minlength=k_train)
             info[f"head{h}_clusters_used"] = int(np.sum(sizes > 0))
             if h == 0:
-                info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()))
+                info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()),
+                            pseudo_empty=int(np.sum(sizes == 0)),
+                            pseudo_size_entropy=jmetrics.cluster_sizes(
+                                np.asarray(km.labels), k_train)["size_entropy"])
                 if sizes.max() >= dc.collapse_fraction * n:
                     info["warning"] = (
                         f"assignment collapse: {int(sizes.max())} of {n} examples in one cluster "

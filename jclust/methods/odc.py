@@ -394,7 +394,8 @@ def make(config, data_spec: DataSpec) -> Method:
         sizes = np.bincount(labels, minlength=k_train)
         eval_used = int(np.sum(np.bincount(np.asarray(evaluation.labels), minlength=k_eval) > 0))
         info.update(memory_clusters_used=int(np.sum(sizes > 0)),
-                    memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()))
+                    memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
+                    memory_size_entropy=jmetrics.cluster_sizes(labels, k_train)["size_entropy"])
         if int(np.sum(sizes > 0)) == 1:
             info["warning"] = f"pseudo-label collapse: all {n} examples in one memory cluster"
         elif eval_used == 1 and k_eval > 1:

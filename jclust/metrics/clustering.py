@@ -208,3 +208,26 @@ def evaluate(y_true, y_pred):
         ari=ari(y_true, y_pred),
         purity=purity(y_true, y_pred),
     )
+
+
+def cluster_sizes(labels, num_clusters: int, prefix: str = "") -> dict:
+    """Label-free health of a partition: used/empty clusters, min/max size, size entropy.
+
+    Args:
+      labels: int [N] in [0, num_clusters).
+      num_clusters: K (empty clusters count).
+      prefix: prepended to every key (e.g. "pseudo_" for an over-clustering).
+
+    Returns:
+      {prefix + "clusters_used", "empty_clusters", "cluster_size_min", "cluster_size_max",
+      "size_entropy"}; the entropy of the size distribution divided by log K (1 = all equal,
+      0 = one cluster; 0 when K = 1).
+    """
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels, minlength=num_clusters)
+    frac = sizes[sizes > 0] / labels.size
+    entropy = float(-np.sum(frac * np.log(frac)) / math.log(num_clusters)) if num_clusters > 1 else 0.0
+    stats = {"clusters_used": int(np.sum(sizes > 0)), "empty_clusters": int(np.sum(sizes == 0)),
+             "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
+             "size_entropy": entropy}
+    return {prefix + key: value for key, value in stats.items()}
