@@ -15,14 +15,9 @@ def get_config(arg: str = ""):
     config = config_lib.base_config()
     config.method = "deepcluster"
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "small_cnn"
-    config.model.widths = (32, 64, 128)
-    config.model.dense = 128
     # Pooling after the first conv too (28 -> 14 -> 7 -> 3) makes the convs ~4x cheaper, but on
     # Fashion-MNIST it cost ~0.06 ACC (BENCHMARKS.md, DeepCluster exploration).
-    config.model.pool_first = False
-    config.model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
+    config.model = config_lib.small_cnn_model(pool_first=False)
 
     config.optim = ml_collections.ConfigDict()
     # On Fashion-MNIST, 8 and 20 epochs ended alike (ACC ~0.66, BENCHMARKS.md) and ACC after
@@ -63,17 +58,7 @@ def get_config(arg: str = ""):
         config.log_every_steps = 50
         config.pictures.every_evals = 5
     elif arg == "cifar10":
-        # 32x32 colour images on a GPU/TPU: ResNet-18 with the CIFAR stem (BatchNorm statistics in
-        # the model state, synchronised over the data-parallel batch); train + test merged.
-        config.data.source = "tfds:cifar10"
-        config.data.image_shape = (32, 32, 3)
-        config.model = ml_collections.ConfigDict()
-        config.model.name = "resnet18"
-        config.model.stage_widths = (64, 128, 256, 512)
-        config.batch_size = 256
-        config.eval_batch_size = 1024
-        config.log_every_steps = 100
-        config.checkpoint_every_steps = 2000
+        config_lib.use_cifar10(config)
         config.optim.epochs = 100
         config.deepcluster.sobel = True  # as DeepCluster does on colour images
         config.deepcluster.pca_dim = 128

@@ -18,14 +18,9 @@ def get_config(arg: str = ""):
     config = config_lib.base_config()
     config.method = "deepclusterv2"
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "small_cnn"
-    config.model.widths = (32, 64, 128)
-    config.model.dense = 128
     # Two views per image double the cost of a step; pooling after the first conv too makes the
     # convs ~4x cheaper, which keeps a run within 30 min on 2 CPU cores.
-    config.model.pool_first = True
-    config.model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
+    config.model = config_lib.small_cnn_model(pool_first=True)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.epochs = 10
@@ -60,17 +55,7 @@ def get_config(arg: str = ""):
         config.log_every_steps = 100
         config.pictures.every_evals = 5
     elif arg == "cifar10":
-        # 32x32 colour images on a GPU/TPU: ResNet-18 with the CIFAR stem (BatchNorm statistics in
-        # the model state, synchronised over the data-parallel batch); train + test merged.
-        config.data.source = "tfds:cifar10"
-        config.data.image_shape = (32, 32, 3)
-        config.model = ml_collections.ConfigDict()
-        config.model.name = "resnet18"
-        config.model.stage_widths = (64, 128, 256, 512)
-        config.batch_size = 256
-        config.eval_batch_size = 1024
-        config.log_every_steps = 100
-        config.checkpoint_every_steps = 2000
+        config_lib.use_cifar10(config)
         config.optim.epochs = 200
         config.optim.learning_rate = 0.3
         config.deepclusterv2.prototypes = (1000, 1000, 1000)

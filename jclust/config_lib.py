@@ -69,6 +69,38 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
+    """The ``model`` section of the CNN methods: jclust's small CNN for 28x28 inputs.
+
+    ``pool_first`` also pools after the first conv (28 -> 14 -> 7 -> 3): ~4x cheaper convs.
+    """
+    model = ml_collections.ConfigDict()
+    model.name = "small_cnn"
+    model.widths = (32, 64, 128)
+    model.dense = 128
+    model.pool_first = pool_first
+    model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
+    return model
+
+
+def use_cifar10(config: ml_collections.ConfigDict) -> None:
+    """Switches a CNN method's config to CIFAR-10 on an accelerator (the ``:cifar10`` variants).
+
+    TFDS ``cifar10`` (train + test merged, 60,000 32x32 colour images), ResNet-18 with the CIFAR
+    stem (BatchNorm statistics in the model state, synchronised over the data-parallel batch),
+    batch 256.
+    """
+    config.data.source = "tfds:cifar10"
+    config.data.image_shape = (32, 32, 3)
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet18"
+    config.model.stage_widths = (64, 128, 256, 512)
+    config.batch_size = 256
+    config.eval_batch_size = 1024
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 2000
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks a config so that unknown keys raise, and returns it."""
     config.lock()

@@ -64,3 +64,39 @@ def final_params(workdir):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def assert_resume_matches(ref_dir, workdir, cut, config):
+    """Copies a finished run, drops its checkpoints after step ``cut`` (a run killed right after
+    that checkpoint), resumes it with ``config`` and checks that it ends bit-equal to the
+    uninterrupted run: parameters and the whole clustering state. Returns the resumed state."""
+    import shutil
+    from jclust import train
+    shutil.copytree(ref_dir, workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+    assert cut in steps, steps
+    for s in steps:
+        if s > cut:
+            shutil.rmtree(os.path.join(ckpt_dir, str(s)))
+    train.train_and_evaluate(config, workdir)
+    ours, state = final_params(workdir)
+    ref, ref_state = final_params(ref_dir)
+    assert int(state.step) == int(ref_state.step)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state.cluster), jax.tree.leaves(ref_state.cluster)):
+        np.testing.assert_array_equal(a, b)
+    return state
+
+
+def run_on_devices(overrides, workdir, config_file, count=8):
+    """Trains through the CLI on ``count`` simulated CPU devices; returns (params leaves, state)."""
+    flags = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
+             for k, v in overrides.items()}
+    result = run(cli_args(flags, workdir, config_file=config_file),
+                 env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"},
+                 timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{count} device(s)" in result.stdout
+    return final_params(workdir)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ import sklearn.decomposition
 from jclust import config_lib, methods, train
 from jclust.config_lib import ConfigError
 from jclust.methods import deepcluster
-from tests.conftest import ROOT, cli_args, final_params, run
+from tests.conftest import (ROOT, assert_resume_matches, cli_args, final_params, run,
+                            run_on_devices)
 
 CONFIG = os.path.join(ROOT, "configs", "deepcluster.py:digits")
 TINY = {
@@ -175,41 +175,18 @@ def test_end_to_end_logs_pseudo_label_health(reference_run):
 def test_resume_restores_pseudo_labels_order_and_head(reference_run, tmp_path):
     """A run cut off after a mid-epoch checkpoint ends exactly like the uninterrupted one."""
     ref_dir, _ = reference_run
-    workdir = str(tmp_path / "resumed")
-    shutil.copytree(ref_dir, workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    cut = 12  # epoch 2 (steps 8..15) after its reclustering, in the middle of the epoch
-    assert cut in steps
-    for s in steps:
-        if s > cut:
-            shutil.rmtree(os.path.join(ckpt_dir, str(s)))
-    train.train_and_evaluate(tiny_config(), workdir)
-    ours, state = final_params(workdir)
-    ref, ref_state = final_params(ref_dir)
-    assert int(state.step) == int(ref_state.step)
-    for a, b in zip(ours, ref):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(state.cluster), jax.tree.leaves(ref_state.cluster)):
-        np.testing.assert_array_equal(a, b)
+    # Step 12: epoch 2 (steps 8..15), after its reclustering, in the middle of the epoch.
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
 
 
 @pytest.mark.slow
 def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
-    ref_dir, ref_final = reference_run
-    workdir = str(tmp_path / "eight")
-    overrides = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-                 for k, v in TINY.items()}
-    result = run(cli_args(overrides, workdir, config_file="configs/deepcluster.py:digits"),
-                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "8 device(s)" in result.stdout
-    ours, state = final_params(workdir)
+    ref_dir, _ = reference_run
+    ours, state = run_on_devices(TINY, str(tmp_path / "eight"), "configs/deepcluster.py:digits")
     ref, ref_state = final_params(ref_dir)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(state.cluster.pseudo_labels, ref_state.cluster.pseudo_labels)
-
 
 def test_final_evaluation_refits_on_the_final_features(reference_run):
     """The last evaluation (no reclustering at the final step) uses PCA and centroids fitted on the

@@ -1,7 +1,6 @@
 """DeepCluster-v2: loss by formula, memory bank update, prototypes = centroids, resume, devices."""
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ from jclust import cluster as jcluster
 from jclust import config_lib, methods, train
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
-from tests.conftest import ROOT, cli_args, final_params, run
+from tests.conftest import ROOT, assert_resume_matches, final_params, run_on_devices
 
 CONFIG = os.path.join(ROOT, "configs", "deepclusterv2.py:digits")
 TINY = {
@@ -130,35 +129,14 @@ def reference_run(tmp_path_factory):
 def test_resume_restores_memory_assignments_and_prototypes(reference_run, tmp_path):
     ref_dir, final = reference_run
     assert 0.0 <= final["acc"] <= 1.0 and "pseudo_purity" in final
-    workdir = str(tmp_path / "resumed")
-    shutil.copytree(ref_dir, workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-    cut = 12  # in the middle of the second epoch, after its reclustering
-    assert cut in steps
-    for s in steps:
-        if s > cut:
-            shutil.rmtree(os.path.join(ckpt_dir, str(s)))
-    train.train_and_evaluate(tiny_config(), workdir)
-    ours, state = final_params(workdir)
-    ref, ref_state = final_params(ref_dir)
-    for a, b in zip(ours, ref):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(state.cluster), jax.tree.leaves(ref_state.cluster)):
-        np.testing.assert_array_equal(a, b)
+    # Step 12: in the middle of the second epoch, after its reclustering.
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
 
 
 @pytest.mark.slow
 def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
     ref_dir, _ = reference_run
-    workdir = str(tmp_path / "eight")
-    overrides = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-                 for k, v in TINY.items()}
-    result = run(cli_args(overrides, workdir, config_file="configs/deepclusterv2.py:digits"),
-                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "8 device(s)" in result.stdout
-    ours, state = final_params(workdir)
+    ours, state = run_on_devices(TINY, str(tmp_path / "eight"), "configs/deepclusterv2.py:digits")
     ref, ref_state = final_params(ref_dir)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

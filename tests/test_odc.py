@@ -295,16 +295,10 @@ def test_digits_end_to_end_checkpoints_memories_and_resumes_exactly(tmp_path):
 def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
     """The per-step memory updates and splits see the whole (sharded) batch: 8 simulated devices
     end with the same parameters and memories as 1."""
-    from tests.conftest import cli_args, run
-    one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
+    from tests.conftest import run_on_devices
+    one = str(tmp_path / "one")
     train.train_and_evaluate(odc_config(), one)
-    overrides = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-                 for k, v in TINY_ODC.items()}
-    result = run(cli_args(overrides, eight, config_file="configs/odc.py:digits"),
-                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "8 device(s)" in result.stdout
-    ours, state = final_params(eight)
+    ours, state = run_on_devices(TINY_ODC, str(tmp_path / "eight"), "configs/odc.py:digits")
     ref, ref_state = final_params(one)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
