@@ -69,6 +69,24 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def check_ranges(config: ml_collections.ConfigDict, checks: Mapping[str, bool],
+                 context: str = "") -> None:
+    """Raises a ConfigError naming the first key whose check failed, with its value.
+
+    Args:
+      config: the config the keys refer to.
+      checks: ``{"section.key": condition}``, in the order to report them.
+      context: appended in parentheses (e.g. the number of examples the bound depends on).
+    """
+    for key, ok in checks.items():
+        if not ok:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            suffix = f" ({context})" if context else ""
+            raise ConfigError(f"config.{key}={value} is out of range{suffix}")
+
+
 def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     """The ``model`` section of the CNN methods: jclust's small CNN for 28x28 inputs.
 

@@ -34,7 +34,7 @@ import optax
 from jclust import cluster as jcluster
 from jclust import models
 from jclust.data import augment
-from jclust.config_lib import ConfigError
+from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.optim import make_optimizer
 
@@ -128,10 +128,7 @@ def make(config, data_spec: DataSpec) -> Method:
               "pretrain.augment_shift": config.pretrain.augment_shift >= 0,
               "pretrain.input_dropout": 0 <= config.pretrain.input_dropout < 1,
               "dec.augment_shift": config.dec.augment_shift >= 0}
-    for key, ok in checks.items():
-        if not ok:
-            section, leaf = key.split(".")
-            raise ConfigError(f"config.{key}={config[section][leaf]} is out of range")
+    check_ranges(config, checks)
     if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
         raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
                           "are feature vectors")

@@ -37,7 +37,7 @@ import optax
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models
-from jclust.config_lib import ConfigError
+from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase
 
@@ -92,17 +92,15 @@ def make(config, data_spec: DataSpec) -> Method:
                           "or 'resnet18'")
     backbone = models.make_backbone(config.model)
     feature_dim = backbone.feature_dim
-    for key, ok in {"deepcluster.train_clusters": 1 <= k_train <= n,
-                    "num_clusters": 1 <= k_eval <= n,
-                    "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= feature_dim,
-                    "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
-                    "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
-                    "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1,
-                    "optim.epochs": config.optim.epochs >= 1,
-                    "batch_size": config.batch_size <= n}.items():
-        if not ok:
-            raise ConfigError(f"config.{key} is out of range (N = {n} examples, representation "
-                              f"size {feature_dim})")
+    check_ranges(config, {"deepcluster.train_clusters": 1 <= k_train <= n,
+                         "num_clusters": 1 <= k_eval <= n,
+                         "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= feature_dim,
+                         "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
+                         "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
+                         "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1,
+                         "optim.epochs": config.optim.epochs >= 1,
+                         "batch_size": config.batch_size <= n},
+                 context=f"N = {n} examples, representation size {feature_dim}")
     if dc.sampling not in SAMPLING:
         raise ConfigError(f"config.deepcluster.sampling={dc.sampling!r}; use one of {SAMPLING}")
     if not data_spec.is_image:

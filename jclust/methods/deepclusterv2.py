@@ -42,7 +42,7 @@ import optax
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models
-from jclust.config_lib import ConfigError
+from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.optim import make_schedule
@@ -113,17 +113,15 @@ def make(config, data_spec: DataSpec) -> Method:
         raise ConfigError(f"config.deepclusterv2.prototypes={heads}: every head needs the same "
                           "number of prototypes (they are stored as one [H, K, F] array)")
     k_train = heads[0]
-    for key, ok in {"deepclusterv2.prototypes": 1 <= k_train <= n,
-                    "num_clusters": 1 <= k_eval <= n,
-                    "deepclusterv2.feature_dim": dc.feature_dim >= 1,
-                    "deepclusterv2.temperature": dc.temperature > 0,
-                    "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
-                    "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
-                    "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1,
-                    "optim.epochs": config.optim.epochs >= 1,
-                    "batch_size": config.batch_size <= n}.items():
-        if not ok:
-            raise ConfigError(f"config.{key} is out of range (N = {n} examples)")
+    check_ranges(config, {"deepclusterv2.prototypes": 1 <= k_train <= n,
+                         "num_clusters": 1 <= k_eval <= n,
+                         "deepclusterv2.feature_dim": dc.feature_dim >= 1,
+                         "deepclusterv2.temperature": dc.temperature > 0,
+                         "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
+                         "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
+                         "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1,
+                         "optim.epochs": config.optim.epochs >= 1,
+                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
         raise ConfigError("DeepCluster-v2 trains a CNN on images; the data are feature vectors")
     if config.model.name not in ("small_cnn", "resnet18"):

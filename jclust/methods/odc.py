@@ -51,7 +51,7 @@ import optax
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models
-from jclust.config_lib import ConfigError
+from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import cross_entropy
@@ -274,25 +274,21 @@ def make(config, data_spec: DataSpec) -> Method:
     if k_train > n or k_eval > n:
         raise ConfigError(f"config.odc.train_clusters={k_train} / config.num_clusters={k_eval}: "
                           f"more clusters than the {n} examples")
-    for key, ok in {"odc.train_clusters": k_train >= 2,
-                    "odc.min_cluster_size": oc.min_cluster_size >= 1,
-                    "odc.feature_dim": oc.feature_dim >= 1,
-                    "odc.neck_hidden": oc.neck_hidden >= 1,
-                    "odc.neck_dropout": 0.0 <= oc.neck_dropout < 1.0,
-                    "odc.memory_momentum": 0.0 < oc.memory_momentum <= 1.0,
-                    "odc.centroid_update_every": oc.centroid_update_every >= 1,
-                    "odc.reweight_power": oc.reweight_power >= 0.0,
-                    "odc.kmeans_iters": oc.kmeans_iters >= 1,
-                    "odc.split_iters": oc.split_iters >= 1,
-                    "odc.eval_n_init": oc.eval_n_init >= 1,
-                    "odc.eval_epochs": oc.eval_epochs >= 1,
-                    "optim.epochs": config.optim.epochs >= 1,
-                    "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0,
-                    "batch_size": config.batch_size <= n}.items():
-        if not ok:
-            section, _, leaf = key.rpartition(".")
-            value = config[section][leaf] if section else config[leaf]
-            raise ConfigError(f"config.{key}={value} is out of range (N = {n} examples)")
+    check_ranges(config, {"odc.train_clusters": k_train >= 2,
+                         "odc.min_cluster_size": oc.min_cluster_size >= 1,
+                         "odc.feature_dim": oc.feature_dim >= 1,
+                         "odc.neck_hidden": oc.neck_hidden >= 1,
+                         "odc.neck_dropout": 0.0 <= oc.neck_dropout < 1.0,
+                         "odc.memory_momentum": 0.0 < oc.memory_momentum <= 1.0,
+                         "odc.centroid_update_every": oc.centroid_update_every >= 1,
+                         "odc.reweight_power": oc.reweight_power >= 0.0,
+                         "odc.kmeans_iters": oc.kmeans_iters >= 1,
+                         "odc.split_iters": oc.split_iters >= 1,
+                         "odc.eval_n_init": oc.eval_n_init >= 1,
+                         "odc.eval_epochs": oc.eval_epochs >= 1,
+                         "optim.epochs": config.optim.epochs >= 1,
+                         "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0,
+                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if k_train * oc.min_cluster_size > n:
         raise ConfigError(f"config.odc.train_clusters x config.odc.min_cluster_size = {k_train} x "
                           f"{oc.min_cluster_size} exceeds the {n} examples: every cluster would "
