@@ -17,7 +17,7 @@ import ml_collections
 
 # Methods the trainer knows, mapped to the module in ``jclust.methods`` implementing them.
 METHODS = {"dec": "dec", "idec": "dec", "deepcluster": "deepcluster",
-           "deepclusterv2": "deepclusterv2", "odc": "odc"}
+           "deepclusterv2": "deepclusterv2", "odc": "odc", "swav": "swav"}
 
 
 class ConfigError(ValueError):
@@ -97,6 +97,7 @@ def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     model.widths = (32, 64, 128)
     model.dense = 128
     model.pool_first = pool_first
+    model.global_pool = False  # True: average-pool the last map (inputs of any size)
     model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
     return model
 

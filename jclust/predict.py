@@ -116,7 +116,8 @@ class Predictor:
         mesh = train.make_mesh()
         size = _bucket(n, self.config.eval_batch_size, mesh.size)
         if size not in self._runners:
-            self._runners[size] = train.Runner(self.method, mesh, size)
+            self._runners[size] = train.Runner(self.method, mesh, size,
+                                                 self.data_spec.num_examples)
         return self._runners[size]
 
     def check_inputs(self, inputs: np.ndarray) -> np.ndarray:

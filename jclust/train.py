@@ -123,15 +123,21 @@ class BatchSchedule:
         self.seed, self.shuffle = seed, shuffle
         self.steps_per_epoch = num_examples // batch_size
         self._cache = (None, None)
-        self._order = None
+        self._order, self._order_epoch = None, 0
 
-    def set_order(self, order: np.ndarray | None) -> None:
-        """Uses ``order`` (example indices, at least one epoch long) for every epoch from now on,
-        or the seeded permutations again for None."""
+    def set_order(self, order: np.ndarray | None, epoch: int = 0) -> None:
+        """Uses ``order`` (example indices, at least one epoch long), set during ``epoch``, from
+        now on, or the seeded permutations again for None.
+
+        The rest of ``epoch`` reads ``order`` as given; each later epoch, until the next order is
+        set, reads it through that epoch's seeded permutation, so that an order kept for several
+        epochs (DeepCluster with ``recluster_epochs`` > 1) does not repeat the same batches.
+        """
         if order is not None and order.shape[0] < self.steps_per_epoch * self.batch_size:
             raise ValueError(f"an example order of {order.shape[0]} indices is shorter than an "
                              f"epoch ({self.steps_per_epoch} x {self.batch_size})")
-        self._order = order
+        self._order, self._order_epoch = order, epoch
+        self._cache = (None, None)
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, batch offset within the epoch) of ``step``."""
@@ -140,10 +146,15 @@ class BatchSchedule:
     def indices(self, step: int) -> np.ndarray:
         """Example indices [batch_size] of train step ``step``."""
         epoch, offset = self.position(step)
-        if self._order is not None:
-            return self._order[offset * self.batch_size:(offset + 1) * self.batch_size]
         if self._cache[0] != epoch:
-            self._cache = (epoch, epoch_order(self.num_examples, epoch, self.seed, self.shuffle))
+            if self._order is None:
+                order = epoch_order(self.num_examples, epoch, self.seed, self.shuffle)
+            elif epoch == self._order_epoch:
+                order = self._order
+            else:
+                order = self._order[epoch_order(self._order.shape[0], epoch, self.seed,
+                                                self.shuffle)]
+            self._cache = (epoch, order)
         return self._cache[1][offset * self.batch_size:(offset + 1) * self.batch_size]
 
 
@@ -154,6 +165,46 @@ class BatchSchedule:
 def make_mesh() -> Mesh:
     """A 1-D ``data`` mesh over all devices (Auto axis type: see ENVIRONMENT.md §d)."""
     return Mesh(np.array(jax.devices()), ("data",))
+
+
+def state_sharding(method: jmethods.Method, mesh: Mesh, num_examples: int) -> TrainState:
+    """Where each part of the TrainState lives: a pytree prefix of NamedShardings.
+
+    Everything is replicated except the clustering state's per-example leaves (``method.
+    example_axes``), which are split along ``data`` over their example axis, so that memories and
+    pseudo-labels of N examples cost N/devices per device. When N is not a multiple of the number
+    of devices they stay replicated (see :func:`sharding_summary`).
+    """
+    replicated = NamedSharding(mesh, P())
+    cluster = replicated
+    if method.example_axes is not None and num_examples % mesh.size == 0:
+        cluster = jax.tree.map(
+            lambda axis: replicated if axis is None
+            else NamedSharding(mesh, P(*([None] * axis), "data")),
+            method.example_axes, is_leaf=lambda x: x is None)
+    return TrainState(step=replicated, rng=replicated, params=replicated, model_state=replicated,
+                      opt_states=replicated, cluster=cluster)
+
+
+def sharding_summary(method: jmethods.Method, mesh: Mesh, state) -> str | None:
+    """One log line saying which per-example clustering state is sharded (None if there is none)."""
+    if method.example_axes is None:
+        return None
+    per_example = [
+        f"{jax.tree_util.keystr(path)} {list(leaf.shape)}"
+        for (path, axis), leaf in zip(
+            jax.tree_util.tree_leaves_with_path(method.example_axes, is_leaf=lambda x: x is None),
+            jax.tree.leaves(state.cluster))
+        if axis is not None]
+    sharded = any(isinstance(x, jax.Array) and not x.sharding.is_fully_replicated
+                  for x in jax.tree.leaves(state.cluster))
+    if sharded:
+        return (f"per-example clustering state sharded along data over {mesh.size} devices: "
+                + ", ".join(per_example))
+    if mesh.size > 1:
+        return ("per-example clustering state replicated (the number of examples is not a "
+                f"multiple of the {mesh.size} devices): " + ", ".join(per_example))
+    return None
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -171,20 +222,24 @@ CLUSTER_UPDATE_STREAM = 0xC1A5
 def make_train_step(method: jmethods.Method, phase_index: int):
     """The pure train step of one phase: ``(state, batch) -> (state, metrics)``.
 
-    Order: loss and gradients on the current state; optimiser update; then, if the phase has a
-    ``cluster_update``, the new clustering state from the loss's outputs.
+    Order: the phase's ``prepare_params`` (if any); loss and gradients on the current state;
+    optimiser update; then, if the phase has a ``cluster_update``, the new clustering state from
+    the loss's outputs.
     """
     phase = method.phases[phase_index]
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
+        params = state.params
+        if phase.prepare_params is not None:
+            params = phase.prepare_params(params)
 
         def loss_fn(params):
             return phase.loss_fn(params, state.model_state, state.cluster, batch, rng)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = phase.tx.update(grads, state.opt_states[phase_index], state.params)
-        params = optax.apply_updates(state.params, updates)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = phase.tx.update(grads, state.opt_states[phase_index], params)
+        params = optax.apply_updates(params, updates)
         opt_states = tuple(opt_state if i == phase_index else s
                            for i, s in enumerate(state.opt_states))
         if phase.cluster_update is None:
@@ -206,21 +261,29 @@ def make_train_step(method: jmethods.Method, phase_index: int):
 class Runner:
     """Compiled functions of one run bound to a mesh: train steps, feature and assignment passes."""
 
-    def __init__(self, method: jmethods.Method, mesh: Mesh, eval_batch_size: int):
+    def __init__(self, method: jmethods.Method, mesh: Mesh, eval_batch_size: int,
+                 num_examples: int):
         self.method, self.mesh = method, mesh
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
+        self.state_sharding = state_sharding(method, mesh, num_examples)
         self.eval_batch_size = _round_up(eval_batch_size, mesh.size)
         self.train_steps = [
-            jax.jit(make_train_step(method, i), in_shardings=(self.replicated, self.batch_sharding),
-                    out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+            jax.jit(make_train_step(method, i),
+                    in_shardings=(self.state_sharding, self.batch_sharding),
+                    out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
             for i in range(len(method.phases))]
         self._embed = jax.jit(method.embed, in_shardings=(self.replicated, self.replicated,
                                                           self.batch_sharding),
                               out_shardings=self.batch_sharding)
-        self._assign = jax.jit(method.assign, in_shardings=(self.replicated, self.replicated,
-                                                            self.batch_sharding),
+        self._assign = jax.jit(method.assign,
+                               in_shardings=(self.replicated, self.state_sharding.cluster,
+                                             self.batch_sharding),
                                out_shardings=(self.batch_sharding, self.batch_sharding))
+
+    def place(self, state: TrainState) -> TrainState:
+        """Puts a state (host or device arrays) on the mesh with :attr:`state_sharding`."""
+        return jax.device_put(state, self.state_sharding)
 
     def put_batch(self, batch: dict) -> dict:
         """Places a host batch on the mesh, split along the batch axis."""
@@ -296,6 +359,15 @@ def recluster_due(method: jmethods.Method, bounds, step: int) -> tuple[bool, boo
     return False, False
 
 
+def last_recluster_step(method: jmethods.Method, bounds, step: int) -> int:
+    """The latest step <= ``step`` at which the method's recluster ran (0 if none did)."""
+    # A linear scan: called once per resume, and recluster_due is the one definition of "due".
+    for s in range(step, -1, -1):
+        if recluster_due(method, bounds, s)[0]:
+            return s
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Run bookkeeping
 
@@ -322,9 +394,11 @@ def load_run(workdir: str):
                              is_image=info["data_spec"]["is_image"])
     method = jmethods.make(config, spec)
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
-    replicated = NamedSharding(make_mesh(), P())
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          jax.eval_shape(lambda: init_state(method, config.seed, sample)))
+    abstract = jax.eval_shape(lambda: init_state(method, config.seed, sample))
+    shardings = jax.tree.broadcast(state_sharding(method, make_mesh(), spec.num_examples), abstract)
+    target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                   sharding=sharding),
+                          abstract, shardings)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       keep=config.keep_checkpoints, read_only=True)
     try:
@@ -350,8 +424,8 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
     if tuple(dataset.input_shape) != tuple(spec.input_shape):
         raise jdata.DataError(f"images of shape {tuple(dataset.input_shape)} do not match the shape "
                               f"the encoder in {encoder_workdir} was trained on ({spec.input_shape})")
-    runner = Runner(method, make_mesh(), batch_size)
-    state = jax.device_put(state, runner.replicated)
+    runner = Runner(method, make_mesh(), batch_size, spec.num_examples)
+    state = runner.place(state)
     features = runner.features(state, dataset.inputs).astype(np.float32)
     return dataclasses.replace(dataset, inputs=features,
                                source=f"{dataset.source} encoded by {encoder_workdir}")
@@ -492,11 +566,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     bounds = phase_bounds(method)
     total_steps = bounds[-1][1]
     schedule = BatchSchedule(spec.num_examples, config.batch_size, config.seed, config.data.shuffle)
-    runner = Runner(method, mesh, config.eval_batch_size)
+    runner = Runner(method, mesh, config.eval_batch_size, spec.num_examples)
 
     state = init_state(method, config.seed, dataset.inputs[:config.batch_size])
     initial_params = import_params(config.init_params, state.params) if config.init_params else None
-    state = jax.device_put(state, runner.replicated)
+    state = runner.place(state)
 
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
@@ -527,7 +601,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         np.save(encoded_path, dataset.inputs)
     last_saved = -1
     if restored is not None:
-        state = jax.device_put(restored[0], runner.replicated)
+        state = runner.place(restored[0])
         last_saved = int(state.step)
         say(f"resumed from checkpoint step {last_saved}")
         if changed:
@@ -541,10 +615,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         f"({jax.default_backend()}); {total_steps} steps at most in phases "
         + ", ".join(f"{p.name}={p.num_steps}" for p in method.phases))
     say(f"assignment rule: {method.assignment_rule}")
+    placement = sharding_summary(method, mesh, state)
+    if placement:
+        say(placement)
     if dataset.labels is None:
         say("note: the data has no labels, so ACC/NMI/ARI are skipped (training is unaffected)")
 
     previous_labels = None
+    warned = False  # whether the method's step warning was printed
     pending = []  # (step, metrics) still on device; fetched at log/save/eval time
     fetched = []  # metrics fetched to the host since the last log line
 
@@ -611,9 +689,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                if "pseudo_purity" in record else ""))
         return record
 
-    def use_method_order(state):
+    def use_method_order(state, set_at):
+        """Reads the method's example order, set by the recluster at step ``set_at``."""
         if method.example_order is not None:
-            schedule.set_order(np.asarray(jax.device_get(method.example_order(state.cluster))))
+            schedule.set_order(np.asarray(jax.device_get(method.example_order(state.cluster))),
+                               epoch=schedule.position(set_at)[0])
 
     def recluster_and_eval(state, step, force_eval, allow_recluster=True):
         """Runs the recluster and/or evaluation due at ``step``; returns (state, record|None)."""
@@ -632,14 +712,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             params, cluster, extra = method.recluster(
                 state.params, state.cluster, features, phase=phase_at(bounds, step), first=first,
                 key=key)
-            state = jax.device_put(state.replace(params=params, cluster=cluster), runner.replicated)
-            use_method_order(state)
+            state = runner.place(state.replace(params=params, cluster=cluster))
+            use_method_order(state, step)
             if "warning" in extra:
                 say(f"warning at step {step}: {extra['warning']}")
         elif eval_due and method.fit_evaluation is not None:
             key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
             cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
-            state = jax.device_put(state.replace(cluster=cluster), runner.replicated)
+            state = runner.place(state.replace(cluster=cluster))
         return state, evaluate(state, step, features, extra) if eval_due else None
 
     def save(state, step):
@@ -656,9 +736,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
     step = int(state.step)
     if restored is not None:
-        use_method_order(state)
+        use_method_order(state, last_recluster_step(method, bounds, step))
     if restored is None and initial_params is not None:
-        state = jax.device_put(state.replace(params=initial_params), runner.replicated)
+        state = runner.place(state.replace(params=initial_params))
         say(f"parameters initialised from {config.init_params}")
     if restored is None:
         state, record = recluster_and_eval(state, step, force_eval=False)
@@ -697,6 +777,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                     + " ".join(f"{k}={v:.5g}" for k, v in means.items())
                     + f" | {rate:.1f} steps/s, {rate * config.batch_size:.0f} ex/s, "
                     f"ETA <= {_fmt_time((total_steps - step) / max(overall, 1e-9))}")
+                warning = method.step_warning(means) if method.step_warning and means else None
+                if warning and not warned:
+                    warned = True  # once a run: the condition tends to persist
+                    say(f"warning at step {step}: {warning}")
                 t_log, step_log = now, step
             if step % config.checkpoint_every_steps == 0 or phase_end or done:
                 save(state, step)

@@ -90,8 +90,11 @@ def assert_resume_matches(ref_dir, workdir, cut, config):
     return state
 
 
-def run_on_devices(overrides, workdir, config_file, count=8):
-    """Trains through the CLI on ``count`` simulated CPU devices; returns (params leaves, state)."""
+def run_on_devices(overrides, workdir, config_file, count=8, sharded=()):
+    """Trains through the CLI on ``count`` simulated CPU devices; returns (params leaves, state).
+
+    ``sharded``: names of per-example clustering-state leaves that the run must report as sharded
+    along the data axis."""
     flags = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
              for k, v in overrides.items()}
     result = run(cli_args(flags, workdir, config_file=config_file),
@@ -99,4 +102,9 @@ def run_on_devices(overrides, workdir, config_file, count=8):
                  timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{count} device(s)" in result.stdout
+    if sharded:
+        line = next((l for l in result.stdout.splitlines()
+                     if l.startswith("per-example clustering state sharded along data")), "")
+        for name in sharded:
+            assert f".{name} [" in line, (name, result.stdout[-2000:])
     return final_params(workdir)

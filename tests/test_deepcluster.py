@@ -179,10 +179,21 @@ def test_resume_restores_pseudo_labels_order_and_head(reference_run, tmp_path):
     assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
 
 
+def test_resume_inside_a_multi_epoch_recluster_period(tmp_path):
+    """With ``recluster_epochs`` = 2 the second epoch of a period reads the order reshuffled; a run
+    resumed there must reshuffle it the same way (it knows when the order was set)."""
+    config = tiny_config(**{"deepcluster.recluster_epochs": 2})
+    ref_dir = str(tmp_path / "ref")
+    train.train_and_evaluate(config, ref_dir)
+    # Step 12: epoch 1 (steps 8..15), the second epoch after the reclustering at step 0.
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, config)
+
+
 @pytest.mark.slow
 def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
     ref_dir, _ = reference_run
-    ours, state = run_on_devices(TINY, str(tmp_path / "eight"), "configs/deepcluster.py:digits")
+    ours, state = run_on_devices(TINY, str(tmp_path / "eight"), "configs/deepcluster.py:digits",
+                                 sharded=("pseudo_labels",))
     ref, ref_state = final_params(ref_dir)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

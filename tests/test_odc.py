@@ -298,7 +298,8 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
     from tests.conftest import run_on_devices
     one = str(tmp_path / "one")
     train.train_and_evaluate(odc_config(), one)
-    ours, state = run_on_devices(TINY_ODC, str(tmp_path / "eight"), "configs/odc.py:digits")
+    ours, state = run_on_devices(TINY_ODC, str(tmp_path / "eight"), "configs/odc.py:digits",
+                                 sharded=("features", "labels", "recluster_labels"))
     ref, ref_state = final_params(one)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

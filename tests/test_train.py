@@ -43,7 +43,7 @@ def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
     config, method, state, spec = train.load_run(workdir)
     assert int(state.step) == 64 and spec.num_examples == 256
     # The assignment rule used by the evaluation gives the logged ACC again.
-    runner = train.Runner(method, train.make_mesh(), 128)
+    runner = train.Runner(method, train.make_mesh(), 128, spec.num_examples)
     dataset = train.load_dataset(config)
     labels, confidence = runner.assign(state, runner.features(state, dataset.inputs))
     assert np.isclose(metrics.accuracy(dataset.labels, labels), final["acc"])
@@ -150,6 +150,8 @@ def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
                  env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "8 device(s)" in result.stdout
+    assert ("per-example clustering state sharded along data over 8 devices: .target [256, 10], "
+            ".labels [256]") in result.stdout
     ours, _ = final_params(workdir)
     ref, _ = final_params(ref_dir)
     for a, b in zip(ours, ref):
@@ -332,3 +334,30 @@ def test_bad_init_params_fail_before_writing(reference_run, tmp_path, overrides,
     with pytest.raises(config_lib.ConfigError, match=match):
         train.train_and_evaluate(tiny_config(**overrides), workdir)
     assert not os.path.exists(workdir)
+
+
+def test_method_order_is_used_as_given_then_reshuffled_in_later_epochs():
+    schedule = train.BatchSchedule(num_examples=12, batch_size=4, seed=3, shuffle=True)
+    order = np.array([5, 5, 7, 7, 1, 1, 2, 2, 9, 9, 0, 0])  # a uniform-sampling multiset
+    schedule.set_order(order, epoch=2)
+    epoch = lambda e: np.concatenate([schedule.indices(e * 3 + b) for b in range(3)])
+    np.testing.assert_array_equal(epoch(2), order)  # the epoch of the recluster: as given
+    later = [epoch(3), epoch(4)]
+    for e, got in zip((3, 4), later):
+        # Same examples, in that epoch's seeded permutation, and reproducible after a resume.
+        np.testing.assert_array_equal(got, order[train.epoch_order(12, e, 3, True)])
+        np.testing.assert_array_equal(np.sort(got), np.sort(order))
+    assert not np.array_equal(later[0], later[1]) and not np.array_equal(later[0], order)
+    schedule.set_order(None)
+    np.testing.assert_array_equal(epoch(5), train.epoch_order(12, 5, 3, True))
+
+
+def test_last_recluster_step_finds_the_recluster_a_resume_must_follow():
+    from jclust import methods as jmethods
+    method = jmethods.make(tiny_config(), jmethods.DataSpec(256, (8, 8, 1), True))
+    bounds = train.phase_bounds(method)
+    due = [s for s in range(bounds[-1][1]) if train.recluster_due(method, bounds, s)[0]]
+    assert len(due) >= 2
+    for step in range(bounds[-1][1]):
+        assert train.last_recluster_step(method, bounds, step) == max(
+            [s for s in due if s <= step], default=0)

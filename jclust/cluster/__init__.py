@@ -1,4 +1,4 @@
-"""Clustering primitives in jax.numpy: k-means and PCA."""
+"""Clustering primitives in jax.numpy: k-means, PCA and Sinkhorn-Knopp."""
 
 from jclust.cluster.kmeans import KMeansOutput
 from jclust.cluster.kmeans import assign
@@ -9,10 +9,13 @@ from jclust.cluster.pca import PCAState
 from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
 from jclust.cluster.pca import pca_transform
+from jclust.cluster.sinkhorn import SinkhornOutput
+from jclust.cluster.sinkhorn import sinkhorn_knopp
 
 __all__ = [
     "KMeansOutput",
     "PCAState",
+    "SinkhornOutput",
     "assign",
     "kmeans",
     "kmeans_plusplus",
@@ -20,4 +23,5 @@ __all__ = [
     "pca_fit",
     "pca_transform",
     "random_init",
+    "sinkhorn_knopp",
 ]

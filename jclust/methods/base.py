@@ -54,6 +54,9 @@ class Phase(NamedTuple):
         is checkpointed like everything else) and its metrics (scalars) join the step's. ``rng``
         is a key of its own, derived from the step like the loss's. For clustering state that
         changes every step (ODC's memories); fixed shapes only.
+      prepare_params: ``(params) -> params``, or None. Applied at the start of every train step of
+        the phase; the loss, its gradients and the optimiser update all act on the result (SwAV's
+        prototypes re-normalised in place before each iteration, without gradient).
     """
     name: str
     num_steps: int
@@ -63,6 +66,7 @@ class Phase(NamedTuple):
     recluster_at_start: bool = False
     evaluate: bool = True
     cluster_update: Callable | None = None
+    prepare_params: Callable | None = None
 
 
 class Method(NamedTuple):
@@ -94,6 +98,14 @@ class Method(NamedTuple):
         current features. The trainer calls it before every evaluation that does not come with a
         recluster at the same step (the final one, ``eval_every_steps``), so that no evaluation
         applies centroids fitted on features that have changed since.
+      example_axes: a pytree with the structure of the clustering state whose leaves are, for each
+        leaf of the state, the axis (an int) that indexes the examples, or None; or None for no
+        per-example state. Per-example leaves (memories, pseudo-labels, targets) are sharded along
+        the mesh's ``data`` axis, so that each device holds 1/devices of them; the rest is
+        replicated. Sharding changes where the numbers live, never what they are.
+      step_warning: ``(means) -> str | None``, or None: called at every log line with the means
+        of the step metrics since the previous one; a returned text is printed as a warning (the
+        first one only, once a run), e.g. SwAV's collapse detection.
     """
     init: Callable
     phases: tuple
@@ -105,3 +117,5 @@ class Method(NamedTuple):
     example_order: Callable | None = None
     training_labels: Callable | None = None
     fit_evaluation: Callable | None = None
+    example_axes: Any = None
+    step_warning: Callable | None = None

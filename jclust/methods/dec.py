@@ -239,4 +239,5 @@ def make(config, data_spec: DataSpec) -> Method:
               recluster_every=config.dec.update_interval, recluster_at_start=True),
     )
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
-                  done=lambda cluster: bool(cluster.done), assignment_rule=ASSIGNMENT_RULE)
+                  done=lambda cluster: bool(cluster.done), assignment_rule=ASSIGNMENT_RULE,
+                  example_axes=DECState(target=0, labels=0, delta_label=None, done=None))

@@ -214,4 +214,7 @@ def make(config, data_spec: DataSpec) -> Method:
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   example_order=lambda cluster: cluster.order,
                   training_labels=lambda cluster: cluster.pseudo_labels,
-                  fit_evaluation=fit_evaluation)
+                  fit_evaluation=fit_evaluation,
+                  example_axes=DeepClusterState(pseudo_labels=0, class_weights=None, order=None,
+                                                pca_mean=None, pca_projection=None,
+                                                eval_centroids=None))

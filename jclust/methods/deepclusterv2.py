@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +44,7 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
+from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
 
 ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
@@ -64,22 +64,6 @@ class DeepClusterV2State(NamedTuple):
     memory: jax.Array
     assignments: jax.Array
     eval_centroids: jax.Array
-
-
-class ProjectionHead(nn.Module):
-    """Dense(hidden)-ReLU-Dense(out) followed by L2 normalisation. [B, D] -> [B, out] unit rows."""
-    hidden: int
-    out: int
-
-    @nn.compact
-    def __call__(self, h):
-        z = nn.Dense(self.out)(nn.relu(nn.Dense(self.hidden)(h)))
-        return l2_normalize(z)
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """Rows scaled to unit norm (zero rows stay zero). [..., D] -> [..., D]."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def prototype_loss(z: jax.Array, prototypes: jax.Array, targets: jax.Array,
@@ -239,4 +223,5 @@ def make(config, data_spec: DataSpec) -> Method:
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   training_labels=lambda cluster: cluster.assignments[0],
-                  fit_evaluation=fit_evaluation)
+                  fit_evaluation=fit_evaluation,
+                  example_axes=DeepClusterV2State(memory=0, assignments=1, eval_centroids=None))

@@ -427,4 +427,6 @@ def make(config, data_spec: DataSpec) -> Method:
                     cluster_update=cluster_update),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  training_labels=lambda cluster: cluster.labels, fit_evaluation=fit_evaluation)
+                  training_labels=lambda cluster: cluster.labels, fit_evaluation=fit_evaluation,
+                  example_axes=ODCState(features=0, labels=0, centroids=None, iteration=None,
+                                        eval_centroids=None, recluster_labels=0))

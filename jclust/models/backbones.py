@@ -87,7 +87,7 @@ def make_backbone(model_config: Any) -> Backbone:
 
     Args:
       model_config: the config's ``model`` section: ``name`` and, for ``small_cnn``, ``widths``,
-        ``dense``, ``conv_impl``, ``pool_first``; for ``resnet18``, optionally ``stage_widths``.
+        ``dense``, ``conv_impl``, ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``.
 
     Raises:
       ValueError: an unknown name (the message lists the valid ones).
@@ -96,7 +96,8 @@ def make_backbone(model_config: Any) -> Backbone:
     if name == "small_cnn":
         net = SmallCNN(widths=tuple(model_config.widths), dense=model_config.dense,
                        conv_impl=model_config.conv_impl,
-                       pool_first=bool(model_config.get("pool_first", False)))
+                       pool_first=bool(model_config.get("pool_first", False)),
+                       global_pool=bool(model_config.get("global_pool", False)))
 
         def init(rng, x):
             return net.init(rng, x, method=net.features)["params"], {}

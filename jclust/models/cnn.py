@@ -72,6 +72,8 @@ class SmallCNN(nn.Module):
       num_outputs: size of the linear head, or None for no head.
       pool_first: also pool after the first conv (4x fewer multiply-adds in the later convs at
         28x28; the CPU-sized variant DeepCluster uses on Fashion-MNIST).
+      global_pool: average the last map over its positions instead of flattening it, so that
+        one network takes inputs of any size (SwAV's multi-crop feeds two resolutions).
     """
 
     widths: Sequence[int] = (32, 64, 128)
@@ -79,6 +81,7 @@ class SmallCNN(nn.Module):
     conv_impl: str = "auto"
     num_outputs: int | None = None
     pool_first: bool = False
+    global_pool: bool = False
 
     def setup(self):
         resolve_impl(self.conv_impl)
@@ -95,7 +98,7 @@ class SmallCNN(nn.Module):
             x = nn.relu(conv(x))
             if i > 0 or self.pool_first:
                 x = max_pool_2x2(x)
-        x = x.reshape(x.shape[0], -1)
+        x = jnp.mean(x, axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
         return nn.relu(self.fc(x))
 
     def __call__(self, x: Array) -> Array:

@@ -1,6 +1,8 @@
-"""Non-linear projection neck (ODC's ``NonLinearNeckV0`` without its BatchNorm)."""
+"""Necks between a backbone and a method's loss: ODC's non-linear neck (``NonLinearNeckV0``
+without its BatchNorm) and the L2-normalised projection head of DeepCluster-v2 and SwAV."""
 
 import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
 Array = jax.Array
@@ -31,3 +33,30 @@ class NonLinearNeck(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.features, kernel_init=kaiming_normal)(x)
         return nn.relu(x) if self.out_relu else x
+
+
+def l2_normalize(x: Array) -> Array:
+    """Rows scaled to unit norm (zero rows stay zero). [..., D] -> [..., D]."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class ProjectionHead(nn.Module):
+    """Dense(hidden)-[BatchNorm]-ReLU-Dense(out), then L2 normalisation. [B, D] -> [B, out].
+
+    The projection of DeepCluster-v2 and SwAV. ``batch_norm`` (the references' layout) centres the
+    hidden layer over the batch: without it the ReLU features of a fresh CNN give z that are all
+    nearly parallel (mean pairwise cosine 0.996 on digits), so SwAV's codes start uniform and
+    training collapses. Its statistics are the collection "batch_stats" (pass ``train`` and
+    ``mutable=["batch_stats"]`` when training).
+    """
+    hidden: int
+    out: int
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, h: Array, train: bool = False) -> Array:
+        h = nn.Dense(self.hidden)(h)
+        if self.batch_norm:
+            h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        z = nn.Dense(self.out)(nn.relu(h))
+        return l2_normalize(z)
