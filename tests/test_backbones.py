@@ -60,20 +60,22 @@ def test_unknown_backbone_lists_the_valid_names():
         models.make_backbone(ml_collections.ConfigDict({"name": "vgg"}))
 
 
-@pytest.mark.parametrize("config_file", ["deepcluster.py", "deepclusterv2.py", "odc.py"])
+@pytest.mark.parametrize("config_file", ["deepcluster.py", "deepclusterv2.py", "odc.py", "swav.py"])
 def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     """The :cifar10 variants (ResNet-18, BatchNorm state, Sobel for DeepCluster) on fake 32x32
     colour images, shrunk: one recluster and one jitted train step."""
     config = config_lib.load_config(f"configs/{config_file}:cifar10")
     small = {"model.stage_widths": (8, 8, 8, 8), "batch_size": 8}
     section = {"deepcluster.py": "deepcluster", "deepclusterv2.py": "deepclusterv2",
-               "odc.py": "odc"}[config_file]
+               "odc.py": "odc", "swav.py": "swav"}[config_file]
     small.update({"deepcluster.py": {"deepcluster.train_clusters": 4, "deepcluster.pca_dim": 4},
                   "deepclusterv2.py": {"deepclusterv2.prototypes": (4, 4, 4),
                                        "deepclusterv2.projection_hidden": 16,
                                        "deepclusterv2.feature_dim": 8},
                   "odc.py": {"odc.train_clusters": 4, "odc.min_cluster_size": 2,
-                             "odc.feature_dim": 8, "odc.neck_hidden": 16}}[config_file])
+                             "odc.feature_dim": 8, "odc.neck_hidden": 16},
+                  "swav.py": {"swav.prototypes": 4, "swav.projection_hidden": 16,
+                              "swav.feature_dim": 8, "swav.num_small_crops": 2}}[config_file])
     small["num_clusters"] = 3
     config = config_lib.apply_overrides(config, small)
     assert config.model.name == "resnet18" and config.data.image_shape == (32, 32, 3)
@@ -85,8 +87,12 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     state = train.init_state(method, 0, x[:2])
     assert "batch_stats" in state.model_state["backbone"]
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
-    params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
-                                          key=jax.random.PRNGKey(3))
+    if method.recluster is None:  # SwAV: nothing to recluster, only the evaluation to fit
+        params = state.params
+        cluster = method.fit_evaluation(params, state.cluster, feats, key=jax.random.PRNGKey(3))
+    else:
+        params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0,
+                                              first=True, key=jax.random.PRNGKey(3))
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:8]), "index": jnp.arange(8, dtype=jnp.int32)}
