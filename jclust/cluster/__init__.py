@@ -1,5 +1,10 @@
-"""Clustering primitives in jax.numpy: k-means, PCA and Sinkhorn-Knopp."""
+"""Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, nearest-neighbour graphs."""
 
+from jclust.cluster.graph import AffinityGraph
+from jclust.cluster.graph import KNNOutput
+from jclust.cluster.graph import affinity_graph
+from jclust.cluster.graph import knn
+from jclust.cluster.graph import nearest_neighbour_clusters
 from jclust.cluster.kmeans import KMeansOutput
 from jclust.cluster.kmeans import assign
 from jclust.cluster.kmeans import kmeans
@@ -13,6 +18,11 @@ from jclust.cluster.sinkhorn import SinkhornOutput
 from jclust.cluster.sinkhorn import sinkhorn_knopp
 
 __all__ = [
+    "AffinityGraph",
+    "KNNOutput",
+    "affinity_graph",
+    "knn",
+    "nearest_neighbour_clusters",
     "KMeansOutput",
     "PCAState",
     "SinkhornOutput",
