@@ -57,3 +57,53 @@ def test_bad_inputs_are_errors():
         knn(np.zeros((3, 2)), 3)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         knn(np.zeros(3), 1)
+
+
+def numpy_gdl(indices, weights, labels, c):
+    """A_us(a -> b) = 1^T W[C_b, C_a] W[C_a, C_b] 1 with a dense W, the definition itself."""
+    n = len(labels)
+    w = np.zeros((n, n))
+    for i in range(n):
+        w[i, indices[i]] = weights[i]
+    a_us = np.zeros((c, c))
+    for a in range(c):
+        ia = labels == a
+        for b in range(c):
+            ib = labels == b
+            a_us[a, b] = w[np.ix_(ib, ia)].sum(0) @ w[np.ix_(ia, ib)].sum(1)
+    return a_us
+
+
+def test_gdl_affinity_of_two_tiny_clusters_by_hand():
+    # Samples 0, 1 in cluster 0 and 2 in cluster 1; edges 0->1 (0.5), 1->0 (0.25), 0->2 (1.0),
+    # 2->0 (0.8), 1->2 (0.3), 2->1 (0.6) (k = 2).
+    from jclust.cluster.graph import AffinityGraph, gdl_affinity
+    graph = AffinityGraph(indices=jnp.array([[1, 2], [0, 2], [0, 1]]),
+                          weights=jnp.array([[0.5, 1.0], [0.25, 0.3], [0.8, 0.6]]),
+                          sigma2=jnp.array(1.0))
+    a_us, a = gdl_affinity(graph, jnp.array([0, 0, 1]), 2)
+    # A_us(0 -> 1): m in {0, 1}: in_1(m) out_1(m) = W_20 W_02 + W_21 W_12 = 0.8*1.0 + 0.6*0.3
+    # A_us(1 -> 0): m = 2: (W_02 + W_12)(W_20 + W_21) = 1.3 * 1.4
+    np.testing.assert_allclose(a_us[0, 1], 0.8 + 0.18, rtol=1e-6)
+    np.testing.assert_allclose(a_us[1, 0], 1.3 * 1.4, rtol=1e-6)
+    # Within cluster 0: m = 0: W_10 W_01, m = 1: W_01 W_10.
+    np.testing.assert_allclose(a_us[0, 0], 2 * 0.5 * 0.25, rtol=1e-6)
+    # A(0, 1) = A_us(0->1) / |C_1|^2 + A_us(1->0) / |C_0|^2
+    np.testing.assert_allclose(a[0, 1], 0.98 / 1 + 1.82 / 4, rtol=1e-6)
+    assert float(a[0, 0]) == 0.0 and float(a[1, 0]) == float(a[0, 1])
+
+
+def test_gdl_affinity_matches_the_dense_definition():
+    from jclust.cluster.graph import gdl_affinity
+    x = np.random.default_rng(3).normal(size=(120, 4))
+    graph = affinity_graph(x, 6)
+    labels = np.asarray(nearest_neighbour_clusters(graph.indices[:, 0]))
+    c = int(labels.max()) + 1
+    a_us, a = gdl_affinity(graph, labels, c)
+    expected = numpy_gdl(np.asarray(graph.indices), np.asarray(graph.weights, np.float64), labels, c)
+    np.testing.assert_allclose(a_us, expected, rtol=1e-4, atol=1e-6)
+    sizes = np.bincount(labels, minlength=c).astype(float)
+    directed = expected / sizes[None, :] ** 2
+    sym = directed + directed.T
+    np.fill_diagonal(sym, 0.0)
+    np.testing.assert_allclose(a, sym, rtol=1e-4, atol=1e-6)
