@@ -1,4 +1,5 @@
-"""k-NN search, JULE's affinity graph and 1-NN components against scikit-learn, scipy and by hand."""
+"""k-NN search, JULE's affinity graph, 1-NN components, GDL affinities and the merge scan against
+scikit-learn, scipy, dense definitions, a plain NumPy merge loop and hand-computed cases."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,8 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
 
 from jclust.cluster import affinity_graph, knn, nearest_neighbour_clusters
+from jclust.cluster.graph import (AffinityGraph, gdl_affinity, merge_clusters, merge_state,
+                                  resolve_labels)
 
 
 @pytest.mark.parametrize("chunk_size", [7, 1024])
@@ -77,7 +80,6 @@ def numpy_gdl(indices, weights, labels, c):
 def test_gdl_affinity_of_two_tiny_clusters_by_hand():
     # Samples 0, 1 in cluster 0 and 2 in cluster 1; edges 0->1 (0.5), 1->0 (0.25), 0->2 (1.0),
     # 2->0 (0.8), 1->2 (0.3), 2->1 (0.6) (k = 2).
-    from jclust.cluster.graph import AffinityGraph, gdl_affinity
     graph = AffinityGraph(indices=jnp.array([[1, 2], [0, 2], [0, 1]]),
                           weights=jnp.array([[0.5, 1.0], [0.25, 0.3], [0.8, 0.6]]),
                           sigma2=jnp.array(1.0))
@@ -94,7 +96,6 @@ def test_gdl_affinity_of_two_tiny_clusters_by_hand():
 
 
 def test_gdl_affinity_matches_the_dense_definition():
-    from jclust.cluster.graph import gdl_affinity
     x = np.random.default_rng(3).normal(size=(120, 4))
     graph = affinity_graph(x, 6)
     labels = np.asarray(nearest_neighbour_clusters(graph.indices[:, 0]))
@@ -107,3 +108,62 @@ def test_gdl_affinity_matches_the_dense_definition():
     sym = directed + directed.T
     np.fill_diagonal(sym, 0.0)
     np.testing.assert_allclose(a, sym, rtol=1e-4, atol=1e-6)
+
+
+def numpy_merge_sequence(a_us, sizes, num_merges, kc, lam):
+    """JULE's merge loop written plainly: recompute every affinity and score at every merge."""
+    a_us, sizes = a_us.astype(np.float64).copy(), sizes.astype(np.float64).copy()
+    active = list(range(len(sizes)))
+    merges = []
+    for _ in range(num_merges):
+        best_score, best_pair = -np.inf, None
+        for i in active:
+            aff = {j: a_us[i, j] / sizes[j] ** 2 + a_us[j, i] / sizes[i] ** 2
+                   for j in active if j != i}
+            values = sorted(aff.values(), reverse=True)[:kc]
+            score = values[0] + lam / (kc - 1) * sum(values[0] - v for v in values[1:])
+            neighbour = min(j for j in aff if aff[j] == values[0])
+            if score > best_score:
+                best_score, best_pair = score, (i, neighbour)
+        keep, gone = min(best_pair), max(best_pair)
+        a_us[:, keep] += a_us[:, gone]
+        a_us[keep, :] += a_us[gone, :]
+        sizes[keep] += sizes[gone]
+        active.remove(gone)
+        merges.append((keep, gone))
+    return merges
+
+
+@pytest.mark.parametrize("seed,lam", [(0, 1.0), (1, 1.0), (2, 0.0), (3, 2.0)])
+def test_merge_sequence_matches_the_numpy_reference(seed, lam):
+    rng = np.random.default_rng(seed)
+    c = 14
+    a_us = rng.gamma(1.0, size=(c, c)) * (rng.random((c, c)) < 0.5)  # sparse-ish, as GDL's are
+    sizes = rng.integers(1, 6, size=c).astype(np.float64)
+    expected = numpy_merge_sequence(a_us, sizes, c - 3, 5, lam)
+    state, merges = merge_clusters(merge_state(a_us, sizes), c - 3, num_neighbours=5,
+                                   local_weight=lam)
+    assert [tuple(m) for m in np.asarray(merges).tolist()] == expected
+    assert int(state.active.sum()) == 3 and float(state.sizes.sum()) == sizes.sum()
+
+
+def test_merges_in_two_calls_equal_one_call_and_labels_resolve():
+    x = np.random.default_rng(4).normal(size=(200, 3))
+    graph = affinity_graph(x, 8)
+    labels = np.asarray(nearest_neighbour_clusters(graph.indices[:, 0]))
+    c = int(labels.max()) + 1
+    a_us, _ = gdl_affinity(graph, labels, c)
+    start = merge_state(a_us, np.bincount(labels, minlength=c))
+    once, merges = merge_clusters(start, c - 4)
+    half, first = merge_clusters(start, 7)
+    twice, second = merge_clusters(half, c - 11)
+    np.testing.assert_array_equal(merges, np.concatenate([first, second]))
+    final = np.asarray(resolve_labels(once.parent, labels))
+    assert sorted(np.unique(final).tolist()) == [0, 1, 2, 3]
+    # Every sample follows its initial cluster: the merge list replayed on sets gives the same.
+    groups = {i: {i} for i in range(c)}
+    for keep, gone in np.asarray(merges).tolist():
+        groups[keep] |= groups.pop(gone)
+    by_slot = {slot: rank for rank, slot in enumerate(sorted(groups))}
+    replay = np.array([next(by_slot[s] for s, g in groups.items() if l in g) for l in labels])
+    np.testing.assert_array_equal(final, replay)
