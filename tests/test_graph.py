@@ -141,10 +141,23 @@ def test_merge_sequence_matches_the_numpy_reference(seed, lam):
     a_us = rng.gamma(1.0, size=(c, c)) * (rng.random((c, c)) < 0.5)  # sparse-ish, as GDL's are
     sizes = rng.integers(1, 6, size=c).astype(np.float64)
     expected = numpy_merge_sequence(a_us, sizes, c - 3, 5, lam)
-    state, merges = merge_clusters(merge_state(a_us, sizes), c - 3, num_neighbours=5,
-                                   local_weight=lam)
-    assert [tuple(m) for m in np.asarray(merges).tolist()] == expected
-    assert int(state.active.sum()) == 3 and float(state.sizes.sum()) == sizes.sum()
+    for cache_size in (None, 5, 8):  # the plain path and the cached one (5: many re-scans)
+        state, merges = merge_clusters(merge_state(a_us, sizes), c - 3, num_neighbours=5,
+                                       local_weight=lam, cache_size=cache_size, rescan_rows=4)
+        assert [tuple(m) for m in np.asarray(merges).tolist()] == expected, cache_size
+        assert int(state.active.sum()) == 3 and float(state.sizes.sum()) == sizes.sum()
+
+
+def test_cached_merge_scan_equals_the_plain_one_on_a_real_graph():
+    x = np.random.default_rng(5).normal(size=(600, 6))
+    graph = affinity_graph(x, 10)
+    labels = np.asarray(nearest_neighbour_clusters(graph.indices[:, 0]))
+    c = int(labels.max()) + 1
+    a_us, _ = gdl_affinity(graph, labels, c)
+    start = merge_state(a_us, np.bincount(labels, minlength=c))
+    _, plain = merge_clusters(start, c - 10, cache_size=None)
+    _, cached = merge_clusters(start, c - 10, cache_size=6, rescan_rows=8)
+    np.testing.assert_array_equal(cached, plain)
 
 
 def test_merges_in_two_calls_equal_one_call_and_labels_resolve():

@@ -294,18 +294,117 @@ def _merge_scan(state, local_weight, *, num_merges, num_neighbours):
     return jax.lax.scan(one_merge, state, None, length=num_merges)
 
 
+def _affinity_rows(state: MergeState, rows) -> jax.Array:
+    """Rows [R, C] of :func:`symmetric_affinity` without forming the whole matrix."""
+    sizes = jnp.maximum(state.sizes, 1.0)
+    a = state.affinity_us[rows, :] / sizes[None, :] ** 2 + \
+        state.affinity_us[:, rows].T / sizes[rows][:, None] ** 2
+    c = state.active.shape[0]
+    valid = state.active[rows][:, None] & state.active[None, :] & \
+        (rows[:, None] != jnp.arange(c)[None, :])
+    return jnp.where(valid, a, -jnp.inf)
+
+
+def _scan_rows(state, rows, depth):
+    top, idx = jax.lax.top_k(_affinity_rows(state, rows), depth + 1)
+    return top[:, :depth], idx[:, :depth].astype(jnp.int32), top[:, depth]
+
+
+@functools.partial(jax.jit, static_argnames=("num_merges", "num_neighbours", "depth", "rescan"))
+def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth, rescan):
+    c = state.active.shape[0]
+    k = min(num_neighbours, c - 1)
+    # Per row: the `depth` largest affinities (exact) and a bound on every affinity outside them.
+    chunks = jnp.arange(-(-c // rescan) * rescan).reshape(-1, rescan) % c
+    vals, idx, bound = jax.lax.map(lambda rows: _scan_rows(state, rows, depth), chunks)
+    vals, idx, bound = (vals.reshape(-1, depth)[:c], idx.reshape(-1, depth)[:c],
+                        bound.reshape(-1)[:c])
+
+    def refresh(carry):
+        state, vals, idx, bound, need = carry
+        rows = jnp.nonzero(need, size=rescan, fill_value=c)[0]
+        safe = jnp.minimum(rows, c - 1)
+        v, i, b = _scan_rows(state, safe, depth)
+        ok = rows < c
+        vals = vals.at[rows].set(v, mode="drop")
+        idx = idx.at[rows].set(i, mode="drop")
+        bound = bound.at[rows].set(b, mode="drop")
+        need = need.at[jnp.where(ok, rows, c)].set(False, mode="drop")
+        return state, vals, idx, bound, need
+
+    def exact_enough(vals, bound):
+        kth = jax.lax.top_k(vals, k)[0][:, -1]
+        return kth >= bound
+
+    def one_merge(carry, _):
+        state, vals, idx, bound = carry
+        top, order = jax.lax.top_k(vals, k)
+        first = top[:, :1]
+        gaps = jnp.where(jnp.isfinite(top[:, 1:]), first - top[:, 1:], 0.0)
+        local = jnp.sum(gaps, axis=1) / max(k - 1, 1) if k > 1 else 0.0
+        scores = jnp.where(state.active & jnp.isfinite(first[:, 0]),
+                           first[:, 0] + local_weight * local, -jnp.inf)
+        # Best neighbour: the largest cached value, the lowest index among equal ones.
+        best_val = first[:, 0]
+        tied = (vals == best_val[:, None]) & jnp.isfinite(vals)
+        best = jnp.min(jnp.where(tied, idx, c), axis=1)
+        i = jnp.argmax(scores).astype(jnp.int32)
+        j = best[i]
+        keep, gone = jnp.minimum(i, j), jnp.maximum(i, j)
+        a_us = state.affinity_us
+        a_us = a_us.at[:, keep].add(a_us[:, gone])
+        a_us = a_us.at[keep, :].add(a_us[gone, :])
+        a_us = a_us.at[gone, :].set(0.0).at[:, gone].set(0.0)
+        sizes = state.sizes.at[keep].add(state.sizes[gone]).at[gone].set(0.0)
+        state = MergeState(a_us, sizes, state.active.at[gone].set(False),
+                           state.parent.at[gone].set(keep))
+        # Every other row: drop keep and gone from its cache, then offer keep's new affinity.
+        column = _affinity_rows(state, keep[None])[0]  # A(keep, i) = A(i, keep)
+        stale = (idx == keep) | (idx == gone)
+        vals = jnp.where(stale, -jnp.inf, vals)
+        idx = jnp.where(stale, -1, idx)
+        slot = jnp.argmin(vals, axis=1)
+        evicted = jnp.take_along_axis(vals, slot[:, None], 1)[:, 0]
+        offer = column > bound
+        rows = jnp.arange(c)
+        vals = vals.at[rows, slot].set(jnp.where(offer, column, evicted))
+        idx = idx.at[rows, slot].set(jnp.where(offer, keep, jnp.take_along_axis(
+            idx, slot[:, None], 1)[:, 0]))
+        bound = jnp.where(offer, jnp.maximum(bound, evicted), bound)
+        v, ix, b = _scan_rows(state, keep[None], depth)  # keep's own row changed everywhere
+        vals, idx, bound = vals.at[keep].set(v[0]), idx.at[keep].set(ix[0]), bound.at[keep].set(b[0])
+        vals = vals.at[gone].set(-jnp.inf)
+        bound = bound.at[gone].set(-jnp.inf)
+        need = state.active & ~exact_enough(vals, bound)
+        state, vals, idx, bound, _ = jax.lax.while_loop(
+            lambda carry: jnp.any(carry[4]), refresh, (state, vals, idx, bound, need))
+        return (state, vals, idx, bound), jnp.stack([keep, gone])
+
+    (state, _, _, _), merges = jax.lax.scan(one_merge, (state, vals, idx, bound), None,
+                                            length=num_merges)
+    return state, merges
+
+
 def merge_clusters(state: MergeState, num_merges: int, *, num_neighbours: int = 5,
-                   local_weight: float = 1.0) -> tuple[MergeState, jax.Array]:
+                   local_weight: float = 1.0, cache_size: int | None = 16,
+                   rescan_rows: int = 32) -> tuple[MergeState, jax.Array]:
     """``num_merges`` steps of JULE's agglomerative merge scan, in a ``lax.scan``.
 
     Each step merges the cluster of highest :func:`merge_scores` with its nearest cluster (the
-    lower slot survives); the affinities of the merged cluster follow the fast update.
+    lower slot survives); the affinities of the merged cluster follow the fast update (JULE's
+    appendix): the unnormalised affinity rows and columns of the two clusters add.
 
     Args:
       state: from :func:`merge_state` or a previous call.
       num_merges: how many merges (at most active clusters - 1).
       num_neighbours: K_c of the merge criterion (reference 5).
       local_weight: lambda of the merge criterion (reference 1; 0 merges by affinity alone).
+      cache_size: None recomputes every affinity and score at every merge (O(C^2) a merge: the
+        plain path, for checking). An int D >= K_c keeps each cluster's D largest affinities and
+        a bound on the rest, updated at each merge in O(C D); rows whose K_c-th cached value
+        falls below their bound are re-scanned (O(C) each, ``rescan_rows`` at a time). Same
+        merges as the plain path (up to ties between exactly equal affinities).
+      rescan_rows: rows re-scanned together.
 
     Returns:
       (new state, merges [num_merges, 2] int32 (survivor, absorbed) slots in order).
@@ -315,8 +414,14 @@ def merge_clusters(state: MergeState, num_merges: int, *, num_neighbours: int = 
         raise ValueError(f"{num_merges} merges need fewer than the {active} active clusters")
     if num_merges == 0:
         return state, jnp.zeros((0, 2), jnp.int32)
-    return _merge_scan(state, jnp.float32(local_weight), num_merges=num_merges,
-                       num_neighbours=num_neighbours)
+    if cache_size is None:
+        return _merge_scan(state, jnp.float32(local_weight), num_merges=num_merges,
+                           num_neighbours=num_neighbours)
+    c = state.active.shape[0]
+    depth = min(max(cache_size, num_neighbours), c - 1)
+    return _merge_scan_cached(state, jnp.float32(local_weight), num_merges=num_merges,
+                              num_neighbours=num_neighbours, depth=depth,
+                              rescan=min(rescan_rows, c))
 
 
 def resolve_labels(parent, labels) -> jax.Array:
