@@ -196,7 +196,8 @@ def _search_pairs(keys_major, keys_minor, query_major, query_minor):
     return lo
 
 
-def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int) -> tuple[jax.Array, jax.Array]:
+def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int, *,
+                 symmetric: bool = True) -> tuple[jax.Array, jax.Array | None]:
     """Graph-degree-linkage affinities between clusters (JULE, after Zhang et al. 2012).
 
     With in_b(m) = sum_{n in C_b} W_nm and out_b(m) = sum_{n in C_b} W_mn:
@@ -207,13 +208,16 @@ def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int) -> tuple[jax.A
       graph: the sample affinity graph ([N, k] neighbours and weights).
       labels: [N] int cluster of every sample, in 0..num_clusters-1.
       num_clusters: C.
+      symmetric: also return A (False saves a second C x C matrix; the merge scan needs A_us only).
 
     Returns:
       (unnormalised [C, C] A_us, where [a, b] = A_us(a -> b); symmetric [C, C] A with a zero
-      diagonal). Dense: C x C floats (C = 20,000 is 1.6 GB).
+      diagonal, or None). Dense: C x C floats (C = 20,000 is 1.6 GB).
     """
     labels = jnp.asarray(labels, jnp.int32)
     a_us = _gdl(graph.indices, graph.weights, labels, num_clusters=num_clusters)
+    if not symmetric:
+        return a_us, None
     sizes = jnp.zeros(num_clusters, jnp.float32).at[labels].add(1.0)
     directed = a_us / jnp.maximum(sizes, 1.0)[None, :] ** 2
     symmetric = directed + directed.T
