@@ -6,14 +6,15 @@ from __future__ import annotations
 import optax
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "inverse")
 
 
 def make_schedule(name: str, learning_rate: float, num_steps: int = 0) -> optax.Schedule | float:
     """Returns the learning rate (a float) or an optax schedule of the step.
 
     Args:
-      name: "constant", or "cosine" (from ``learning_rate`` down to 0 at ``num_steps``).
+      name: "constant", "cosine" (from ``learning_rate`` down to 0 at ``num_steps``) or "inverse"
+        (Caffe's "inv" policy as JULE uses it: ``learning_rate * (1 + 1e-4 t) ** -0.75``).
       learning_rate: the peak step size.
       num_steps: the length of the phase the schedule runs over (cosine only).
     """
@@ -25,6 +26,8 @@ def make_schedule(name: str, learning_rate: float, num_steps: int = 0) -> optax.
             raise ConfigError("a cosine learning-rate schedule needs a phase with a known, "
                               "positive number of steps")
         return optax.cosine_decay_schedule(learning_rate, num_steps)
+    if name == "inverse":
+        return lambda step: learning_rate * (1.0 + 1e-4 * step) ** -0.75
     raise ConfigError(f"unknown lr_schedule {name!r}; known: {', '.join(SCHEDULES)}")
 
 

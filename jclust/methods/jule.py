@@ -1,0 +1,217 @@
+"""JULE (Yang, Parikh, Batra, CVPR 2016): agglomerative clustering unrolled as a recurrent process,
+jointly with a CNN.
+
+Model: backbone -> Dense(``jule.embed_dim``) -> L2 normalisation (the reference: conv layers,
+then Linear -> 160 -> L2-norm).
+
+State (``JuleState``, checkpointed): the current cluster of every example (compact labels
+0..C-1), the cluster count C, the period, and the evaluation centroids.
+
+Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start):
+  * at the start: the initial over-clustering, the connected components of the 1-NN graph of the
+    untrained network's embeddings (``jclust.cluster.graph``);
+  * at the end of every period, on fresh embeddings: the sample affinity graph (K_s =
+    ``jule.neighbours``), GDL affinities between the current clusters, then
+    min(ceil(eta C), C - target) merges of the merge scan (K_c = ``jule.cluster_neighbours``,
+    lambda = ``jule.local_weight``); training stops once C = ``num_clusters``.
+Between them, the CNN trains on the weighted triplet loss of the current clusters
+(``jclust.methods.jule_loss``).
+
+Evaluation and the assignment rule: the final clustering pass of the reference — a fresh 1-NN
+over-clustering of the embeddings, agglomerated (eta per pass, no training) to exactly
+``num_clusters`` clusters — gives the clusters; their mean embeddings (normalised) are the
+evaluation centroids, and an example goes to the centroid of largest cosine similarity. The pass
+runs before every evaluation (``fit_evaluation``, and inside ``recluster``).
+
+Deviation from the reference: the initial over-clustering uses the untrained network's
+embeddings, not raw pixels (``recluster`` sees the embeddings only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jclust import models
+from jclust.cluster import graph as jgraph
+from jclust.config_lib import ConfigError, check_ranges
+from jclust.data import augment
+from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.jule_loss import triplet_loss
+from jclust.models.neck import l2_normalize
+from jclust.optim import make_schedule
+
+ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
+                   "centroids: the mean embeddings of the clusters of JULE's final agglomerative "
+                   "pass (1-NN over-clustering agglomerated to num_clusters) at the latest "
+                   "evaluation; confidence = that cosine similarity")
+
+
+class JuleState(NamedTuple):
+    """Clustering state of JULE (all of it is checkpointed).
+
+    Attributes:
+      labels: [N] int32 current cluster of every example, 0..C-1 (-1 before the first period).
+      num_clusters: [] int32, C.
+      period: [] int32, periods of merges done.
+      eval_centroids: [num_clusters, E] float32 unit rows.
+    """
+    labels: jax.Array
+    num_clusters: jax.Array
+    period: jax.Array
+    eval_centroids: jax.Array
+
+
+def agglomerate(features, labels, target: int, *, neighbours: int, eta: float,
+                cluster_neighbours: int, local_weight: float, cache_size: int,
+                max_merges: int | None = None) -> tuple[np.ndarray, dict]:
+    """Merges of JULE's merge scan on ``features`` starting from ``labels``.
+
+    Args:
+      features: [N, D] embeddings (L2-normalised inside the affinity graph).
+      labels: [N] int, the current clusters 0..C-1, or None for the 1-NN over-clustering.
+      target: the number of clusters to stop at.
+      neighbours, cluster_neighbours, local_weight, cache_size: K_s, K_c, lambda, merge cache.
+      eta: fraction of the clusters merged per pass.
+      max_merges: None agglomerates (pass after pass) down to ``target``; an int does one pass
+        of at most that many merges.
+
+    Returns:
+      (labels [N] int32 compact, info of python scalars).
+    """
+    graph = jgraph.affinity_graph(features, neighbours)
+    if labels is None:
+        labels = jgraph.nearest_neighbour_clusters(graph.indices[:, 0])
+    labels = np.asarray(labels, np.int32)
+    c = int(labels.max()) + 1
+    info = {"clusters_before": c, "sigma2": float(graph.sigma2)}
+    if c <= target:
+        return labels, {**info, "merges": 0}
+    a_us, _ = jgraph.gdl_affinity(graph, labels, c, symmetric=False)
+    state = jgraph.merge_state(a_us, np.bincount(labels, minlength=c))
+    del a_us
+    active, merges = c, 0
+    while active > target:
+        count = min(math.ceil(eta * active), active - target)
+        if max_merges is not None:
+            count = min(count, max_merges)
+        state, _ = jgraph.merge_clusters(state, count, num_neighbours=cluster_neighbours,
+                                         local_weight=local_weight, cache_size=cache_size)
+        active, merges = active - count, merges + count
+        if max_merges is not None:
+            break
+    labels = np.asarray(jgraph.resolve_labels(state.parent, labels))
+    return labels, {**info, "merges": merges}
+
+
+def make(config, data_spec: DataSpec) -> Method:
+    """Builds JULE for ``config`` (sections ``model``, ``optim``, ``jule``)."""
+    jc = config.jule
+    n = data_spec.num_examples
+    target = config.num_clusters
+    steps_per_epoch = n // config.batch_size
+    period_steps = jc.epochs_per_period * steps_per_epoch
+    num_steps = config.optim.max_epochs * steps_per_epoch
+    check_ranges(config, {"num_clusters": 2 <= target <= n,
+                         "jule.neighbours": 1 <= jc.neighbours < n,
+                         "jule.cluster_neighbours": jc.cluster_neighbours >= 1,
+                         "jule.eta": 0 < jc.eta <= 1,
+                         "jule.epochs_per_period": jc.epochs_per_period >= 1,
+                         "jule.embed_dim": jc.embed_dim >= 1,
+                         "jule.margin": jc.margin >= 0,
+                         "jule.gamma": jc.gamma > 0,
+                         "jule.num_negatives": jc.num_negatives >= 1,
+                         "jule.merge_cache": jc.merge_cache >= jc.cluster_neighbours,
+                         "optim.max_epochs": config.optim.max_epochs >= jc.epochs_per_period,
+                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
+    if not data_spec.is_image:
+        raise ConfigError("JULE trains a CNN on images; the data are feature vectors")
+    if config.model.name not in ("small_cnn", "resnet18"):
+        raise ConfigError(f"config.model.name={config.model.name!r}: JULE needs 'small_cnn' or "
+                          "'resnet18'")
+    backbone = models.make_backbone(config.model)
+    head = nn.Dense(jc.embed_dim, kernel_init=nn.initializers.normal(0.01))
+    height, width = data_spec.input_shape[:2]
+    merge_kwargs = dict(neighbours=jc.neighbours, eta=jc.eta,
+                        cluster_neighbours=jc.cluster_neighbours, local_weight=jc.local_weight,
+                        cache_size=jc.merge_cache)
+
+    def init(rng, x):
+        k_backbone, k_head = jax.random.split(rng)
+        backbone_params, backbone_state = backbone.init(k_backbone, x)
+        params = {"backbone": backbone_params,
+                  "head": head.init(k_head, jnp.zeros((1, backbone.feature_dim)))["params"]}
+        state = JuleState(labels=jnp.full((n,), -1, jnp.int32),
+                          num_clusters=jnp.zeros((), jnp.int32), period=jnp.zeros((), jnp.int32),
+                          eval_centroids=jnp.zeros((target, jc.embed_dim), jnp.float32))
+        return params, {"backbone": backbone_state}, state
+
+    def embed_with_state(params, model_state, x, train):
+        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
+        return l2_normalize(head.apply({"params": params["head"]}, h)), {"backbone": backbone_state}
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        k_view, k_neg = jax.random.split(rng)
+        x = batch["x"]
+        if jc.augment:
+            x = augment.augment_view(x, k_view, out_size=(height, width),
+                                     scale=tuple(jc.crop_scale), flip=jc.flip,
+                                     color=data_spec.input_shape[-1] == 3)
+        z, model_state = embed_with_state(params, model_state, x, True)
+        loss, count = triplet_loss(z, cluster.labels[batch["index"]], k_neg,
+                                   num_negatives=jc.num_negatives, gamma=jc.gamma,
+                                   margin=jc.margin)
+        return loss, (model_state, {"triplets": count.astype(jnp.float32)})
+
+    def embed(params, model_state, x):
+        return embed_with_state(params, model_state, x, False)[0]
+
+    def assign(params, cluster, feats):
+        sims = l2_normalize(feats) @ cluster.eval_centroids.T
+        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+    def final_centroids(feats):
+        labels, _ = agglomerate(feats, None, target, **merge_kwargs)
+        sums = np.zeros((target, feats.shape[1]), np.float64)
+        np.add.at(sums, labels, np.asarray(feats, np.float64))
+        return l2_normalize(jnp.asarray(sums, jnp.float32))
+
+    def recluster(params, cluster, feats, *, phase, first, key):
+        del phase, key
+        feats = np.asarray(feats)
+        current = np.asarray(cluster.labels)
+        if current.min() < 0:  # the start: the initial over-clustering
+            labels, info = agglomerate(feats, None, n, **merge_kwargs)
+            period = 0
+        else:
+            labels, info = agglomerate(feats, current, target, max_merges=n, **merge_kwargs)
+            period = int(cluster.period) + 1
+        count = int(labels.max()) + 1
+        info.update(clusters=count, period=period)
+        cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
+                            num_clusters=jnp.asarray(count, jnp.int32),
+                            period=jnp.asarray(period, jnp.int32),
+                            eval_centroids=final_centroids(feats))
+        return params, cluster, info
+
+    def fit_evaluation(params, cluster, feats, *, key):
+        del params, key
+        return cluster._replace(eval_centroids=final_centroids(np.asarray(feats)))
+
+    schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
+    tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                     optax.sgd(schedule, momentum=config.optim.momentum or None))
+    phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
+                    recluster_every=period_steps, recluster_at_start=True),)
+    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                  done=lambda cluster: 0 < int(cluster.num_clusters) <= target,
+                  assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
+                  fit_evaluation=fit_evaluation,
+                  example_axes=JuleState(labels=0, num_clusters=None, period=None,
+                                         eval_centroids=None))
