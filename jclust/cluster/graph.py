@@ -276,6 +276,18 @@ def merge_scores(affinity: jax.Array, *, num_neighbours: int, local_weight: floa
     return scores, idx[:, 0].astype(jnp.int32)
 
 
+def _apply_merge(state: MergeState, keep, gone) -> MergeState:
+    """Slot ``gone`` merged into ``keep`` with the fast update (JULE's appendix): the rows and
+    columns of the unnormalised affinities add; ``gone`` becomes inactive."""
+    a_us = state.affinity_us
+    a_us = a_us.at[:, keep].add(a_us[:, gone])
+    a_us = a_us.at[keep, :].add(a_us[gone, :])
+    a_us = a_us.at[gone, :].set(0.0).at[:, gone].set(0.0)
+    sizes = state.sizes.at[keep].add(state.sizes[gone]).at[gone].set(0.0)
+    return MergeState(a_us, sizes, state.active.at[gone].set(False),
+                      state.parent.at[gone].set(keep))
+
+
 @functools.partial(jax.jit, static_argnames=("num_merges", "num_neighbours"))
 def _merge_scan(state, local_weight, *, num_merges, num_neighbours):
     def one_merge(state, _):
@@ -285,15 +297,7 @@ def _merge_scan(state, local_weight, *, num_merges, num_neighbours):
         i = jnp.argmax(scores).astype(jnp.int32)
         j = best[i]
         keep, gone = jnp.minimum(i, j), jnp.maximum(i, j)
-        a_us = state.affinity_us
-        # The fast update (JULE's appendix): rows and columns of the unnormalised affinities add.
-        a_us = a_us.at[:, keep].add(a_us[:, gone])
-        a_us = a_us.at[keep, :].add(a_us[gone, :])
-        a_us = a_us.at[gone, :].set(0.0).at[:, gone].set(0.0)
-        sizes = state.sizes.at[keep].add(state.sizes[gone]).at[gone].set(0.0)
-        active = state.active.at[gone].set(False)
-        parent = state.parent.at[gone].set(keep)
-        return MergeState(a_us, sizes, active, parent), jnp.stack([keep, gone])
+        return _apply_merge(state, keep, gone), jnp.stack([keep, gone])
 
     return jax.lax.scan(one_merge, state, None, length=num_merges)
 
@@ -355,13 +359,7 @@ def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth
         i = jnp.argmax(scores).astype(jnp.int32)
         j = best[i]
         keep, gone = jnp.minimum(i, j), jnp.maximum(i, j)
-        a_us = state.affinity_us
-        a_us = a_us.at[:, keep].add(a_us[:, gone])
-        a_us = a_us.at[keep, :].add(a_us[gone, :])
-        a_us = a_us.at[gone, :].set(0.0).at[:, gone].set(0.0)
-        sizes = state.sizes.at[keep].add(state.sizes[gone]).at[gone].set(0.0)
-        state = MergeState(a_us, sizes, state.active.at[gone].set(False),
-                           state.parent.at[gone].set(keep))
+        state = _apply_merge(state, keep, gone)
         # Every other row: drop keep and gone from its cache, then offer keep's new affinity.
         column = _affinity_rows(state, keep[None])[0]  # A(keep, i) = A(i, keep)
         stale = (idx == keep) | (idx == gone)

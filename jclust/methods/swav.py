@@ -283,14 +283,14 @@ def make(config, data_spec: DataSpec) -> Method:
         return cluster
 
     schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
-    trainable = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                            optax.sgd(schedule, momentum=config.optim.momentum or None))
+    def sgd():
+        return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                           optax.sgd(schedule, momentum=config.optim.momentum or None))
+
+    trainable = sgd()
     # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
     # where their gradients are set to None.
-    prototypes_tx = optax.conditionally_mask(
-        optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                    optax.sgd(schedule, momentum=config.optim.momentum or None)),
-        lambda count: count >= sw.freeze_prototypes_steps)
+    prototypes_tx = optax.conditionally_mask(sgd(), lambda count: count >= sw.freeze_prototypes_steps)
     tx = optax.multi_transform(
         {"train": trainable, "prototypes": prototypes_tx},
         lambda params: {part: jax.tree.map(lambda _: "prototypes" if part == "prototypes" else "train",
