@@ -14,6 +14,7 @@ different model or device topology), nothing is moved and the error says why.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -21,6 +22,8 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -75,6 +78,9 @@ class Checkpointer:
         """Writes ``state`` and ``meta`` as checkpoint ``step`` (replacing one of the same step)."""
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
+        # Orbax refuses zero-size arrays (e.g. SwAV without a queue): they hold nothing, so a
+        # one-element stand-in is written and the empty array is rebuilt from the target.
+        state = jax.tree.map(lambda x: np.zeros((1,), x.dtype) if _is_empty(x) else x, state)
         saved = self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
@@ -95,7 +101,8 @@ class Checkpointer:
         Raises:
           CheckpointError when checkpoints exist but none of them can be restored.
         """
-        abstract = jax.tree.map(_abstract, target)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((1,), x.dtype) if _is_empty(x) else _abstract(x), target)
         failed = []
         for step in reversed(self.steps()):
             manager = self._new_manager()
@@ -119,7 +126,8 @@ class Checkpointer:
                     self._warn(f"WARNING: moved corrupt checkpoint step {bad_step} to {moved}")
             self._manager.close()
             self._manager = self._new_manager()
-            return restored["state"], dict(restored["meta"])
+            state = jax.tree.map(_refill_empty, restored["state"], target)
+            return state, dict(restored["meta"])
         if failed:
             step, err = failed[0]
             raise CheckpointError(
@@ -141,6 +149,19 @@ class Checkpointer:
     def close(self) -> None:
         """Releases the orbax manager."""
         self._manager.close()
+
+
+def _is_empty(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and math.prod(x.shape) == 0
+
+
+def _refill_empty(restored, target):
+    """The target's zero-size array in place of its saved stand-in (other leaves unchanged)."""
+    if not _is_empty(target):
+        return restored
+    sharding = getattr(target, "sharding", None)
+    empty = np.zeros(target.shape, target.dtype)
+    return jax.device_put(empty, sharding) if sharding is not None else jnp.asarray(empty)
 
 
 def _abstract(x):

@@ -17,7 +17,8 @@ import ml_collections
 
 # Methods the trainer knows, mapped to the module in ``jclust.methods`` implementing them.
 METHODS = {"dec": "dec", "idec": "dec", "deepcluster": "deepcluster",
-           "deepclusterv2": "deepclusterv2", "odc": "odc", "swav": "swav", "jule": "jule"}
+           "deepclusterv2": "deepclusterv2", "odc": "odc", "swav": "swav", "jule": "jule",
+           "nmm": "nmm"}
 
 
 class ConfigError(ValueError):

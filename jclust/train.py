@@ -158,6 +158,28 @@ class BatchSchedule:
         return self._cache[1][offset * self.batch_size:(offset + 1) * self.batch_size]
 
 
+def draw_neighbours(table: np.ndarray, indices: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """One neighbour per example, uniform over its valid (>= 0) entries; itself if it has none.
+
+    Args:
+      table: [N, M] int, each example's neighbours, -1 where none.
+      indices: [B] example indices of the batch.
+      seed, step: seed the draw, so a resumed run draws what the uninterrupted one did.
+
+    Returns:
+      [B] int32 example indices.
+    """
+    rows = table[indices]
+    valid = rows >= 0
+    counts = valid.sum(axis=1)
+    u = np.random.default_rng([seed, step, 0x4E4E]).random(len(indices))
+    pick = np.minimum((u * np.maximum(counts, 1)).astype(np.int64), np.maximum(counts - 1, 0))
+    # The pick-th valid entry of each row: valid entries keep their order after a stable sort.
+    order = np.argsort(~valid, axis=1, kind="stable")
+    chosen = rows[np.arange(len(indices)), order[np.arange(len(indices)), pick]]
+    return np.where(counts > 0, chosen, indices).astype(np.int32)
+
+
 # --------------------------------------------------------------------------------------------
 # Devices
 
@@ -689,11 +711,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                if "pseudo_purity" in record else ""))
         return record
 
+    # Read from the state from the start (all -1 before any mining: each example its own
+    # neighbour), so that every batch has the same structure and the step compiles once.
+    neighbour_table = (None if method.neighbours is None
+                       else np.asarray(jax.device_get(method.neighbours(state.cluster))))
+
     def use_method_order(state, set_at):
-        """Reads the method's example order, set by the recluster at step ``set_at``."""
+        """Reads the method's example order and neighbours, set by the recluster at ``set_at``."""
+        nonlocal neighbour_table
         if method.example_order is not None:
             schedule.set_order(np.asarray(jax.device_get(method.example_order(state.cluster))),
                                epoch=schedule.position(set_at)[0])
+        if method.neighbours is not None:
+            neighbour_table = np.asarray(jax.device_get(method.neighbours(state.cluster)))
 
     def recluster_and_eval(state, step, force_eval, allow_recluster=True):
         """Runs the recluster and/or evaluation due at ``step``; returns (state, record|None)."""
@@ -709,9 +739,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         extra = {}
         if due:
             key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED)
+            more = {"inputs": dataset.inputs} if method.recluster_inputs else {}
             params, cluster, extra = method.recluster(
                 state.params, state.cluster, features, phase=phase_at(bounds, step), first=first,
-                key=key)
+                key=key, **more)
             state = runner.place(state.replace(params=params, cluster=cluster))
             use_method_order(state, step)
             if "warning" in extra:
@@ -751,7 +782,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         while step < total_steps and not done:
             phase_index = phase_at(bounds, step)
             idx = schedule.indices(step)
-            batch = runner.put_batch({"x": dataset.inputs[idx], "index": idx.astype(np.int32)})
+            batch = {"x": dataset.inputs[idx], "index": idx.astype(np.int32)}
+            if neighbour_table is not None:
+                nbr = draw_neighbours(neighbour_table, idx, config.seed, step)
+                batch.update(neighbour_x=dataset.inputs[nbr], neighbour_index=nbr)
+            batch = runner.put_batch(batch)
             state, metrics = runner.train_steps[phase_index](state, batch)
             pending.append((step, metrics))
             step += 1

@@ -1,5 +1,10 @@
-"""Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, nearest-neighbour graphs."""
+"""Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
+nearest-neighbour graphs."""
 
+from jclust.cluster.em import EMOutput
+from jclust.cluster.em import expected_complete_log_likelihood
+from jclust.cluster.em import responsibilities
+from jclust.cluster.em import sigmoid_log_densities
 from jclust.cluster.graph import AffinityGraph
 from jclust.cluster.graph import KNNOutput
 from jclust.cluster.graph import affinity_graph
@@ -19,6 +24,10 @@ from jclust.cluster.sinkhorn import sinkhorn_knopp
 
 __all__ = [
     "AffinityGraph",
+    "EMOutput",
+    "expected_complete_log_likelihood",
+    "responsibilities",
+    "sigmoid_log_densities",
     "KNNOutput",
     "affinity_graph",
     "knn",

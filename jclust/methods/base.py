@@ -106,6 +106,14 @@ class Method(NamedTuple):
       step_warning: ``(means) -> str | None``, or None: called at every log line with the means
         of the step metrics since the previous one; a returned text is printed as a warning (the
         first one only, once a run), e.g. SwAV's collapse detection.
+      neighbours: ``(cluster) -> int [N, M]``, or None: each example's M mined neighbours (-1
+        where none). When set, every train batch also carries ``"neighbour_x"`` [B, ...] and
+        ``"neighbour_index"`` [B]: for each example one of its neighbours drawn uniformly (a
+        generator seeded by (seed, step), so a resumed run draws the same), or the example
+        itself when its row holds none. Like ``example_order`` it lives in the clustering state
+        and may change only at recluster steps.
+      recluster_inputs: pass the raw inputs [N, ...] (host numpy) to ``recluster`` as the keyword
+        ``inputs`` (e.g. to mine neighbours in pixel space).
     """
     init: Callable
     phases: tuple
@@ -119,3 +127,5 @@ class Method(NamedTuple):
     fit_evaluation: Callable | None = None
     example_axes: Any = None
     step_warning: Callable | None = None
+    neighbours: Callable | None = None
+    recluster_inputs: bool = False

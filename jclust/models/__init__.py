@@ -6,7 +6,7 @@ from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_i
 from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_filter
 from jclust.models.cnn import SmallCNN, max_pool_2x2
 from jclust.models.conv import Conv3x3, conv3x3, im2col3x3, resolve_impl
-from jclust.models.neck import NonLinearNeck, ProjectionHead, l2_normalize
+from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead, l2_normalize
 
 _MODELS = {
     "mlp_autoencoder": MLPAutoencoder,
@@ -40,6 +40,7 @@ __all__ = [
     "sobel_filter",
     "Conv3x3",
     "MLPAutoencoder",
+    "MixtureHead",
     "NonLinearNeck",
     "SmallCNN",
     "conv3x3",

@@ -60,3 +60,35 @@ class ProjectionHead(nn.Module):
             h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
         z = nn.Dense(self.out)(nn.relu(h))
         return l2_normalize(z)
+
+
+class MixtureHead(nn.Module):
+    """The neural mixture model's final layer: Dense(K) outputs o_k normalised per neuron.
+
+    ``normalize="batch"``: each of the K outputs is standardised over the batch (BatchNorm without
+    scale or shift; running statistics in evaluation), so that every neuron's outputs have mean 0
+    and variance 1 over the data: no neuron can be high for every sample, and sigmoid(o~_k) / Z
+    then gives K densities with a common integral (METHODS.md §6). ``"none"`` leaves o_k as they
+    are (the degenerate baseline: one neuron can take every sample).
+
+    Attributes:
+      num_components: K.
+      hidden: width of a Dense-ReLU layer before the output (0: none).
+      normalize: "batch" or "none".
+    """
+    num_components: int
+    hidden: int = 0
+    normalize: str = "batch"
+
+    @nn.compact
+    def __call__(self, h: Array, train: bool = False) -> Array:
+        """[B, D] -> normalised outputs o~ [B, K]. Pass ``mutable=["batch_stats"]`` when training."""
+        if self.hidden:
+            h = nn.relu(nn.Dense(self.hidden)(h))
+        o = nn.Dense(self.num_components)(h)
+        if self.normalize == "batch":
+            o = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_scale=False,
+                             use_bias=False)(o)
+        elif self.normalize != "none":
+            raise ValueError(f"normalize={self.normalize!r}: use 'batch' or 'none'")
+        return o
