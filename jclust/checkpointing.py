@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class _ReadOnlyNotices(logging.Filter):
@@ -119,11 +120,13 @@ class Checkpointer:
             # An older step restored with the same target, so the newer ones are damaged, not
             # mismatched: move them aside (never delete) so that new saves do not mix with them.
             for bad_step, _ in failed:
-                if self.read_only:
-                    continue
+                if self.read_only or jax.process_index() != 0:
+                    continue  # in a multi-host run process 0 moves them
                 moved = self._move_aside(bad_step)
                 if moved:
                     self._warn(f"WARNING: moved corrupt checkpoint step {bad_step} to {moved}")
+            if failed and jax.process_count() > 1:
+                multihost_utils.sync_global_devices("jclust:checkpoints_moved_aside")
             self._manager.close()
             self._manager = self._new_manager()
             state = jax.tree.map(_refill_empty, restored["state"], target)

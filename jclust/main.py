@@ -1,5 +1,10 @@
 """Command line: ``python -m jclust.main --config=configs/dec.py[:arg] --workdir=DIR [--config.k=v]``.
 
+Multi-host: run the same command in every process, adding ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` (or ``--distributed`` where JAX detects the cluster itself:
+Cloud TPU pods, SLURM, Open MPI, Kubernetes). All processes need the same workdir path on a
+shared file system (checkpoints are written by all of them, everything else by process 0).
+
 Flags only; the program is ``jclust.train.train_and_evaluate``, which notebooks and tests call
 directly. Config overrides are checked before absl parses them, so an unknown key or a value of the
 wrong type ends the program with one line naming the key, before anything is written.
@@ -16,7 +21,28 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file[:a
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; "
                                "re-running with the same workdir resumes.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Start JAX's distributed runtime with "
+                                 "the cluster detected from the environment (TPU pod, SLURM...).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0; with "
+                                   "--num_processes and --process_id, runs as one of N processes.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _start_distributed() -> None:
+    """Starts JAX's distributed runtime if the flags ask for it (before any JAX computation)."""
+    given = [f for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+    if not given and not _DISTRIBUTED.value:
+        return
+    if given and len(given) != 3:
+        raise config_lib.ConfigError("--coordinator_address, --num_processes and --process_id go "
+                                     "together (or use --distributed to detect the cluster)")
+    if given and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+        raise config_lib.ConfigError(f"--process_id={_PROCESS_ID.value} is not in "
+                                     f"0..{_NUM_PROCESSES.value - 1}")
+    from jclust import distributed  # noqa: E402
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
 def _main(argv):
@@ -26,6 +52,7 @@ def _main(argv):
         logging.set_verbosity(logging.WARNING)
     from jclust import checkpointing, data, train  # noqa: E402 (after flag parsing: faster --help)
     try:
+        _start_distributed()
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError,
             train.NonFiniteLossError, FileNotFoundError) as err:

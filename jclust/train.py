@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
+from jclust import distributed
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
 from jclust import writers
@@ -185,8 +186,9 @@ def draw_neighbours(table: np.ndarray, indices: np.ndarray, seed: int, step: int
 
 
 def make_mesh() -> Mesh:
-    """A 1-D ``data`` mesh over all devices (Auto axis type: see ENVIRONMENT.md §d)."""
-    return Mesh(np.array(jax.devices()), ("data",))
+    """A 1-D ``data`` mesh over all devices of all processes (Auto axis type: ENVIRONMENT.md §d),
+    each process's devices contiguous."""
+    return Mesh(distributed.mesh_devices(), ("data",))
 
 
 def state_sharding(method: jmethods.Method, mesh: Mesh, num_examples: int) -> TrainState:
@@ -304,36 +306,53 @@ class Runner:
                                out_shardings=(self.batch_sharding, self.batch_sharding))
 
     def place(self, state: TrainState) -> TrainState:
-        """Puts a state (host or device arrays) on the mesh with :attr:`state_sharding`."""
+        """Puts a state (host or device arrays) on the mesh with :attr:`state_sharding`.
+
+        With several processes every process must pass the same values; arrays on this process's
+        devices only are copied to the host first (the mesh spans other processes' devices).
+        """
+        if distributed.multiprocess():
+            state = jax.tree.map(
+                lambda x: np.asarray(x) if not isinstance(x, jax.Array) or x.is_fully_addressable
+                else x, state)
         return jax.device_put(state, self.state_sharding)
 
-    def put_batch(self, batch: dict) -> dict:
-        """Places a host batch on the mesh, split along the batch axis."""
-        return jax.device_put(batch, self.batch_sharding)
+    def batch_rows(self, batch_size: int) -> tuple[int, int]:
+        """(start, stop): the rows of a global batch of ``batch_size`` this process supplies."""
+        return distributed.local_rows(self.batch_sharding, batch_size)
+
+    def put_batch(self, batch: dict, batch_size: int) -> dict:
+        """Assembles the global batch of ``batch_size`` on the mesh, split along the batch axis,
+        from this process's rows ``batch_rows(batch_size)`` (host arrays)."""
+        return distributed.global_batch(batch, self.batch_sharding, batch_size)
 
     def _padded_batches(self, array: np.ndarray):
         n, size = array.shape[0], self.eval_batch_size
+        lo, hi = self.batch_rows(size)
         for start in range(0, n, size):
-            chunk = array[start:start + size]
-            if chunk.shape[0] < size:  # pad the last batch so that one compiled shape serves all
-                pad = np.zeros((size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
+            # Only this process's rows are read; the last batch is padded so that one compiled
+            # shape serves all.
+            chunk = array[start + lo:min(start + hi, n)]
+            if chunk.shape[0] < hi - lo:
+                pad = np.zeros((hi - lo - chunk.shape[0],) + array.shape[1:], array.dtype)
                 chunk = np.concatenate([chunk, pad])
-            yield start, min(start + size, n), jax.device_put(chunk, self.batch_sharding)
+            yield start, min(start + size, n), self.put_batch(chunk, size)
 
     def features(self, state: TrainState, inputs: np.ndarray) -> np.ndarray:
-        """Embeds every example in index order. inputs: [N, ...] -> [N, D] float32 (host)."""
+        """Embeds every example in index order. inputs: [N, ...] -> [N, D] float32 (host, whole
+        on every process)."""
         out = []
         for start, stop, x in self._padded_batches(inputs):
-            out.append(np.asarray(self._embed(state.params, state.model_state, x))[:stop - start])
+            out.append(distributed.fetch(self._embed(state.params, state.model_state, x))[:stop - start])
         return np.concatenate(out)
 
     def assign(self, state: TrainState, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Applies the method's assignment rule. features: [N, D] -> labels [N], confidence [N]."""
         labels, confidence = [], []
         for start, stop, f in self._padded_batches(features):
-            lab, conf = self._assign(state.params, state.cluster, f)
-            labels.append(np.asarray(lab)[:stop - start])
-            confidence.append(np.asarray(conf)[:stop - start])
+            lab, conf = distributed.fetch(self._assign(state.params, state.cluster, f))
+            labels.append(lab[:stop - start])
+            confidence.append(conf[:stop - start])
         return np.concatenate(labels), np.concatenate(confidence)
 
 
@@ -574,8 +593,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     """
     out = stdout or sys.stdout
 
+    primary = distributed.is_primary()  # only process 0 prints and writes files (not checkpoints)
+
     def say(text):
-        print(text, file=out, flush=True)
+        if primary:
+            print(text, file=out, flush=True)
 
     config_lib.validate(config)
     dataset = load_dataset(config, cache_dir=workdir)
@@ -596,6 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
+    distributed.barrier("jclust:workdir")
     run_info = json.loads(json.dumps({"config": config.to_dict(), "data_spec": spec._asdict(),
                                       "version": VERSION, "source": dataset.source}, default=list))
     info_path = os.path.join(workdir, "run.json")
@@ -616,9 +639,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 f"{', '.join(changed)}; use a new workdir for a different model or data") from err
         raise
     # run.json describes what the checkpoints hold: write it only once they are known to match.
-    with open(info_path, "w") as f:
-        json.dump(run_info, f, indent=1)
-    if config.data.encoder_workdir and not os.path.exists(encoded_path):
+    if primary:
+        with open(info_path, "w") as f:
+            json.dump(run_info, f, indent=1)
+    if primary and config.data.encoder_workdir and not os.path.exists(encoded_path):
         # Freeze the encoder's features with the run, so that a resume trains on the same ones.
         np.save(encoded_path, dataset.inputs)
     last_saved = -1
@@ -629,7 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if changed:
             say(f"note: config keys changed since this workdir was started: {', '.join(changed)}")
     # Records newer than the restored state came from a run killed before its next checkpoint.
-    writer = writers.RunWriter(workdir, last_saved, tensorboard=config.tensorboard)
+    writer = writers.RunWriter(workdir, last_saved, tensorboard=config.tensorboard, write=primary)
     last_record = writer.evals[-1] if writer.evals else {}
     evals_done = 0
 
@@ -684,7 +708,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if dataset.labels is not None:
             record.update(jmetrics.evaluate(dataset.labels, labels))
         if dataset.labels is not None and method.training_labels is not None:
-            pseudo = np.asarray(jax.device_get(method.training_labels(state.cluster)))
+            pseudo = distributed.fetch(method.training_labels(state.cluster))
             if pseudo.min() >= 0:
                 record["pseudo_purity"] = float(jmetrics.purity(dataset.labels, pseudo))
                 record["pseudo_nmi"] = float(jmetrics.nmi(dataset.labels, pseudo))
@@ -696,10 +720,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         record.update(extra)
         record["time"] = time.time()
         writer.write_eval(record)
-        save_assignments(workdir, step, labels, confidence)
+        if primary:
+            save_assignments(workdir, step, labels, confidence)
         evals_done += 1
         final = step >= total_steps or method.done(state.cluster)
-        if config.pictures.every_evals and (final or evals_done % config.pictures.every_evals == 0):
+        if primary and config.pictures.every_evals and (final or evals_done % config.pictures.every_evals == 0):
             write_pictures(workdir, config, dataset, features, labels, confidence, writer)
         shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
         say(f"  eval step {step}: {shown}{', ' if shown else ''}clusters used "
@@ -714,16 +739,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     # Read from the state from the start (all -1 before any mining: each example its own
     # neighbour), so that every batch has the same structure and the step compiles once.
     neighbour_table = (None if method.neighbours is None
-                       else np.asarray(jax.device_get(method.neighbours(state.cluster))))
+                       else distributed.fetch(method.neighbours(state.cluster)))
 
     def use_method_order(state, set_at):
         """Reads the method's example order and neighbours, set by the recluster at ``set_at``."""
         nonlocal neighbour_table
         if method.example_order is not None:
-            schedule.set_order(np.asarray(jax.device_get(method.example_order(state.cluster))),
+            schedule.set_order(distributed.fetch(method.example_order(state.cluster)),
                                epoch=schedule.position(set_at)[0])
         if method.neighbours is not None:
-            neighbour_table = np.asarray(jax.device_get(method.neighbours(state.cluster)))
+            neighbour_table = distributed.fetch(method.neighbours(state.cluster))
+
+    def host_side(params, cluster):
+        """The inputs of a host-driven clustering step: as they are with one process; with
+        several, whole host copies on every process (per-example leaves span all processes)."""
+        if not distributed.multiprocess():
+            return params, cluster
+        return distributed.fetch((params, cluster))
+
+    def agreed(params, cluster):
+        """Process 0's result of a host-driven clustering step, on every process, so that
+        replicated state cannot drift apart between processes (identity with one process)."""
+        if not distributed.multiprocess():
+            return params, cluster
+        return distributed.same_on_all(distributed.fetch((params, cluster)))
 
     def recluster_and_eval(state, step, force_eval, allow_recluster=True):
         """Runs the recluster and/or evaluation due at ``step``; returns (state, record|None)."""
@@ -740,16 +779,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if due:
             key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED)
             more = {"inputs": dataset.inputs} if method.recluster_inputs else {}
+            params, cluster = host_side(state.params, state.cluster)
             params, cluster, extra = method.recluster(
-                state.params, state.cluster, features, phase=phase_at(bounds, step), first=first,
+                params, cluster, features, phase=phase_at(bounds, step), first=first,
                 key=key, **more)
+            params, cluster = agreed(params, cluster)
             state = runner.place(state.replace(params=params, cluster=cluster))
             use_method_order(state, step)
             if "warning" in extra:
                 say(f"warning at step {step}: {extra['warning']}")
         elif eval_due and method.fit_evaluation is not None:
             key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
-            cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
+            params, cluster = host_side(state.params, state.cluster)
+            cluster = method.fit_evaluation(params, cluster, features, key=key)
+            _, cluster = agreed(None, cluster)
             state = runner.place(state.replace(cluster=cluster))
         return state, evaluate(state, step, features, extra) if eval_due else None
 
@@ -775,6 +818,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         state, record = recluster_and_eval(state, step, force_eval=False)
         last_record = record or last_record
 
+    rows = runner.batch_rows(config.batch_size)
     t_log, step_log = time.time(), step
     t_start, step_start = t_log, step
     done = method.done(state.cluster)
@@ -782,11 +826,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         while step < total_steps and not done:
             phase_index = phase_at(bounds, step)
             idx = schedule.indices(step)
-            batch = {"x": dataset.inputs[idx], "index": idx.astype(np.int32)}
+            mine = idx[rows[0]:rows[1]]  # the rows of the batch this process supplies
+            batch = {"x": dataset.inputs[mine], "index": mine.astype(np.int32)}
             if neighbour_table is not None:
-                nbr = draw_neighbours(neighbour_table, idx, config.seed, step)
+                nbr = draw_neighbours(neighbour_table, idx, config.seed, step)[rows[0]:rows[1]]
                 batch.update(neighbour_x=dataset.inputs[nbr], neighbour_index=nbr)
-            batch = runner.put_batch(batch)
+            batch = runner.put_batch(batch, config.batch_size)
             state, metrics = runner.train_steps[phase_index](state, batch)
             pending.append((step, metrics))
             step += 1
@@ -794,8 +839,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             phase_end = step == bounds[phase_index][1]
             if phase_end:
                 flush()
-                export_params(phase_params_path(workdir, method.phases[phase_index].name),
-                              state.params)
+                if primary:
+                    export_params(phase_params_path(workdir, method.phases[phase_index].name),
+                                  state.params)
             state, record = recluster_and_eval(state, step, force_eval=phase_end)
             if record is not None:
                 last_record = record

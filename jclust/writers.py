@@ -55,6 +55,11 @@ def _scalars(record: dict) -> dict:
             and math.isfinite(float(v))}
 
 
+def _read_until(path: str, step: int) -> list[dict]:
+    """The records of a JSON-lines file with ``step`` <= ``step`` (the file is left as it is)."""
+    return [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= step]
+
+
 class RunWriter:
     """Appends evaluation and training records to the workdir's files and TensorBoard events.
 
@@ -62,21 +67,28 @@ class RunWriter:
       workdir: the run's directory.
       resume_step: the restored step (-1 for a fresh run); later records are dropped first.
       tensorboard: also write TensorBoard events.
+      write: False on the processes of a multi-host run other than process 0: they read the
+        records so far and keep new ones in memory, and never touch the files.
     """
 
-    def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True):
+    def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True,
+                 write: bool = True):
         self.metrics_path = os.path.join(workdir, METRICS)
         self.train_log_path = os.path.join(workdir, TRAIN_LOG)
-        self.evals = truncate_jsonl(self.metrics_path, resume_step)
-        self.train_records = truncate_jsonl(self.train_log_path, resume_step)
+        self.write = write
+        read = truncate_jsonl if write else _read_until
+        self.evals = read(self.metrics_path, resume_step)
+        self.train_records = read(self.train_log_path, resume_step)
         self._tb = None
-        if tensorboard:
+        if tensorboard and write:
             from tensorboardX import SummaryWriter
             # purge_step hides older events of the steps this run will (re)do.
             self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD),
                                      purge_step=resume_step + 1, flush_secs=30)
 
     def _append(self, path: str, record: dict) -> None:
+        if not self.write:
+            return
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

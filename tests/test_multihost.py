@@ -1,0 +1,117 @@
+"""Multi-host JAX with real processes: `python -m jclust.main` as 2 cooperating processes on
+localhost (JAX's distributed runtime, CPU collectives over gloo, 2 simulated devices each) ends
+where a 1-process run on the same 4-device mesh ends, and a 2-process run killed after a
+checkpoint resumes bit-exactly, with its sharded clustering state."""
+
+import os
+import shutil
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+
+from jclust import writers
+from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run_on_devices
+from tests.test_odc import TINY_ODC
+
+ODC_CLI = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
+           for k, v in TINY_ODC.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(overrides, workdir, config_file, num_processes=2, devices_each=2):
+    """Runs the CLI as ``num_processes`` processes of one distributed run; returns their stdouts."""
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+    procs = [subprocess.Popen(
+        cli_args(overrides, workdir, config_file=config_file)
+        + [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+           f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(num_processes)]
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            outputs.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for i, (code, out, err) in enumerate(outputs):
+        assert code == 0, f"process {i} exited with {code}:\n{err[-3000:]}"
+    return [out for _, out, _ in outputs]
+
+
+def assert_same_run(multi_dir, single_dir, rtol):
+    """Same evaluations and assignments; parameters and float state equal up to ``rtol`` (the
+    two runs sum gradients over the 4 devices in different orders)."""
+    evals_multi = writers.read_jsonl(os.path.join(multi_dir, writers.METRICS))
+    evals_single = writers.read_jsonl(os.path.join(single_dir, writers.METRICS))
+    assert [r["step"] for r in evals_multi] == [r["step"] for r in evals_single]
+    for a, b in zip(evals_multi, evals_single):
+        for key in ("acc", "nmi", "ari", "clusters_used"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (key, a["step"])
+    labels_multi = np.load(os.path.join(multi_dir, "assignments.npz"))["labels"]
+    labels_single = np.load(os.path.join(single_dir, "assignments.npz"))["labels"]
+    np.testing.assert_array_equal(labels_multi, labels_single)
+    params_multi, state_multi = final_params(multi_dir)
+    params_single, state_single = final_params(single_dir)
+    assert int(state_multi.step) == int(state_single.step)
+    for a, b in zip(params_multi, params_single):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+    return state_multi, state_single
+
+
+def check_outputs(outputs, sharded):
+    primary, secondary = outputs
+    assert "4 device(s)" in primary
+    line = next(l for l in primary.splitlines() if l.startswith("per-example clustering state"))
+    assert line.startswith("per-example clustering state sharded along data over 4 devices"), line
+    for name in sharded:
+        assert f".{name} [" in line
+    assert "final (step" in primary
+    # Only process 0 prints (gloo's own start-up lines aside).
+    assert [l for l in secondary.splitlines() if not l.startswith("[Gloo]")] == [], secondary[-500:]
+
+
+def test_dec_two_processes_equal_one_process(tmp_path):
+    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    outputs = run_processes(TINY_CLI, multi, "configs/dec.py:digits")
+    check_outputs(outputs, sharded=("target", "labels"))
+    run_on_devices(TINY_CLI, single, "configs/dec.py:digits", count=4)
+    state_multi, state_single = assert_same_run(multi, single, rtol=2e-4)
+    np.testing.assert_array_equal(np.asarray(state_multi.cluster.labels),
+                                  np.asarray(state_single.cluster.labels))
+
+
+def test_odc_two_processes_equal_one_process_and_resume(tmp_path):
+    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    outputs = run_processes(ODC_CLI, multi, "configs/odc.py:digits")
+    check_outputs(outputs, sharded=("features", "labels"))
+    run_on_devices(ODC_CLI, single, "configs/odc.py:digits", count=4)
+    state_multi, state_single = assert_same_run(multi, single, rtol=2e-4)
+    np.testing.assert_allclose(np.asarray(state_multi.cluster.features),
+                               np.asarray(state_single.cluster.features), rtol=2e-4, atol=2e-4)
+
+    # Killed right after the step-16 checkpoint: the 2 processes resume from it together and end
+    # bit-equal to their uninterrupted run, memories and labels included.
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(multi, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "24"))
+    outputs = run_processes(ODC_CLI, resumed, "configs/odc.py:digits")
+    assert "resumed from checkpoint step 16" in outputs[0]
+    params_resumed, state_resumed = final_params(resumed)
+    params_ref, _ = final_params(multi)
+    for a, b in zip(params_resumed, params_ref):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(state_resumed.cluster, state_multi.cluster):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    steps = [r["step"] for r in writers.read_jsonl(os.path.join(resumed, writers.METRICS))]
+    assert steps == sorted(set(steps))  # records after step 16 were dropped before the rerun
