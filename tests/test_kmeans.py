@@ -380,3 +380,61 @@ def test_keep_policy_leaves_an_empty_centroid_in_place():
                          init=np.array([[1.0, 0.9], [0.9, 1.0], [-1.0, -1.0]], np.float32),
                          max_iter=3, tol=0.0, empty_policy="keep")
     np.testing.assert_allclose(sph.centroids[2], np.array([-1.0, -1.0]) / np.sqrt(2), rtol=1e-6)
+
+
+# (f) the host-streamed, memory-bounded path.
+
+
+@pytest.mark.parametrize("dataset, k, chunk_size", [("blobs", 4, 7), ("blobs", 7, 64),
+                                                    ("digits", 10, 500), ("digits", 10, 1797)])
+def test_streamed_matches_sklearn_lloyd(request, dataset, k, chunk_size):
+    x = request.getfixturevalue(dataset)
+    c0 = _random_rows(x, k, 0)
+    want = _sklearn_lloyd(x, c0)
+    got = cluster.kmeans_streamed(x, k, key=jax.random.key(0), init=c0, chunk_size=chunk_size,
+                                  max_iter=300)
+    np.testing.assert_array_equal(got.labels, want.labels_)
+    np.testing.assert_allclose(float(got.inertia), want.inertia_, rtol=1e-5)
+    np.testing.assert_allclose(got.centroids, want.cluster_centers_, atol=1e-5)
+    assert int(got.n_iter) == want.n_iter_ and bool(got.converged)
+
+
+def test_streamed_max_iter_and_memmap_input(digits, tmp_path):
+    path = tmp_path / "x.f32"
+    stored = np.memmap(path, np.float32, "w+", shape=digits.shape)
+    stored[:] = digits
+    stored.flush()
+    x = np.memmap(path, np.float32, "r", shape=digits.shape)
+    c0 = _random_rows(digits, 10, 3)
+    want = _sklearn_lloyd(digits, c0, max_iter=3, tol=0.0)
+    got = cluster.kmeans_streamed(x, 10, key=jax.random.key(0), init=c0, max_iter=3, tol=0.0,
+                                  chunk_size=400)
+    np.testing.assert_array_equal(got.labels, want.labels_)
+    assert int(got.n_iter) == 3 and not bool(got.converged)
+
+
+def test_streamed_random_init_and_empty_clusters_keep_their_centroid():
+    # 3 distinct points, k = 3 from a bad init: two centroids on one point, one far away.
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [10.0, 0.0], [10.0, 0.0]], np.float32)
+    c0 = np.array([[0.0, 0.0], [0.0, 0.0], [100.0, 100.0]], np.float32)
+    got = cluster.kmeans_streamed(x, 3, key=jax.random.key(0), init=c0, chunk_size=3)
+    np.testing.assert_allclose(got.centroids[2], [100.0, 100.0])  # empty: kept in place
+    assert int(got.n_empty_repaired) >= 1
+    out = cluster.kmeans_streamed(np.repeat(x, 5, axis=0), 2, key=jax.random.key(1))
+    assert sorted(np.bincount(out.labels).tolist()) == [10, 10]
+
+
+def test_streamed_errors(blobs):
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="larger than the number of examples"):
+        cluster.kmeans_streamed(blobs, 301, key=key)
+    with pytest.raises(ValueError, match="2-D"):
+        cluster.kmeans_streamed(blobs[0], 2, key=key)
+    bad = blobs.copy()
+    bad[123, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cluster.kmeans_streamed(bad, 3, key=key, chunk_size=100)
+    with pytest.raises(ValueError, match="init"):
+        cluster.kmeans_streamed(blobs, 3, key=key, init="k-means++")
+    with pytest.raises(ValueError, match="shape"):
+        cluster.kmeans_streamed(blobs, 3, key=key, init=blobs[:2])

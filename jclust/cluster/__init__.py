@@ -13,6 +13,7 @@ from jclust.cluster.graph import nearest_neighbour_clusters
 from jclust.cluster.kmeans import KMeansOutput
 from jclust.cluster.kmeans import assign
 from jclust.cluster.kmeans import kmeans
+from jclust.cluster.kmeans import kmeans_streamed
 from jclust.cluster.kmeans import kmeans_plusplus
 from jclust.cluster.kmeans import random_init
 from jclust.cluster.pca import PCAState
@@ -37,6 +38,7 @@ __all__ = [
     "SinkhornOutput",
     "assign",
     "kmeans",
+    "kmeans_streamed",
     "kmeans_plusplus",
     "pca",
     "pca_fit",
