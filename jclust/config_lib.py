@@ -100,6 +100,9 @@ def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     model.pool_first = pool_first
     model.global_pool = False  # True: average-pool the last map (inputs of any size)
     model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
+    # "bfloat16": mixed precision (the backbone computes in bf16; parameters, features and all
+    # clustering stay float32). Worth it on GPU/TPU; XLA:CPU has no fast bf16 convolutions.
+    model.compute_dtype = "float32"
     return model
 
 
@@ -115,6 +118,7 @@ def use_cifar10(config: ml_collections.ConfigDict) -> None:
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet18"
     config.model.stage_widths = (64, 128, 256, 512)
+    config.model.compute_dtype = "float32"  # "bfloat16" for mixed precision on GPU/TPU
     config.batch_size = 256
     config.eval_batch_size = 1024
     config.log_every_steps = 100
@@ -303,6 +307,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.pictures.projection not in ("pca", "tsne"):
         raise ConfigError(f"config.pictures.projection={config.pictures.projection!r}; "
                           "use 'pca' or 'tsne'")
+    for key, valid in (("conv_impl", ("auto", "native", "im2col")),
+                       ("compute_dtype", ("float32", "bfloat16"))):
+        if key in config.model and config.model[key] not in valid:
+            raise ConfigError(f"config.model.{key}={config.model[key]!r}; use one of "
+                              f"{', '.join(valid)}")
     shape = tuple(config.data.image_shape)
     if len(shape) != 3 or min(shape) <= 0:
         raise ConfigError(f"config.data.image_shape must be (H, W, C) with positive sizes, got {shape}")

@@ -101,3 +101,41 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
                                                         jax.tree.leaves(before))]
     assert any(changed)  # BatchNorm running statistics advanced
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_bfloat16_compute_keeps_parameters_and_features_float32(name):
+    """Mixed precision: the backbone computes in bf16; parameters, BatchNorm statistics,
+    features and gradients stay float32, and the features stay close to the float32 ones."""
+    if name == "small_cnn":
+        cfg = config_lib.small_cnn_model()
+        cfg.widths, cfg.dense = (8, 16), 32
+        x = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    else:
+        cfg = _resnet_config()
+        x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    full = models.make_backbone(cfg)
+    cfg.compute_dtype = "bfloat16"
+    mixed = models.make_backbone(cfg)
+    params, state = full.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    params_mixed, state_mixed = mixed.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((params_mixed, state_mixed))):
+        assert b.dtype == jnp.float32 and a.shape == b.shape
+    ref, _ = full.apply(params, state, jnp.asarray(x), False)
+    got, new_state = mixed.apply(params, state, jnp.asarray(x), True)
+    got_eval, _ = mixed.apply(params, state, jnp.asarray(x), False)
+    assert got.dtype == jnp.float32 and got_eval.dtype == jnp.float32
+    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(new_state))
+    # bf16 keeps 8 significant bits: agreement to a few per cent of the feature scale.
+    scale = float(jnp.max(jnp.abs(ref)))
+    assert float(jnp.max(jnp.abs(got_eval - ref))) < 0.05 * scale
+    assert float(jnp.max(jnp.abs(got_eval - ref))) > 0  # it really computed in bf16
+    grads = jax.grad(lambda p: jnp.sum(mixed.apply(p, state, jnp.asarray(x), True)[0] ** 2))(params)
+    assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+               for g in jax.tree.leaves(grads))
+
+
+def test_unknown_compute_dtype_is_a_config_error():
+    config = config_lib.load_config("configs/swav.py:digits")
+    with pytest.raises(config_lib.ConfigError, match="compute_dtype='float16'"):
+        config_lib.validate(config_lib.apply_overrides(config, {"model.compute_dtype": "float16"}))

@@ -189,6 +189,9 @@ def _assign_and_sum(xs, valid, centroids, spherical):
         return (sums, counts), labels
 
     zeros = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32))
+    if xs.shape[0] == 1:  # XLA:CPU runs a one-trip loop body ~1.5x slower than the plain ops
+        (sums, counts), labels = one_chunk(zeros, (xs[0], valid[0]))
+        return labels, sums, counts
     (sums, counts), labels = jax.lax.scan(one_chunk, zeros, (xs, valid))
     return labels.reshape(-1), sums, counts
 

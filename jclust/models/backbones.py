@@ -17,6 +17,7 @@ needs to know whether the network keeps state (BatchNorm statistics) or not:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -47,16 +48,19 @@ class BasicBlock(nn.Module):
     """ResNet basic block: (conv3x3-BN-ReLU-conv3x3-BN) + shortcut, then ReLU."""
     features: int
     strides: int = 1
+    dtype: Any = None  # computation dtype; parameters and batch statistics stay float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)  # noqa: E731
-        y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False)(x)
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
+                                    dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        y = conv(self.features, (3, 3), self.strides, padding=1)(x)
         y = nn.relu(norm()(y))
-        y = nn.Conv(self.features, (3, 3), 1, padding=1, use_bias=False)(y)
+        y = conv(self.features, (3, 3), 1, padding=1)(y)
         y = norm()(y)
         if self.strides != 1 or x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
+            x = conv(self.features, (1, 1), self.strides)(x)
             x = norm()(x)
         return nn.relu(x + y)
 
@@ -69,48 +73,72 @@ class ResNet18(nn.Module):
     """
     stage_widths: Sequence[int] = (64, 128, 256, 512)
     blocks_per_stage: int = 2
+    dtype: Any = None  # computation dtype (e.g. bfloat16); parameters stay float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
-        x = nn.Conv(self.stage_widths[0], (3, 3), 1, padding=1, use_bias=False)(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
+        x = nn.Conv(self.stage_widths[0], (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype)(x))
         for stage, width in enumerate(self.stage_widths):
             for block in range(self.blocks_per_stage):
-                x = BasicBlock(width, strides=2 if stage > 0 and block == 0 else 1)(x, train)
+                x = BasicBlock(width, strides=2 if stage > 0 and block == 0 else 1,
+                               dtype=self.dtype)(x, train)
         return jnp.mean(x, axis=(1, 2))
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of ``config.model.compute_dtype`` ("float32" or "bfloat16").
+
+    With "bfloat16" the backbone's convolutions and dense layers compute in bfloat16 (mixed
+    precision: parameters, optimiser state, BatchNorm statistics and the returned features stay
+    float32, so heads, losses and every clustering primitive run in float32).
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.compute_dtype={name!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
 
 
 def make_backbone(model_config: Any) -> Backbone:
     """The backbone named by ``model_config.name`` (see the module docstring).
 
     Args:
-      model_config: the config's ``model`` section: ``name`` and, for ``small_cnn``, ``widths``,
-        ``dense``, ``conv_impl``, ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``.
+      model_config: the config's ``model`` section: ``name``, optionally ``compute_dtype``
+        (:func:`compute_dtype`) and, for ``small_cnn``, ``widths``, ``dense``, ``conv_impl``,
+        ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``.
 
     Raises:
       ValueError: an unknown name (the message lists the valid ones).
     """
     name = model_config.name
+    dtype = compute_dtype(model_config.get("compute_dtype", "float32"))
     if name == "small_cnn":
         net = SmallCNN(widths=tuple(model_config.widths), dense=model_config.dense,
                        conv_impl=model_config.conv_impl,
                        pool_first=bool(model_config.get("pool_first", False)),
-                       global_pool=bool(model_config.get("global_pool", False)))
+                       global_pool=bool(model_config.get("global_pool", False)), dtype=dtype)
 
         def init(rng, x):
             return net.init(rng, x, method=net.features)["params"], {}
 
         def apply(params, model_state, x, train):
             del train  # no dropout or batch statistics
-            return net.apply({"params": params}, x, method=net.features), model_state
+            features = net.apply({"params": params}, x, method=net.features)
+            return features.astype(jnp.float32), model_state
 
         return Backbone(init=init, apply=apply, feature_dim=model_config.dense)
 
     if name == "resnet18":
         widths = tuple(model_config.get("stage_widths", (64, 128, 256, 512)))
-        net = ResNet18(stage_widths=widths)
+        net = ResNet18(stage_widths=widths, dtype=dtype)
 
         def init(rng, x):
             variables = net.init(rng, x, train=False)
@@ -119,9 +147,9 @@ def make_backbone(model_config: Any) -> Backbone:
         def apply(params, model_state, x, train):
             variables = {"params": params, **model_state}
             if not train:
-                return net.apply(variables, x, train=False), model_state
+                return net.apply(variables, x, train=False).astype(jnp.float32), model_state
             features, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-            return features, {**model_state, **updates}
+            return features.astype(jnp.float32), {**model_state, **updates}
 
         return Backbone(init=init, apply=apply, feature_dim=widths[-1])
 

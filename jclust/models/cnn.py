@@ -1,6 +1,6 @@
 """Small convolutional network (the "small CNN" of ENVIRONMENT.md, Part 3 (d))."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +74,8 @@ class SmallCNN(nn.Module):
         28x28; the CPU-sized variant DeepCluster uses on Fashion-MNIST).
       global_pool: average the last map over its positions instead of flattening it, so that
         one network takes inputs of any size (SwAV's multi-crop feeds two resolutions).
+      dtype: computation dtype of the convs and the dense layers (None: float32); parameters
+        stay float32 (mixed precision with ``jnp.bfloat16``).
     """
 
     widths: Sequence[int] = (32, 64, 128)
@@ -82,11 +84,12 @@ class SmallCNN(nn.Module):
     num_outputs: int | None = None
     pool_first: bool = False
     global_pool: bool = False
+    dtype: Any = None
 
     def setup(self):
         resolve_impl(self.conv_impl)
-        self.convs = [Conv3x3(w, impl=self.conv_impl) for w in self.widths]
-        self.fc = nn.Dense(self.dense)
+        self.convs = [Conv3x3(w, impl=self.conv_impl, dtype=self.dtype) for w in self.widths]
+        self.fc = nn.Dense(self.dense, dtype=self.dtype)
         if self.num_outputs is not None:
             self.head = nn.Dense(self.num_outputs)
 
