@@ -8,7 +8,8 @@ Sections (each prints a Markdown table for BENCHMARKS.md):
   early), at k = 10 on raw Fashion-MNIST (70,000 x 784) and k = 1000 on its PCA-256 projection.
   Time per iteration = wall time of a whole fit / iterations run (jclust after one warm-up fit of
   the same shapes, so compilation is excluded; faiss includes its final search, jclust its final
-  assignment). Agreement: fraction of labels equal to scikit-learn's, and the SSE ratio.
+  assignment), each fit after a 2 s pause so that no library's spinning worker threads (OpenBLAS,
+  OpenMP) slow the next one. Agreement: fraction of labels equal to scikit-learn's, and the SSE ratio.
 * ``streamed``: ``kmeans_streamed`` on 1,000,000 x 256 points (a seeded Gaussian mixture,
   float32, 1 GiB) into 10,000 clusters, in a fresh subprocess whose peak resident memory
   (``VmHWM``, the data and the JAX runtime included) is reported.
@@ -95,6 +96,11 @@ def time_faiss(faiss, x, c0, max_iter):
     return total, max_iter, labels[:, 0].astype(np.int32), km.centroids
 
 
+def settled(fn, *args):
+    time.sleep(2.0)
+    return fn(*args)
+
+
 def kmeans_section(seeds, max_iter=50):
     sklearn, faiss = optional("sklearn"), optional("faiss")
     pixels = fashion_mnist()
@@ -113,11 +119,13 @@ def kmeans_section(seeds, max_iter=50):
         rows = {"jclust": [], "scikit-learn": [], "faiss-cpu": []}
         for seed in seeds:
             c0 = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
-            runs = {"jclust": time_jclust(x, c0, max_iter)}
+            # A pause before each timed fit: BLAS and OpenMP worker threads of the previous one
+            # spin-wait for a while, and on 2 cores they would slow whatever runs next.
+            runs = {"jclust": settled(time_jclust, x, c0, max_iter)}
             if sklearn is not None:
-                runs["scikit-learn"] = time_sklearn(x, c0, max_iter)
+                runs["scikit-learn"] = settled(time_sklearn, x, c0, max_iter)
             if faiss is not None:
-                runs["faiss-cpu"] = time_faiss(faiss, x, c0, max_iter)
+                runs["faiss-cpu"] = settled(time_faiss, faiss, x, c0, max_iter)
             ref = runs.get("scikit-learn")
             for name, (total, iters, labels, centroids) in runs.items():
                 agree = float(np.mean(labels == ref[2])) if ref else float("nan")
