@@ -279,10 +279,19 @@ def merge_scores(affinity: jax.Array, *, num_neighbours: int, local_weight: floa
 def _apply_merge(state: MergeState, keep, gone) -> MergeState:
     """Slot ``gone`` merged into ``keep`` with the fast update (JULE's appendix): the rows and
     columns of the unnormalised affinities add; ``gone`` becomes inactive."""
+    # The result of: column keep += column gone; row keep += row gone; row and column gone = 0,
+    # written as ONE scatter of the 4 changed lines. As a chain of updates XLA:CPU copied the
+    # whole [C, C] matrix at every merge (0.29 s a merge at C = 14,336); one scatter stays in place.
+    # Where two lines cross they carry the same value, so the scatter order does not matter.
     a_us = state.affinity_us
-    a_us = a_us.at[:, keep].add(a_us[:, gone])
-    a_us = a_us.at[keep, :].add(a_us[gone, :])
-    a_us = a_us.at[gone, :].set(0.0).at[:, gone].set(0.0)
+    c = a_us.shape[0]
+    every = jnp.arange(c)
+    corner = (a_us[keep, keep] + a_us[keep, gone]) + (a_us[gone, keep] + a_us[gone, gone])
+    row = (a_us[keep, :] + a_us[gone, :]).at[keep].set(corner).at[gone].set(0.0)
+    column = (a_us[:, keep] + a_us[:, gone]).at[keep].set(corner).at[gone].set(0.0)
+    rows = jnp.concatenate([jnp.full(c, keep), every, jnp.full(c, gone), every])
+    cols = jnp.concatenate([every, jnp.full(c, keep), every, jnp.full(c, gone)])
+    a_us = a_us.at[rows, cols].set(jnp.concatenate([row, column, jnp.zeros(2 * c, a_us.dtype)]))
     sizes = state.sizes.at[keep].add(state.sizes[gone]).at[gone].set(0.0)
     return MergeState(a_us, sizes, state.active.at[gone].set(False),
                       state.parent.at[gone].set(keep))
@@ -314,22 +323,65 @@ def _affinity_rows(state: MergeState, rows) -> jax.Array:
 
 
 def _scan_rows(state, rows, depth):
-    top, idx = jax.lax.top_k(_affinity_rows(state, rows), depth + 1)
+    # The barriers keep top_k apart from its producer and its consumers (the slices below): fused
+    # with them, XLA:CPU rewrites top_k into a full sort of every row (123 ms instead of 8 ms for
+    # 256 x 6,000).
+    rows_affinity = jax.lax.optimization_barrier(_affinity_rows(state, rows))
+    top, idx = jax.lax.optimization_barrier(jax.lax.top_k(rows_affinity, depth + 1))
     return top[:, :depth], idx[:, :depth].astype(jnp.int32), top[:, depth]
 
 
-@functools.partial(jax.jit, static_argnames=("num_merges", "num_neighbours", "depth", "rescan"))
-def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth, rescan):
+_scan_rows_jit = jax.jit(_scan_rows, static_argnames=("depth",))
+
+
+def _cache_rows(state, *, depth, rescan):
+    """Per row: the ``depth`` largest affinities (exact) and a bound on every affinity outside
+    them. Returns (vals [C, depth], idx [C, depth] int32, bound [C]).
+
+    A python loop over blocks of rows, each a jitted call: as a ``lax.map`` XLA:CPU spent ~16 ms
+    a block on copies of the [C, C] affinities (3 s at C = 6,000).
+    """
+    del rescan
+    c = state.active.shape[0]
+    block = 256
+    parts = [_scan_rows_jit(state, jnp.arange(start, start + block) % c, depth=depth)
+             for start in range(0, c, block)]
+    vals, idx, bound = (jnp.concatenate(p)[:c] for p in zip(*parts))
+    return vals, idx, bound
+
+
+def _first_index(x, value):
+    """Per row of x [M, D]: the first column holding ``value`` [M] (argmin/argmax's index), by
+    two plain reductions (XLA:CPU does not vectorise argmin's variadic one)."""
+    columns = jnp.arange(x.shape[1])
+    return jnp.min(jnp.where(x == value[:, None], columns[None, :], x.shape[1]), axis=1)
+
+
+def _largest_values(x, k):
+    """``lax.top_k(x, k)[0]`` for a small k: [M, D] -> [M, k] descending, ties kept, by k rounds
+    of max-and-remove-first (XLA:CPU's top_k sorts every row: 1.3 ms for 6,000 x 16)."""
+    columns = jnp.arange(x.shape[1])
+    out = []
+    for _ in range(k):
+        largest = jnp.max(x, axis=1)
+        out.append(largest)
+        x = jnp.where(columns[None, :] == _first_index(x, largest)[:, None], -jnp.inf, x)
+    return jnp.stack(out, axis=1)
+
+
+# One merge per call, its carry donated: inside a lax.scan over merges, XLA:CPU copied the
+# [C, C] affinities at every merge (the body both reads them in loops and writes them), ~15 ms
+# a merge at C = 6,000; as a donated call it updates them in place (~1 ms a merge).
+@functools.partial(jax.jit, static_argnames=("num_neighbours", "depth", "rescan"),
+                   donate_argnums=0)
+def _cached_merge(carry, local_weight, *, num_neighbours, depth, rescan):
+    """One merge of the cached scan: (state, vals, idx, bound) -> (the same, [keep, gone])."""
+    state, vals, idx, bound = carry
     c = state.active.shape[0]
     k = min(num_neighbours, c - 1)
-    # Per row: the `depth` largest affinities (exact) and a bound on every affinity outside them.
-    chunks = jnp.arange(-(-c // rescan) * rescan).reshape(-1, rescan) % c
-    vals, idx, bound = jax.lax.map(lambda rows: _scan_rows(state, rows, depth), chunks)
-    vals, idx, bound = (vals.reshape(-1, depth)[:c], idx.reshape(-1, depth)[:c],
-                        bound.reshape(-1)[:c])
 
-    def refresh(carry):
-        state, vals, idx, bound, need = carry
+    def refresh(state, carry):
+        vals, idx, bound, need = carry
         rows = jnp.nonzero(need, size=rescan, fill_value=c)[0]
         safe = jnp.minimum(rows, c - 1)
         v, i, b = _scan_rows(state, safe, depth)
@@ -338,53 +390,60 @@ def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth
         idx = idx.at[rows].set(i, mode="drop")
         bound = bound.at[rows].set(b, mode="drop")
         need = need.at[jnp.where(ok, rows, c)].set(False, mode="drop")
-        return state, vals, idx, bound, need
+        return vals, idx, bound, need
 
     def exact_enough(vals, bound):
-        kth = jax.lax.top_k(vals, k)[0][:, -1]
+        kth = _largest_values(vals, k)[:, -1]
         return kth >= bound
 
-    def one_merge(carry, _):
-        state, vals, idx, bound = carry
-        top, order = jax.lax.top_k(vals, k)
-        first = top[:, :1]
-        gaps = jnp.where(jnp.isfinite(top[:, 1:]), first - top[:, 1:], 0.0)
-        local = jnp.sum(gaps, axis=1) / max(k - 1, 1) if k > 1 else 0.0
-        scores = jnp.where(state.active & jnp.isfinite(first[:, 0]),
-                           first[:, 0] + local_weight * local, -jnp.inf)
-        # Best neighbour: the largest cached value, the lowest index among equal ones.
-        best_val = first[:, 0]
-        tied = (vals == best_val[:, None]) & jnp.isfinite(vals)
-        best = jnp.min(jnp.where(tied, idx, c), axis=1)
-        i = jnp.argmax(scores).astype(jnp.int32)
-        j = best[i]
-        keep, gone = jnp.minimum(i, j), jnp.maximum(i, j)
-        state = _apply_merge(state, keep, gone)
-        # Every other row: drop keep and gone from its cache, then offer keep's new affinity.
-        column = _affinity_rows(state, keep[None])[0]  # A(keep, i) = A(i, keep)
-        stale = (idx == keep) | (idx == gone)
-        vals = jnp.where(stale, -jnp.inf, vals)
-        idx = jnp.where(stale, -1, idx)
-        slot = jnp.argmin(vals, axis=1)
-        evicted = jnp.take_along_axis(vals, slot[:, None], 1)[:, 0]
-        offer = column > bound
-        rows = jnp.arange(c)
-        vals = vals.at[rows, slot].set(jnp.where(offer, column, evicted))
-        idx = idx.at[rows, slot].set(jnp.where(offer, keep, jnp.take_along_axis(
-            idx, slot[:, None], 1)[:, 0]))
-        bound = jnp.where(offer, jnp.maximum(bound, evicted), bound)
-        v, ix, b = _scan_rows(state, keep[None], depth)  # keep's own row changed everywhere
-        vals, idx, bound = vals.at[keep].set(v[0]), idx.at[keep].set(ix[0]), bound.at[keep].set(b[0])
-        vals = vals.at[gone].set(-jnp.inf)
-        bound = bound.at[gone].set(-jnp.inf)
-        need = state.active & ~exact_enough(vals, bound)
-        state, vals, idx, bound, _ = jax.lax.while_loop(
-            lambda carry: jnp.any(carry[4]), refresh, (state, vals, idx, bound, need))
-        return (state, vals, idx, bound), jnp.stack([keep, gone])
+    top = _largest_values(vals, k)
+    first = top[:, :1]
+    gaps = jnp.where(jnp.isfinite(top[:, 1:]), first - top[:, 1:], 0.0)
+    local = jnp.sum(gaps, axis=1) / max(k - 1, 1) if k > 1 else 0.0
+    scores = jnp.where(state.active & jnp.isfinite(first[:, 0]),
+                       first[:, 0] + local_weight * local, -jnp.inf)
+    # Best neighbour: the largest cached value, the lowest index among equal ones.
+    best_val = first[:, 0]
+    tied = (vals == best_val[:, None]) & jnp.isfinite(vals)
+    best = jnp.min(jnp.where(tied, idx, c), axis=1)
+    i = jnp.argmax(scores).astype(jnp.int32)
+    j = best[i]
+    keep, gone = jnp.minimum(i, j), jnp.maximum(i, j)
+    state = _apply_merge(state, keep, gone)
+    # Every other row: drop keep and gone from its cache, then offer keep's new affinity.
+    column = _affinity_rows(state, keep[None])[0]  # A(keep, i) = A(i, keep)
+    stale = (idx == keep) | (idx == gone)
+    vals = jnp.where(stale, -jnp.inf, vals)
+    idx = jnp.where(stale, -1, idx)
+    slot = _first_index(vals, jnp.min(vals, axis=1))
+    evicted = jnp.take_along_axis(vals, slot[:, None], 1)[:, 0]
+    offer = column > bound
+    rows = jnp.arange(c)
+    vals = vals.at[rows, slot].set(jnp.where(offer, column, evicted))
+    idx = idx.at[rows, slot].set(jnp.where(offer, keep, jnp.take_along_axis(
+        idx, slot[:, None], 1)[:, 0]))
+    bound = jnp.where(offer, jnp.maximum(bound, evicted), bound)
+    v, ix, b = _scan_rows(state, keep[None], depth)  # keep's own row changed everywhere
+    vals, idx, bound = vals.at[keep].set(v[0]), idx.at[keep].set(ix[0]), bound.at[keep].set(b[0])
+    vals = vals.at[gone].set(-jnp.inf)
+    bound = bound.at[gone].set(-jnp.inf)
+    need = state.active & ~exact_enough(vals, bound)
+    vals, idx, bound, _ = jax.lax.while_loop(
+        lambda carry: jnp.any(carry[3]), functools.partial(refresh, state),
+        (vals, idx, bound, need))
+    return (state, vals, idx, bound), jnp.stack([keep, gone])
 
-    (state, _, _, _), merges = jax.lax.scan(one_merge, (state, vals, idx, bound), None,
-                                            length=num_merges)
-    return state, merges
+
+def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth, rescan):
+    """``num_merges`` cached merges, one donated call each (see :func:`_cached_merge`)."""
+    state = jax.tree.map(jnp.copy, state)  # the caller's state is not donated
+    carry = (state, *_cache_rows(state, depth=depth, rescan=rescan))
+    merges = []
+    for _ in range(num_merges):
+        carry, merge = _cached_merge(carry, local_weight, num_neighbours=num_neighbours,
+                                     depth=depth, rescan=rescan)
+        merges.append(merge)
+    return carry[0], jnp.stack(merges)
 
 
 def merge_clusters(state: MergeState, num_merges: int, *, num_neighbours: int = 5,
