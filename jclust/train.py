@@ -321,9 +321,12 @@ class Runner:
         """(start, stop): the rows of a global batch of ``batch_size`` this process supplies."""
         return distributed.local_rows(self.batch_sharding, batch_size)
 
-    def put_batch(self, batch: dict, batch_size: int) -> dict:
+    def put_batch(self, batch: dict, batch_size: int | None = None) -> dict:
         """Assembles the global batch of ``batch_size`` on the mesh, split along the batch axis,
-        from this process's rows ``batch_rows(batch_size)`` (host arrays)."""
+        from this process's rows ``batch_rows(batch_size)`` (host arrays). Default size: the
+        rows given times the number of processes (the whole batch with one process)."""
+        if batch_size is None:
+            batch_size = np.shape(jax.tree.leaves(batch)[0])[0] * jax.process_count()
         return distributed.global_batch(batch, self.batch_sharding, batch_size)
 
     def _padded_batches(self, array: np.ndarray):
