@@ -50,10 +50,13 @@ def _main(argv):
     # Orbax logs every save at INFO through absl; keep stdout to jclust's own progress lines.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    import jax  # noqa: E402
     from jclust import checkpointing, data, train  # noqa: E402 (after flag parsing: faster --help)
     try:
         _start_distributed()
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if jax.process_count() > 1:
+            jax.distributed.shutdown()  # all together, before interpreter teardown
     except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError,
             train.NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

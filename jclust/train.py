@@ -872,6 +872,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             save(state, step)
         if not last_record or last_record.get("step") != step:
             _, last_record = recluster_and_eval(state, step, force_eval=True, allow_recluster=False)
+        # Every process leaves together: one that exits while process 0 is still writing its
+        # files could see the coordination service go away under it.
+        distributed.barrier("jclust:done")
     finally:
         ckpt.close()
         writer.close()

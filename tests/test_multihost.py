@@ -15,6 +15,8 @@ from jclust import writers
 from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run_on_devices
 from tests.test_odc import TINY_ODC
 
+# Fewer steps than the other DEC tests: every step of a 2-process run crosses gloo.
+DEC_CLI = {**TINY_CLI, "pretrain.epochs": 1, "dec.max_steps": 20}
 ODC_CLI = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
            for k, v in TINY_ODC.items()}
 
@@ -77,15 +79,16 @@ def check_outputs(outputs, sharded):
     for name in sharded:
         assert f".{name} [" in line
     assert "final (step" in primary
-    # Only process 0 prints (gloo's own start-up lines aside).
-    assert [l for l in secondary.splitlines() if not l.startswith("[Gloo]")] == [], secondary[-500:]
+    # Only process 0 prints. (Gloo's start-up lines, which its threads may interleave, aside.)
+    for mark in ("jclust ", "eval step", "final (step", "assignment rule", "per-example"):
+        assert mark not in secondary, secondary[-500:]
 
 
 def test_dec_two_processes_equal_one_process(tmp_path):
     multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-    outputs = run_processes(TINY_CLI, multi, "configs/dec.py:digits")
+    outputs = run_processes(DEC_CLI, multi, "configs/dec.py:digits")
     check_outputs(outputs, sharded=("target", "labels"))
-    run_on_devices(TINY_CLI, single, "configs/dec.py:digits", count=4)
+    run_on_devices(DEC_CLI, single, "configs/dec.py:digits", count=4)
     state_multi, state_single = assert_same_run(multi, single, rtol=2e-4)
     np.testing.assert_array_equal(np.asarray(state_multi.cluster.labels),
                                   np.asarray(state_single.cluster.labels))
