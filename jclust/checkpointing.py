@@ -119,13 +119,21 @@ class Checkpointer:
             manager.close()
             # An older step restored with the same target, so the newer ones are damaged, not
             # mismatched: move them aside (never delete) so that new saves do not mix with them.
+            if jax.process_count() > 1:
+                # Every process must resume from the same step, and all must have listed the
+                # steps before process 0 moves any aside.
+                chosen = int(multihost_utils.broadcast_one_to_all(np.int64(step)))
+                if chosen != step:
+                    raise CheckpointError(f"process {jax.process_index()} restored step {step} but "
+                                          f"process 0 restored step {chosen} from {self.directory}")
+                multihost_utils.sync_global_devices("jclust:checkpoint_restored")
             for bad_step, _ in failed:
                 if self.read_only or jax.process_index() != 0:
                     continue  # in a multi-host run process 0 moves them
                 moved = self._move_aside(bad_step)
                 if moved:
                     self._warn(f"WARNING: moved corrupt checkpoint step {bad_step} to {moved}")
-            if failed and jax.process_count() > 1:
+            if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("jclust:checkpoints_moved_aside")
             self._manager.close()
             self._manager = self._new_manager()

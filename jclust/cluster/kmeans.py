@@ -772,7 +772,9 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
     if isinstance(init, str):
         if init != "random":
             raise ValueError(f"init must be 'random' or a [k, d] array, got {init!r}.")
-        rows = np.asarray(_random_indices(key, n=n, k=k))
+        # Drawn on the host in O(k) (jax.random.choice without replacement permutes all n).
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        rows = np.random.default_rng(seed).choice(n, k, replace=False)
         order = np.argsort(rows)  # gather in increasing row order (memmap-friendly)
         picked = np.empty((k, d), np.float32)
         picked[order] = np.asarray(x[np.sort(rows)], dtype=np.float32)
@@ -801,11 +803,13 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
     previous, n_iter, converged, n_empty = None, 0, False, 0
     for n_iter in range(1, max_iter + 1):
         sums, counts, labels, _ = one_pass(centroids)
+        n_empty += int(jnp.sum(counts == 0))
         if previous is not None and np.array_equal(labels, previous):
             converged = True  # strict convergence: this step would not move the centroids
             break
-        n_empty += int(jnp.sum(counts == 0))
-        new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centroids)
+        # The reciprocal, as in :func:`kmeans` and scikit-learn, for the same rounding.
+        means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
+        new = jnp.where(counts[:, None] > 0, means, centroids)
         shift = jnp.sum((new - centroids) ** 2)
         centroids, previous = new, labels
         if float(shift) <= float(tol_abs):
