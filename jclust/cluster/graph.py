@@ -334,14 +334,13 @@ def _scan_rows(state, rows, depth):
 _scan_rows_jit = jax.jit(_scan_rows, static_argnames=("depth",))
 
 
-def _cache_rows(state, *, depth, rescan):
+def _cache_rows(state, *, depth):
     """Per row: the ``depth`` largest affinities (exact) and a bound on every affinity outside
     them. Returns (vals [C, depth], idx [C, depth] int32, bound [C]).
 
     A python loop over blocks of rows, each a jitted call: as a ``lax.map`` XLA:CPU spent ~16 ms
     a block on copies of the [C, C] affinities (3 s at C = 6,000).
     """
-    del rescan
     c = state.active.shape[0]
     block = 256
     parts = [_scan_rows_jit(state, jnp.arange(start, start + block) % c, depth=depth)
@@ -437,7 +436,7 @@ def _cached_merge(carry, local_weight, *, num_neighbours, depth, rescan):
 def _merge_scan_cached(state, local_weight, *, num_merges, num_neighbours, depth, rescan):
     """``num_merges`` cached merges, one donated call each (see :func:`_cached_merge`)."""
     state = jax.tree.map(jnp.copy, state)  # the caller's state is not donated
-    carry = (state, *_cache_rows(state, depth=depth, rescan=rescan))
+    carry = (state, *_cache_rows(state, depth=depth))
     merges = []
     for _ in range(num_merges):
         carry, merge = _cached_merge(carry, local_weight, num_neighbours=num_neighbours,

@@ -115,6 +115,14 @@ def _check_k(k, n):
         raise ValueError(f"k={k} is larger than the number of examples n={n}.")
 
 
+def _check_loop(max_iter, tol):
+    """Raises ValueError unless max_iter >= 1 and tol >= 0."""
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    if tol < 0:
+        raise ValueError(f"tol must be non-negative, got {tol}.")
+
+
 def _chunk_rows(n, k, chunk_size, memory_budget_bytes):
     """Rows per assignment chunk: an int in [1, n]."""
     if chunk_size is not None:
@@ -620,10 +628,7 @@ def kmeans(
     _check_k(k, n)
     if n_init < 1:
         raise ValueError(f"n_init must be at least 1, got {n_init}.")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
-    if tol < 0:
-        raise ValueError(f"tol must be non-negative, got {tol}.")
+    _check_loop(max_iter, tol)
     if empty_policy not in ("farthest", "split", "keep"):
         raise ValueError(
             f"empty_policy must be 'farthest', 'split' or 'keep', got {empty_policy!r}.")
@@ -744,10 +749,7 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
                          f"{getattr(x, 'shape', None)}.")
     n, d = x.shape
     _check_k(k, n)
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
-    if tol < 0:
-        raise ValueError(f"tol must be non-negative, got {tol}.")
+    _check_loop(max_iter, tol)
     block = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
     # Points cross to the device ~64 MiB at a time, a whole number of distance blocks.
     chunk = block * max(1, min(-(-n // block), (64 * 2**20) // (4 * d * block)))
