@@ -71,6 +71,8 @@ def _cluster_state(memory, labels, centroids, k_eval=2):
                         labels=jnp.asarray(labels, jnp.int32),
                         centroids=jnp.asarray(centroids, jnp.float32),
                         iteration=jnp.zeros((), jnp.int32),
+                        eval_mean=jnp.zeros((d,), jnp.float32),
+                        eval_projection=jnp.eye(d, dtype=jnp.float32),
                         eval_centroids=jnp.zeros((k_eval, d), jnp.float32),
                         recluster_labels=jnp.zeros((n,), jnp.int32))
 
@@ -305,3 +307,35 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(state.cluster.features, ref_state.cluster.features, atol=1e-4)
     np.testing.assert_array_equal(state.cluster.labels, ref_state.cluster.labels)
+
+
+@pytest.mark.parametrize("pca_dim", [0, 3])
+def test_evaluation_rule_whitens_then_assigns_like_its_kmeans(pca_dim):
+    """fit_evaluation's PCA-whitened, unit features have identity covariance (before the L2
+    normalisation) and assign() gives back the evaluation k-means's own labels."""
+    from jclust import cluster as jcluster
+    config, method = small_method(**{"odc.eval_pca_dim": pca_dim, "odc.eval_n_init": 2})
+    feats = np.random.default_rng(0).normal(size=(40, 32)).astype(np.float32)
+    feats[:20, :3] += 4.0  # two groups
+    params, _, cluster = method.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    key = jax.random.key(1)
+    fitted = method.fit_evaluation(params, cluster, feats, key=key)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    projected = (unit - np.asarray(fitted.eval_mean)) @ np.asarray(fitted.eval_projection)
+    if pca_dim:
+        assert projected.shape == (40, pca_dim)
+        np.testing.assert_allclose(np.cov(projected, rowvar=False),
+                                   np.eye(pca_dim), atol=0.05)
+    else:
+        np.testing.assert_allclose(projected, unit, rtol=1e-6)
+    z = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    expected = jcluster.kmeans(jnp.asarray(z), 4, key=key, n_init=2, spherical=True)
+    labels, confidence = method.assign(params, fitted, jnp.asarray(feats))
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(confidence, np.max(z @ np.asarray(expected.centroids).T, 1),
+                               rtol=1e-5)
+
+
+def test_eval_pca_dim_larger_than_the_features_is_a_config_error():
+    with pytest.raises(ConfigError, match="eval_pca_dim"):
+        small_method(**{"odc.eval_pca_dim": 33})

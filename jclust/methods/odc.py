@@ -31,8 +31,10 @@ All of it runs inside the jitted train step with fixed shapes (the trainer's ``c
 hook); step 5 costs O(N K) only at iterations that have a small cluster.
 
 Evaluation with K = ``num_clusters``: at the start and every ``odc.eval_epochs`` epochs, the
-features of the whole data set are clustered by spherical k-means (the memories are left alone),
-and again before any evaluation that comes without such a reclustering (the final one).
+unit neck features of the whole data set are PCA-whitened to ``odc.eval_pca_dim`` dimensions and
+L2-normalised (DeepCluster v1's rule; 0 skips the whitening) and clustered by spherical k-means
+(the memories are left alone), and again before any evaluation that comes without such a
+reclustering (the final one).
 
 Deviations from the reference (ResNet-50 on ImageNet): no BatchNorm in the neck (its running
 statistics, momentum 0.001, would not settle in a few thousand steps); a 2-means split started
@@ -54,12 +56,13 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.deepcluster import cross_entropy
+from jclust.methods.deepcluster import cross_entropy, whiten
 
-ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode) go to the evaluation centroid "
-                   "of largest cosine similarity; the evaluation centroids come from spherical "
-                   "k-means (K = num_clusters) on the whole data set's features of the latest "
-                   "evaluation; confidence = that cosine similarity")
+ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
+                   "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
+                   "evaluation centroid of largest cosine similarity; the evaluation centroids "
+                   "come from spherical k-means (K = num_clusters) on the whole data set's "
+                   "whitened features; confidence = that cosine similarity")
 
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 dot products also on GPU/TPU
 _POWER_ITERS = 10  # power iterations for the principal direction that starts a 2-means split
@@ -73,7 +76,10 @@ class ODCState(NamedTuple):
       labels: [N] int32 samples-memory pseudo-labels in [0, K).
       centroids: [K, D] float32 centroids memory (means of unit rows).
       iteration: [] int32 ODC iterations since the memories were initialised.
-      eval_centroids: [num_clusters, D] float32 unit rows, the evaluation clustering.
+      eval_mean: [D] float32, the evaluation PCA's mean (zeros without whitening).
+      eval_projection: [D, P] float32, the evaluation PCA's projection with the whitening folded
+        in (P = odc.eval_pca_dim; the identity [D, D] without whitening).
+      eval_centroids: [num_clusters, P] float32 unit rows, the evaluation clustering.
       recluster_labels: [N] int32 the memory labels at the last recluster (for the NMI
         between successive ones).
     """
@@ -81,6 +87,8 @@ class ODCState(NamedTuple):
     labels: jax.Array
     centroids: jax.Array
     iteration: jax.Array
+    eval_mean: jax.Array
+    eval_projection: jax.Array
     eval_centroids: jax.Array
     recluster_labels: jax.Array
 
@@ -285,6 +293,7 @@ def make(config, data_spec: DataSpec) -> Method:
                          "odc.kmeans_iters": oc.kmeans_iters >= 1,
                          "odc.split_iters": oc.split_iters >= 1,
                          "odc.eval_n_init": oc.eval_n_init >= 1,
+                         "odc.eval_pca_dim": 0 <= oc.eval_pca_dim <= oc.feature_dim,
                          "odc.eval_epochs": oc.eval_epochs >= 1,
                          "optim.epochs": config.optim.epochs >= 1,
                          "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0,
@@ -301,6 +310,7 @@ def make(config, data_spec: DataSpec) -> Method:
     steps_per_epoch = n // config.batch_size
     num_steps = config.optim.epochs * steps_per_epoch
     height, width = data_spec.input_shape[:2]
+    eval_dim = oc.eval_pca_dim or oc.feature_dim
 
     def init_head(key):
         return head.init(key, jnp.zeros((1, oc.feature_dim)))["params"]
@@ -315,7 +325,9 @@ def make(config, data_spec: DataSpec) -> Method:
                          labels=jnp.zeros((n,), jnp.int32),
                          centroids=jnp.zeros((k_train, oc.feature_dim), jnp.float32),
                          iteration=jnp.zeros((), jnp.int32),
-                         eval_centroids=jnp.zeros((k_eval, oc.feature_dim), jnp.float32),
+                         eval_mean=jnp.zeros((oc.feature_dim,), jnp.float32),
+                         eval_projection=jnp.eye(oc.feature_dim, eval_dim, dtype=jnp.float32),
+                         eval_centroids=jnp.zeros((k_eval, eval_dim), jnp.float32),
                          recluster_labels=jnp.zeros((n,), jnp.int32))
         return params, {"backbone": backbone_state}, state
 
@@ -365,8 +377,22 @@ def make(config, data_spec: DataSpec) -> Method:
         return normalize_rows(features(params, model_state, x)[0])
 
     def assign(params, cluster, feats):
-        sims = jnp.dot(normalize_rows(feats), cluster.eval_centroids.T, precision=_PRECISION)
+        z = whiten(normalize_rows(feats), cluster.eval_mean, cluster.eval_projection)
+        sims = jnp.dot(z, cluster.eval_centroids.T, precision=_PRECISION)
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+    def evaluation_clustering(cluster, z, key):
+        """Fits the evaluation rule on unit features z [N, D]; returns (cluster, k-means labels)."""
+        if oc.eval_pca_dim:
+            pca = jcluster.pca_fit(z, oc.eval_pca_dim, whiten=True)
+            mean, projection = pca.mean, (pca.components * pca.scale[:, None]).T
+        else:
+            mean, projection = cluster.eval_mean, cluster.eval_projection
+        evaluation = jcluster.kmeans(whiten(z, mean, projection), k_eval, key=key,
+                                     n_init=oc.eval_n_init, spherical=True)
+        cluster = cluster._replace(eval_mean=mean, eval_projection=projection,
+                                   eval_centroids=evaluation.centroids)
+        return cluster, evaluation.labels
 
     def recluster(params, cluster, feats, *, phase, first, key):
         k_init, k_eval_km, k_head = jax.random.split(key, 3)
@@ -385,10 +411,9 @@ def make(config, data_spec: DataSpec) -> Method:
         if not first:
             info["memory_nmi_previous"] = float(jmetrics.nmi(np.asarray(cluster.recluster_labels),
                                                              labels))
-        evaluation = jcluster.kmeans(z, k_eval, key=k_eval_km, n_init=oc.eval_n_init,
-                                     spherical=True)
+        cluster, eval_labels = evaluation_clustering(cluster, z, k_eval_km)
         sizes = np.bincount(labels, minlength=k_train)
-        eval_used = int(np.sum(np.bincount(np.asarray(evaluation.labels), minlength=k_eval) > 0))
+        eval_used = int(np.sum(np.bincount(np.asarray(eval_labels), minlength=k_eval) > 0))
         info.update(memory_clusters_used=int(np.sum(sizes > 0)),
                     memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
                     memory_size_entropy=jmetrics.cluster_sizes(labels, k_train)["size_entropy"])
@@ -397,14 +422,12 @@ def make(config, data_spec: DataSpec) -> Method:
         elif eval_used == 1 and k_eval > 1:
             info["warning"] = (f"feature collapse: the evaluation k-means put all {n} examples in "
                                "one cluster")
-        cluster = cluster._replace(eval_centroids=evaluation.centroids,
-                                   recluster_labels=jnp.asarray(labels, jnp.int32))
+        cluster = cluster._replace(recluster_labels=jnp.asarray(labels, jnp.int32))
         return params, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
-        z = normalize_rows(jnp.asarray(feats, jnp.float32))
-        evaluation = jcluster.kmeans(z, k_eval, key=key, n_init=oc.eval_n_init, spherical=True)
-        return cluster._replace(eval_centroids=evaluation.centroids)
+        return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, jnp.float32)),
+                                     key)[0]
 
     def label_tx():
         learning_rate = config.optim.learning_rate
@@ -429,4 +452,5 @@ def make(config, data_spec: DataSpec) -> Method:
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   training_labels=lambda cluster: cluster.labels, fit_evaluation=fit_evaluation,
                   example_axes=ODCState(features=0, labels=0, centroids=None, iteration=None,
+                                        eval_mean=None, eval_projection=None,
                                         eval_centroids=None, recluster_labels=0))
