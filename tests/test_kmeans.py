@@ -438,3 +438,15 @@ def test_streamed_errors(blobs):
         cluster.kmeans_streamed(blobs, 3, key=key, init="k-means++")
     with pytest.raises(ValueError, match="shape"):
         cluster.kmeans_streamed(blobs, 3, key=key, init=blobs[:2])
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_cache_sized_blocks_are_cpu_only(monkeypatch, backend):
+    """On CPU the distance block is cut to cache size; on GPU/TPU only the memory budget bounds
+    it (one [70,000, 1,000] block fits a 1 GiB budget whole)."""
+    kmeans_module = importlib.import_module("jclust.cluster.kmeans")
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert kmeans_module._chunk_rows(70000, 1000, None, 2 ** 30) == 70000
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert kmeans_module._chunk_rows(70000, 1000, None, 2 ** 30) == \
+        kmeans_module.CPU_BLOCK_BYTES // 4000

@@ -284,3 +284,11 @@ def test_get_model():
     assert isinstance(ae, MLPAutoencoder) and ae.embed_dim == 5
     with pytest.raises(ValueError, match="mlp_autoencoder.*small_cnn"):
         get_model("resnet")
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_cpu_fast_convolution_switches_off_on_accelerators(monkeypatch, backend):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert resolve_impl("auto") == "native"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert resolve_impl("auto") == "im2col"
