@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jclust import config_lib, methods, train
+from jclust import config_lib, methods, models, train
 from jclust.cluster import sinkhorn_knopp
 from jclust.config_lib import ConfigError
 from jclust.methods import swav
@@ -156,6 +156,34 @@ def test_prototype_assignment_rule_with_k_equal_to_num_clusters():
     scores = swav.l2_normalize(feats) @ swav.l2_normalize(state.params["prototypes"]).T
     np.testing.assert_array_equal(labels, np.argmax(scores, -1))
     np.testing.assert_allclose(confidence, np.max(jax.nn.softmax(scores / 0.1, -1), -1), rtol=1e-5)
+
+
+def test_backbone_assignment_rule_is_deepcluster_v1s_on_the_backbone_features():
+    """"backbone": the feature pass yields [z, h]; the evaluation PCA-whitens h (identity
+    covariance), and assign() gives back the evaluation k-means's own labels."""
+    from jclust import cluster as jcluster
+    config, method = _method(n=64, **{"swav.assignment": "backbone", "swav.eval_pca_dim": 4})
+    assert method.assignment_rule == swav.BACKBONE_RULE
+    state = train.init_state(method, 0, _images(2))
+    feats = np.asarray(method.embed(state.params, state.model_state,
+                                    jnp.asarray(_images(64, seed=5))))
+    h = np.asarray(models.make_backbone(config.model).apply(
+        state.params["backbone"], state.model_state["backbone"], jnp.asarray(_images(64, seed=5)),
+        False)[0])
+    assert feats.shape == (64, 8 + h.shape[1])
+    np.testing.assert_allclose(feats[:, 8:], h, rtol=1e-6)
+    key = jax.random.key(3)
+    fitted = method.fit_evaluation(state.params, state.cluster, feats, key=key)
+    whitened = (h - np.asarray(fitted.eval_mean)) @ np.asarray(fitted.eval_projection)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(4), atol=1e-3)
+    z = whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
+    expected = jcluster.kmeans(jnp.asarray(z), 10, key=key, n_init=2, spherical=True)
+    labels, _ = method.assign(state.params, fitted, jnp.asarray(feats))
+    np.testing.assert_array_equal(labels, expected.labels)
+    prototypes = swav.l2_normalize(feats[:, :8]) @ swav.l2_normalize(state.params["prototypes"]).T
+    np.testing.assert_array_equal(fitted.prototype_labels, np.argmax(prototypes, -1))
+    with pytest.raises(ConfigError, match="eval_pca_dim"):
+        _method(**{"swav.assignment": "backbone", "swav.eval_pca_dim": 10 ** 4})
 
 
 def test_bad_configs_are_config_errors():

@@ -26,8 +26,11 @@ remedies that exist as config keys.
 Assignment rule (``swav.assignment``): "prototypes" (the default when K = num_clusters): the
 prototype of largest cosine with z, confidence = its softmax probability at the temperature;
 "kmeans" (the default otherwise): the nearest of num_clusters centroids of spherical k-means on
-the z of the un-augmented images, fitted before every evaluation. With K != num_clusters the
-prototype argmax is also logged as an over-clustering (purity and NMI).
+the z of the un-augmented images, fitted before every evaluation; "backbone": DeepCluster v1's
+rule on the backbone features h of the un-augmented images (PCA-whitened to
+``swav.eval_pca_dim``, L2-normalised, spherical k-means with K = num_clusters), fitted before
+every evaluation. With K != num_clusters the prototype argmax is also logged as an
+over-clustering (purity and NMI). With "backbone" the feature pass yields [z, h] concatenated.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.deepcluster import whiten
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
 
@@ -52,6 +56,10 @@ PROTOTYPES_RULE = ("the prototype of largest cosine similarity with the projecte
 KMEANS_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
                "L2-normalised features) of largest cosine similarity; confidence = that cosine "
                "similarity")
+BACKBONE_RULE = ("the backbone features, PCA-whitened (swav.eval_pca_dim) and L2-normalised by the "
+                 "PCA of the latest evaluation, go to the evaluation centroid (spherical k-means, "
+                 "K = num_clusters, on the whole data set's whitened features) of largest cosine "
+                 "similarity; confidence = that cosine similarity")
 
 
 class SwAVState(NamedTuple):
@@ -63,7 +71,11 @@ class SwAVState(NamedTuple):
       queue_count: [] int32, rows pushed so far, capped at L (the queue is used once it is L).
       iteration: [] int32, train steps taken.
       collapse_steps: [] int32, consecutive steps that looked collapsed (see the module docstring).
-      eval_centroids: [num_clusters, F] float32 unit rows (the "kmeans" rule).
+      eval_mean: [D] float32, the "backbone" rule's PCA mean (D: backbone features; [F] zeros
+        for the other rules).
+      eval_projection: [D, P] float32, its projection with the whitening folded in ([F, F]
+        identity for the other rules).
+      eval_centroids: [num_clusters, P] float32 unit rows (the "kmeans" and "backbone" rules).
       prototype_labels: [N] int32 prototype argmax of every example at the last evaluation (-1
         before it).
     """
@@ -71,6 +83,8 @@ class SwAVState(NamedTuple):
     queue_count: jax.Array
     iteration: jax.Array
     collapse_steps: jax.Array
+    eval_mean: jax.Array
+    eval_projection: jax.Array
     eval_centroids: jax.Array
     prototype_labels: jax.Array
 
@@ -127,11 +141,12 @@ def make(config, data_spec: DataSpec) -> Method:
                          "swav.freeze_prototypes_steps": sw.freeze_prototypes_steps >= 0,
                          "swav.collapse_prototype_fraction": 0 <= sw.collapse_prototype_fraction <= 1,
                          "swav.collapse_patience_steps": sw.collapse_patience_steps >= 1,
+                         "swav.eval_pca_dim": sw.eval_pca_dim >= 1,
                          "optim.epochs": config.optim.epochs >= 1,
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
-    if assignment not in ("prototypes", "kmeans"):
-        raise ConfigError(f"config.swav.assignment={sw.assignment!r}: use 'auto', 'prototypes' "
-                          "or 'kmeans'")
+    if assignment not in ("prototypes", "kmeans", "backbone"):
+        raise ConfigError(f"config.swav.assignment={sw.assignment!r}: use 'auto', 'prototypes', "
+                          "'kmeans' or 'backbone'")
     if assignment == "prototypes" and k != k_eval:
         raise ConfigError(f"config.swav.assignment='prototypes' needs swav.prototypes = "
                           f"num_clusters ({k} != {k_eval}); use 'kmeans' or 'auto'")
@@ -157,6 +172,14 @@ def make(config, data_spec: DataSpec) -> Method:
     queue_start_step = int(sw.queue_start_epoch) * steps_per_epoch
     min_prototypes = sw.collapse_prototype_fraction * min(k, config.batch_size)
     log_k = math.log(k)
+    f_dim = sw.feature_dim
+    if assignment == "backbone":
+        if sw.eval_pca_dim > backbone.feature_dim:
+            raise ConfigError(f"config.swav.eval_pca_dim={sw.eval_pca_dim} exceeds the backbone's "
+                              f"{backbone.feature_dim} features")
+        eval_in, eval_dim = backbone.feature_dim, sw.eval_pca_dim
+    else:
+        eval_in = eval_dim = f_dim
 
     def init(rng, x):
         k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
@@ -171,7 +194,9 @@ def make(config, data_spec: DataSpec) -> Method:
             queue=jnp.zeros((2, queue_length, sw.feature_dim), jnp.float32),
             queue_count=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
             collapse_steps=jnp.zeros((), jnp.int32),
-            eval_centroids=jnp.zeros((k_eval, sw.feature_dim), jnp.float32),
+            eval_mean=jnp.zeros((eval_in,), jnp.float32),
+            eval_projection=jnp.eye(eval_in, eval_dim, dtype=jnp.float32),
+            eval_centroids=jnp.zeros((k_eval, eval_dim), jnp.float32),
             prototype_labels=jnp.full((n,), -1, jnp.int32))
         model_state = {"backbone": backbone_state,
                        "projection": {k: v for k, v in projection_vars.items() if k != "params"}}
@@ -261,24 +286,38 @@ def make(config, data_spec: DataSpec) -> Method:
                 "another swav.temperature, a lower optim.learning_rate")
 
     def embed(params, model_state, x):
-        return project(params, model_state, x, train=False)[0]
+        if assignment != "backbone":
+            return project(params, model_state, x, train=False)[0]
+        h, _ = backbone.apply(params["backbone"], model_state["backbone"], x, False)
+        variables = {"params": params["projection"], **model_state["projection"]}
+        return jnp.concatenate([projection.apply(variables, h, train=False), h], axis=-1)
+
+    def evaluation_features(cluster, feats):
+        """The rule's unit features: whitened backbone features, or z as it is. [B, P]."""
+        if assignment == "backbone":
+            return whiten(feats[:, f_dim:], cluster.eval_mean, cluster.eval_projection)
+        return l2_normalize(feats[:, :f_dim])
 
     def assign(params, cluster, feats):
-        feats = l2_normalize(feats)
         if assignment == "prototypes":
-            scores = feats @ l2_normalize(params["prototypes"]).T
+            scores = l2_normalize(feats) @ l2_normalize(params["prototypes"]).T
             probs = jax.nn.softmax(scores / sw.temperature, axis=-1)
             return jnp.argmax(scores, -1).astype(jnp.int32), jnp.max(probs, -1)
-        sims = feats @ cluster.eval_centroids.T
+        sims = evaluation_features(cluster, feats) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def fit_evaluation(params, cluster, feats, *, key):
         feats = jnp.asarray(feats)
-        labels = jnp.argmax(feats @ l2_normalize(params["prototypes"]).T, -1).astype(jnp.int32)
+        z = feats[:, :f_dim]
+        labels = jnp.argmax(z @ l2_normalize(params["prototypes"]).T, -1).astype(jnp.int32)
         cluster = cluster._replace(prototype_labels=labels)
-        if assignment == "kmeans":
-            evaluation = jcluster.kmeans(feats, k_eval, key=key, n_init=sw.eval_n_init,
-                                         spherical=True)
+        if assignment == "backbone":
+            pca = jcluster.pca_fit(feats[:, f_dim:], sw.eval_pca_dim, whiten=True)
+            cluster = cluster._replace(eval_mean=pca.mean,
+                                       eval_projection=(pca.components * pca.scale[:, None]).T)
+        if assignment != "prototypes":
+            evaluation = jcluster.kmeans(evaluation_features(cluster, feats), k_eval, key=key,
+                                         n_init=sw.eval_n_init, spherical=True)
             cluster = cluster._replace(eval_centroids=evaluation.centroids)
         return cluster
 
@@ -300,9 +339,11 @@ def make(config, data_spec: DataSpec) -> Method:
                     cluster_update=update_state, prepare_params=normalize_prototypes),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=None,
                   done=lambda cluster: False,
-                  assignment_rule=PROTOTYPES_RULE if assignment == "prototypes" else KMEANS_RULE,
+                  assignment_rule={"prototypes": PROTOTYPES_RULE, "kmeans": KMEANS_RULE,
+                                   "backbone": BACKBONE_RULE}[assignment],
                   training_labels=(lambda cluster: cluster.prototype_labels) if k != k_eval else None,
                   fit_evaluation=fit_evaluation, step_warning=step_warning,
                   example_axes=SwAVState(queue=None, queue_count=None, iteration=None,
-                                         collapse_steps=None, eval_centroids=None,
+                                         collapse_steps=None, eval_mean=None,
+                                         eval_projection=None, eval_centroids=None,
                                          prototype_labels=0))
