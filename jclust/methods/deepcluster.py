@@ -81,6 +81,16 @@ def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.A
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
+def fit_whitening(features, dim: int) -> tuple[jax.Array, jax.Array]:
+    """PCA-whitening of features [N, D] to ``dim`` dimensions, for :func:`whiten`.
+
+    Returns:
+      (mean [D], projection [D, dim] with the whitening scale folded in).
+    """
+    pca = jcluster.pca_fit(features, dim, whiten=True)
+    return pca.mean, (pca.components * pca.scale[:, None]).T
+
+
 def make(config, data_spec: DataSpec) -> Method:
     """Builds DeepCluster v1 for ``config`` (sections ``model``, ``optim``, ``deepcluster``)."""
     dc = config.deepcluster
@@ -151,9 +161,8 @@ def make(config, data_spec: DataSpec) -> Method:
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def whitening(feats):
-        pca = jcluster.pca_fit(feats, dc.pca_dim, whiten=True)
-        projection = (pca.components * pca.scale[:, None]).T
-        return pca.mean, projection, whiten(jnp.asarray(feats), pca.mean, projection)
+        mean, projection = fit_whitening(feats, dc.pca_dim)
+        return mean, projection, whiten(jnp.asarray(feats), mean, projection)
 
     def fit_evaluation(params, cluster, feats, *, key):
         mean, projection, z = whitening(feats)

@@ -56,7 +56,7 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.deepcluster import cross_entropy, whiten
+from jclust.methods.deepcluster import cross_entropy, fit_whitening, whiten
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
                    "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
@@ -384,8 +384,7 @@ def make(config, data_spec: DataSpec) -> Method:
     def evaluation_clustering(cluster, z, key):
         """Fits the evaluation rule on unit features z [N, D]; returns (cluster, k-means labels)."""
         if oc.eval_pca_dim:
-            pca = jcluster.pca_fit(z, oc.eval_pca_dim, whiten=True)
-            mean, projection = pca.mean, (pca.components * pca.scale[:, None]).T
+            mean, projection = fit_whitening(z, oc.eval_pca_dim)
         else:
             mean, projection = cluster.eval_mean, cluster.eval_projection
         evaluation = jcluster.kmeans(whiten(z, mean, projection), k_eval, key=key,

@@ -47,7 +47,7 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.deepcluster import whiten
+from jclust.methods.deepcluster import fit_whitening, whiten
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
 
@@ -312,9 +312,8 @@ def make(config, data_spec: DataSpec) -> Method:
         labels = jnp.argmax(z @ l2_normalize(params["prototypes"]).T, -1).astype(jnp.int32)
         cluster = cluster._replace(prototype_labels=labels)
         if assignment == "backbone":
-            pca = jcluster.pca_fit(feats[:, f_dim:], sw.eval_pca_dim, whiten=True)
-            cluster = cluster._replace(eval_mean=pca.mean,
-                                       eval_projection=(pca.components * pca.scale[:, None]).T)
+            mean, projection = fit_whitening(feats[:, f_dim:], sw.eval_pca_dim)
+            cluster = cluster._replace(eval_mean=mean, eval_projection=projection)
         if assignment != "prototypes":
             evaluation = jcluster.kmeans(evaluation_features(cluster, feats), k_eval, key=key,
                                          n_init=sw.eval_n_init, spherical=True)
