@@ -72,7 +72,8 @@ def numpy_merge_scan(affinity_us, sizes, num_merges: int, *, num_neighbours: int
     def scores():
         first = top_values[:, 0]
         finite = np.isfinite(top_values[:, 1:])
-        gaps = np.where(finite, first[:, None] - top_values[:, 1:], 0.0).sum(1) / max(k - 1, 1)
+        with np.errstate(invalid="ignore"):  # -inf - -inf in rows with fewer than K_c active
+            gaps = np.where(finite, first[:, None] - top_values[:, 1:], 0.0).sum(1) / max(k - 1, 1)
         out = first + local_weight * gaps if k > 1 else first.copy()
         out[~active | ~np.isfinite(first)] = -np.inf
         return out
@@ -154,19 +155,26 @@ def main():
             done = np.asarray(done)
             diverged = np.flatnonzero(np.any(done != peer, axis=1))
             same += merges if len(diverged) == 0 else int(diverged[0])
+            if len(diverged):
+                i = int(diverged[0])
+                print(f"  merge {merges_done + i}: jclust {done[i].tolist()}, NumPy "
+                      f"{peer[i].tolist()}", flush=True)
             print(f"pass {passes}: {merges} merges, jclust {merge_time:.1f} s, NumPy "
                   f"{peer_time:.1f} s so far; "
                   + ("same merges" if len(diverged) == 0 else
                      f"first different merge: {int(diverged[0])}"), flush=True)
-            if len(diverged):
-                break
         active -= merges
         merges_done += merges
         passes += 1
-    rows.append((f"merge scan: {merges_done} merges in {passes} passes (eta {args.eta})",
+        if args.peer and same < merges_done:
+            # From here on the two scans merge different clusters: timing them further would not
+            # compare like with like.
+            break
+    stopped = " (stopped after the pass with the first different merge)" if active > args.target else ""
+    rows.append((f"merge scan: {merges_done} merges in {passes} passes (eta {args.eta}){stopped}",
                  merge_time, peak_rss_gib()))
     if args.peer:
-        rows.append((f"NumPy peer, same passes ({same} of {merges_done} merges identical, "
+        rows.append((f"NumPy peer, the same passes ({same} of {merges_done} merges identical; "
                      f"time ratio jclust / NumPy {merge_time / peer_time:.2f})",
                      peer_time, peak_rss_gib()))
     final = np.asarray(jgraph.resolve_labels(state.parent, labels))
