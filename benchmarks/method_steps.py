@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ import jax
 import numpy as np
 
 from jclust import config_lib, methods, train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conv_speed import cpu_model  # noqa: E402
 
 METHODS = ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm")
 
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"`python benchmarks/method_steps.py {' '.join(argv or sys.argv[1:])}`; backend "
           f"{jax.default_backend()}, {len(devices)} x {devices[0].device_kind}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{cpu_model()}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__}; N = {rows[0]['n'] if rows else 0}\n")
     print("| method | phase | batch | step (ms, median) | images/s | first steps incl. compile (s) "
           "| feature pass (images/s) | clustering step opening the phase (s) |")
