@@ -19,6 +19,11 @@ Sections (each prints a Markdown table for BENCHMARKS.md):
 
 Usage:
   python benchmarks/primitives_speed.py [--sections kmeans,streamed,sinkhorn] [--seeds 0,1,2]
+  python benchmarks/primitives_speed.py --synthetic   # where Fashion-MNIST cannot be installed
+
+``--synthetic`` replaces the Fashion-MNIST pixels by seeded uniform noise of the same shape (a lent
+GPU that cannot download): the time per iteration does not depend on the values (``tol=0``), the
+label agreement does.
 
 Peers are optional imports (``pip install scikit-learn faiss-cpu torch`` in the benchmark's
 environment, or ``PYTHONPATH`` to a folder holding them); a missing peer is reported, not faked.
@@ -101,16 +106,20 @@ def settled(fn, *args):
     return fn(*args)
 
 
-def kmeans_section(seeds, max_iter=50):
+def kmeans_section(seeds, max_iter=50, synthetic=False):
     sklearn, faiss = optional("sklearn"), optional("faiss")
-    pixels = fashion_mnist()
+    if synthetic:
+        pixels = np.random.default_rng(0).random((70000, 784), dtype=np.float32)
+    else:
+        pixels = fashion_mnist()
     centred = pixels - pixels.mean(0)
     # PCA-256 by SVD of the covariance (float64), as scikit-learn's covariance_eigh solver does.
     cov = centred.T.astype(np.float64) @ centred.astype(np.float64) / (len(centred) - 1)
     vals, vecs = np.linalg.eigh(cov)
     pca256 = (centred @ vecs[:, ::-1][:, :256].astype(np.float32)).astype(np.float32)
-    cases = [("k = 10, raw pixels 70,000 x 784", pixels, 10),
-             ("k = 1000, PCA-256 70,000 x 256", pca256, 1000)]
+    kind = "uniform noise" if synthetic else "raw pixels"
+    cases = [(f"k = 10, {kind} 70,000 x 784", pixels, 10),
+             (f"k = 1000, PCA-256 of the {kind} 70,000 x 256", pca256, 1000)]
     print("\n### k-means, same initial centroids\n")
     print("| data, k | implementation | s / iteration median [min, max] | iterations | "
           "labels equal to scikit-learn | SSE / scikit-learn's | jclust / this |")
@@ -245,6 +254,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="kmeans,streamed,sinkhorn")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="uniform noise of Fashion-MNIST's shape instead of the data")
     parser.add_argument("--streamed-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.streamed_child:
@@ -256,12 +267,13 @@ def main():
         versions.append(f"{name} {module.__version__}" if module else f"{name} absent")
     command, found = " ".join(sys.argv), ", ".join(versions)
     print(f"`python {command}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, backend "
+          f"{jax.default_backend()} ({jax.devices()[0].device_kind}); "
           f"Python {platform.python_version()}, {found}")
     seeds = [int(s) for s in args.seeds.split(",")]
     sections = args.sections.split(",")
     if "kmeans" in sections:
-        kmeans_section(seeds)
+        kmeans_section(seeds, synthetic=args.synthetic)
     if "sinkhorn" in sections:
         sinkhorn_section()
     if "streamed" in sections:
