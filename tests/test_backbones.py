@@ -73,9 +73,10 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
                                        "deepclusterv2.projection_hidden": 16,
                                        "deepclusterv2.feature_dim": 8},
                   "odc.py": {"odc.train_clusters": 4, "odc.min_cluster_size": 2,
-                             "odc.feature_dim": 8, "odc.neck_hidden": 16},
+                             "odc.feature_dim": 8, "odc.neck_hidden": 16, "odc.eval_pca_dim": 4},
                   "swav.py": {"swav.prototypes": 4, "swav.projection_hidden": 16,
-                              "swav.feature_dim": 8, "swav.num_small_crops": 2}}[config_file])
+                              "swav.feature_dim": 8, "swav.num_small_crops": 2,
+                              "swav.eval_pca_dim": 4}}[config_file])
     small["num_clusters"] = 3
     config = config_lib.apply_overrides(config, small)
     assert config.model.name == "resnet18" and config.data.image_shape == (32, 32, 3)
