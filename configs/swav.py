@@ -64,7 +64,7 @@ def get_config(arg: str = ""):
     # "prototypes" (needs K = num_clusters) | "kmeans" (on z) | "backbone" (DeepCluster v1's rule
     # on the backbone features) | "auto" (prototypes if K = num_clusters, else kmeans). On
     # Fashion-MNIST, k-means on z never beat the untrained network (0.411 at the end of seed 0);
-    # the same run's backbone features under DeepCluster v1's rule gave 0.581 (BENCHMARKS.md).
+    # the same recipe's backbone features under DeepCluster v1's rule gave 0.572 (BENCHMARKS.md).
     config.swav.assignment = "backbone"
     config.swav.eval_pca_dim = 32  # "backbone": PCA-whitening dimension
     config.swav.eval_n_init = 10
