@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ from jclust.models.cnn import max_pool_2x2
 from jclust.models.conv import conv3x3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conv_speed import cpu_model  # noqa: E402
+from conv_speed import cpu_model, time_steps  # noqa: E402
 
 BATCH = 256
 # (name, input shape NHWC, output channels or dense units, pool after)
@@ -38,14 +37,8 @@ LAYERS = (("conv 1->32, 28x28", (28, 28, 1), 32, False),
 
 
 def median_time(fn, steps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds of ``steps`` calls of ``fn`` after 3 warm-up calls (the first compiles)."""
+    return float(np.median(time_steps(fn, warmup=3, steps=steps)[1]))
 
 
 def jax_layer(shape, out, pool, impl):
