@@ -39,6 +39,14 @@ def get_config(arg: str = ""):
     config.jule.gamma = 1.0
     config.jule.num_negatives = 20
     config.jule.merge_cache = 16
+    # "final_pass": the reference's fresh agglomeration of the final embeddings; "clusters": the
+    # unrolled training's own clusters (before they reach the target, their largest ones).
+    config.jule.evaluation = "final_pass"
+    # Graph-degree linkage down to coarse_clusters, then average linkage (cosine) of the clusters'
+    # mean embeddings; "gdl" merges by graph-degree linkage to the end (the reference). On
+    # Fashion-MNIST GDL's last merges let one cluster absorb its neighbours (BENCHMARKS.md, JULE).
+    config.jule.coarse_linkage = "average"
+    config.jule.coarse_clusters = 100
     # The reference trains on the images as they are; light crops are an option.
     config.jule.augment = False
     config.jule.crop_scale = (0.6, 1.0)

@@ -41,6 +41,38 @@ def test_agglomerate_reaches_exactly_the_target_or_does_one_pass():
     assert sorted(np.unique(final).tolist()) == list(range(7))
 
 
+def test_coarse_linkage_takes_over_below_coarse_clusters():
+    x = np.random.default_rng(1).normal(size=(300, 6)).astype(np.float32)
+    kwargs = dict(neighbours=6, eta=0.5, cluster_neighbours=5, local_weight=1.0, cache_size=8,
+                  coarse_linkage="average", coarse_clusters=15)
+    initial, _ = jule.agglomerate(x, None, 300, **kwargs)
+    c = int(initial.max()) + 1
+    assert c > 30
+    final, info = jule.agglomerate(x, initial, 7, **kwargs)
+    assert int(final.max()) + 1 == 7 and info["coarse_merges"] == 15 - 7
+    for old in range(c):  # still only merges of whole clusters
+        assert len(np.unique(final[initial == old])) == 1
+    # One pass that crosses coarse_clusters: graph merges down to 15, average linkage after.
+    twenty, _ = jule.agglomerate(x, initial, 7, max_merges=c - 20, **{**kwargs, "eta": 1.0})
+    assert int(twenty.max()) + 1 == 20
+    one_pass, info = jule.agglomerate(x, twenty, 7, max_merges=10, **kwargs)
+    assert int(one_pass.max()) + 1 == 10 and info["coarse_merges"] == 5
+    # The coarse merges are average linkage of the cluster means (cosine).
+    _, gdl_info = jule.agglomerate(x, twenty, 15, max_merges=5, **kwargs)
+    assert gdl_info["coarse_merges"] == 0
+    fifteen, _ = jule.agglomerate(x, twenty, 15, max_merges=5, **kwargs)
+    np.testing.assert_array_equal(one_pass, jule.coarse_merge(x, fifteen, 10))
+
+
+def test_cluster_centroids_are_unit_means_of_the_largest_clusters():
+    feats = np.array([[1, 0], [3, 0], [0, 5], [1, 1], [1, 3], [2, 2]], np.float32)
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    got = np.asarray(jule.cluster_centroids(feats, labels, 2))
+    expected = np.array([[4, 6], [4, 0]], np.float64)  # cluster 2 (3 members), then cluster 0
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("jule_ref"))
@@ -74,5 +106,7 @@ def test_bad_configs_are_config_errors():
         methods.make(tiny_config(**{"jule.eta": 0.0}), spec)
     with pytest.raises(ConfigError, match="merge_cache"):
         methods.make(tiny_config(**{"jule.merge_cache": 2}), spec)
+    with pytest.raises(ConfigError, match="evaluation"):
+        methods.make(tiny_config(**{"jule.evaluation": "kmeans"}), spec)
     with pytest.raises(ConfigError, match="num_clusters"):
         methods.make(tiny_config(num_clusters=100), spec)

@@ -1,5 +1,5 @@
 """Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
-nearest-neighbour graphs."""
+nearest-neighbour graphs, average linkage."""
 
 from jclust.cluster.em import EMOutput
 from jclust.cluster.em import expected_complete_log_likelihood
@@ -16,6 +16,8 @@ from jclust.cluster.kmeans import kmeans
 from jclust.cluster.kmeans import kmeans_streamed
 from jclust.cluster.kmeans import kmeans_plusplus
 from jclust.cluster.kmeans import random_init
+from jclust.cluster.linkage import LinkageOutput
+from jclust.cluster.linkage import average_linkage
 from jclust.cluster.pca import PCAState
 from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
@@ -34,9 +36,11 @@ __all__ = [
     "knn",
     "nearest_neighbour_clusters",
     "KMeansOutput",
+    "LinkageOutput",
     "PCAState",
     "SinkhornOutput",
     "assign",
+    "average_linkage",
     "kmeans",
     "kmeans_streamed",
     "kmeans_plusplus",

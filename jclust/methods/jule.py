@@ -17,14 +17,23 @@ Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start
 Between them, the CNN trains on the weighted triplet loss of the current clusters
 (``jclust.methods.jule_loss``).
 
-Evaluation and the assignment rule: the final clustering pass of the reference — a fresh 1-NN
-over-clustering of the embeddings, agglomerated (eta per pass, no training) to exactly
-``num_clusters`` clusters — gives the clusters; their mean embeddings (normalised) are the
-evaluation centroids, and an example goes to the centroid of largest cosine similarity. The pass
-runs before every evaluation (``fit_evaluation``, and inside ``recluster``).
+Coarse merges (``jule.coarse_linkage``): "gdl" merges by graph-degree linkage to the end, as
+the reference does. "average" (the default) stops graph-degree linkage at
+``jule.coarse_clusters`` clusters and makes the remaining merges by average linkage (cosine) of
+the clusters' mean embeddings (``jclust.cluster.linkage``). On Fashion-MNIST, GDL's last merges
+join the big clusters into one or two, both on pixels and on trained embeddings: the
+|C|^2-normalised affinity favours whichever cluster borders the most (BENCHMARKS.md, JULE).
 
-Deviation from the reference: the initial over-clustering uses the untrained network's
-embeddings, not raw pixels (``recluster`` sees the embeddings only).
+Evaluation and the assignment rule (``jule.evaluation``): "final_pass" (the reference) — a fresh
+1-NN over-clustering of the final embeddings, agglomerated (eta per pass, no training, the same
+coarse merges) to exactly ``num_clusters`` clusters; "clusters" — the unrolled training's own
+clusters. The clusters' mean embeddings (normalised) are the evaluation centroids, and an example
+goes to the centroid of largest cosine similarity. Before the training clusters reach the target,
+an evaluation only shows progress: its centroids are the means of the ``num_clusters`` largest
+training clusters (the final pass costs minutes).
+
+Deviations from the reference: the initial over-clustering uses the untrained network's
+embeddings, not raw pixels (``recluster`` sees the embeddings only); the coarse merges above.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import optax
 
 from jclust import models
 from jclust.cluster import graph as jgraph
+from jclust.cluster import linkage
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
@@ -49,8 +59,9 @@ from jclust.optim import make_schedule
 
 ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
                    "centroids: the mean embeddings of the clusters of JULE's final agglomerative "
-                   "pass (1-NN over-clustering agglomerated to num_clusters) at the latest "
-                   "evaluation; confidence = that cosine similarity")
+                   "pass (1-NN over-clustering agglomerated to num_clusters) or of the training "
+                   "clusters (jule.evaluation) at the latest evaluation; confidence = that "
+                   "cosine similarity")
 
 
 class JuleState(NamedTuple):
@@ -70,7 +81,8 @@ class JuleState(NamedTuple):
 
 def agglomerate(features, labels, target: int, *, neighbours: int, eta: float,
                 cluster_neighbours: int, local_weight: float, cache_size: int,
-                max_merges: int | None = None) -> tuple[np.ndarray, dict]:
+                max_merges: int | None = None, coarse_linkage: str = "gdl",
+                coarse_clusters: int = 0) -> tuple[np.ndarray, dict]:
     """Merges of JULE's merge scan on ``features`` starting from ``labels``.
 
     Args:
@@ -81,6 +93,11 @@ def agglomerate(features, labels, target: int, *, neighbours: int, eta: float,
       eta: fraction of the clusters merged per pass.
       max_merges: None agglomerates (pass after pass) down to ``target``; an int does one pass
         of at most that many merges.
+      coarse_linkage: "gdl" merges by graph-degree linkage to the end (the reference);
+        "average" stops graph-degree linkage at ``coarse_clusters`` clusters and does the rest
+        of the merges by average linkage (cosine) of the clusters' mean embeddings
+        (:func:`jclust.cluster.linkage.average_linkage`).
+      coarse_clusters: where "average" takes over.
 
     Returns:
       (labels [N] int32 compact, info of python scalars).
@@ -93,21 +110,67 @@ def agglomerate(features, labels, target: int, *, neighbours: int, eta: float,
     info = {"clusters_before": c, "sigma2": float(graph.sigma2)}
     if c <= target:
         return labels, {**info, "merges": 0}
-    a_us, _ = jgraph.gdl_affinity(graph, labels, c, symmetric=False)
-    state = jgraph.merge_state(a_us, np.bincount(labels, minlength=c))
-    del a_us
-    active, merges = c, 0
+    floor = max(target, coarse_clusters) if coarse_linkage == "average" else target
+    state, active, merges, coarse = None, c, 0, 0
     while active > target:
         count = min(math.ceil(eta * active), active - target)
         if max_merges is not None:
             count = min(count, max_merges)
-        state, _ = jgraph.merge_clusters(state, count, num_neighbours=cluster_neighbours,
-                                         local_weight=local_weight, cache_size=cache_size)
+        by_graph = min(count, max(active - floor, 0))
+        if by_graph:
+            if state is None:
+                a_us, _ = jgraph.gdl_affinity(graph, labels, active, symmetric=False)
+                state = jgraph.merge_state(a_us, np.bincount(labels, minlength=active))
+                del a_us
+            state, _ = jgraph.merge_clusters(state, by_graph, num_neighbours=cluster_neighbours,
+                                             local_weight=local_weight, cache_size=cache_size)
+        if count > by_graph:
+            if state is not None:
+                labels, state = np.asarray(jgraph.resolve_labels(state.parent, labels)), None
+            labels = coarse_merge(features, labels, active - count)
+            coarse += count - by_graph
         active, merges = active - count, merges + count
         if max_merges is not None:
             break
-    labels = np.asarray(jgraph.resolve_labels(state.parent, labels))
-    return labels, {**info, "merges": merges}
+    if state is not None:
+        labels = np.asarray(jgraph.resolve_labels(state.parent, labels))
+    return labels.astype(np.int32), {**info, "merges": merges, "coarse_merges": coarse}
+
+
+def coarse_merge(features, labels, num_groups: int) -> np.ndarray:
+    """Merges clusters into ``num_groups`` by average linkage (cosine) of their mean embeddings.
+
+    Args:
+      features: [N, D] embeddings (L2-normalised before averaging).
+      labels: [N] int compact clusters 0..C-1.
+      num_groups: G <= C.
+
+    Returns:
+      [N] int32 compact labels 0..G-1.
+    """
+    labels = np.asarray(labels)
+    sums = np.zeros((int(labels.max()) + 1, features.shape[1]), np.float64)
+    np.add.at(sums, labels, np.asarray(l2_normalize(jnp.asarray(features)), np.float64))
+    groups = linkage.average_linkage(jnp.asarray(sums, jnp.float32), num_groups).labels
+    return np.asarray(groups)[labels].astype(np.int32)
+
+
+def cluster_centroids(features, labels, count: int) -> jax.Array:
+    """Unit mean embeddings of the ``count`` largest clusters.
+
+    Args:
+      features: [N, E] embeddings.
+      labels: [N] int cluster of every example, 0..C-1 (C >= ``count``).
+      count: how many centroids.
+
+    Returns:
+      [count, E] float32 unit rows, largest cluster first.
+    """
+    labels = np.asarray(labels)
+    sums = np.zeros((int(labels.max()) + 1, features.shape[1]), np.float64)
+    np.add.at(sums, labels, np.asarray(features, np.float64))
+    largest = np.argsort(-np.bincount(labels, minlength=len(sums)), kind="stable")[:count]
+    return l2_normalize(jnp.asarray(sums[largest], jnp.float32))
 
 
 def make(config, data_spec: DataSpec) -> Method:
@@ -128,6 +191,9 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.gamma": jc.gamma > 0,
                          "jule.num_negatives": jc.num_negatives >= 1,
                          "jule.merge_cache": jc.merge_cache >= jc.cluster_neighbours,
+                         "jule.evaluation": jc.evaluation in ("final_pass", "clusters"),
+                         "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
+                         "jule.coarse_clusters": jc.coarse_clusters >= 0,
                          "optim.max_epochs": config.optim.max_epochs >= jc.epochs_per_period,
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
@@ -140,7 +206,8 @@ def make(config, data_spec: DataSpec) -> Method:
     height, width = data_spec.input_shape[:2]
     merge_kwargs = dict(neighbours=jc.neighbours, eta=jc.eta,
                         cluster_neighbours=jc.cluster_neighbours, local_weight=jc.local_weight,
-                        cache_size=jc.merge_cache)
+                        cache_size=jc.merge_cache, coarse_linkage=jc.coarse_linkage,
+                        coarse_clusters=jc.coarse_clusters)
 
     def init(rng, x):
         k_backbone, k_head = jax.random.split(rng)
@@ -178,9 +245,14 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def final_centroids(feats):
         labels, _ = agglomerate(feats, None, target, **merge_kwargs)
-        sums = np.zeros((target, feats.shape[1]), np.float64)
-        np.add.at(sums, labels, np.asarray(feats, np.float64))
-        return l2_normalize(jnp.asarray(sums, jnp.float32))
+        return cluster_centroids(feats, labels, target)
+
+    def evaluation_centroids(feats, labels):
+        # Before the clusters reach the target an evaluation only shows progress: the final pass
+        # would cost minutes at every period.
+        if jc.evaluation == "final_pass" and int(labels.max()) + 1 <= target:
+            return final_centroids(feats)
+        return cluster_centroids(feats, labels, target)
 
     def recluster(params, cluster, feats, *, phase, first, key):
         del phase, key
@@ -193,16 +265,18 @@ def make(config, data_spec: DataSpec) -> Method:
             labels, info = agglomerate(feats, current, target, max_merges=n, **merge_kwargs)
             period = int(cluster.period) + 1
         count = int(labels.max()) + 1
-        info.update(clusters=count, period=period)
+        info.update(clusters=count, period=period,
+                    largest_cluster=int(np.bincount(labels).max()))
         cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
                             num_clusters=jnp.asarray(count, jnp.int32),
                             period=jnp.asarray(period, jnp.int32),
-                            eval_centroids=final_centroids(feats))
+                            eval_centroids=evaluation_centroids(feats, labels))
         return params, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
         del params, key
-        return cluster._replace(eval_centroids=final_centroids(np.asarray(feats)))
+        return cluster._replace(eval_centroids=evaluation_centroids(np.asarray(feats),
+                                                                    np.asarray(cluster.labels)))
 
     schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
     tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
