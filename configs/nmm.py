@@ -52,16 +52,19 @@ def get_config(arg: str = ""):
     config.nmm.num_neighbours = 10
     config.nmm.neighbour_pca_dim = 50
     config.nmm.remine_epochs = 2  # "backbone" only
-    config.nmm.entropy_weight = 1.0
+    # Fashion-MNIST, seed 0, EM + consistency: weight 1 left the hard clusters unbalanced (sizes
+    # 139..22,686, ACC 0.395); weight 5 (SCAN's) balanced them (2,988..9,767, ACC 0.535).
+    config.nmm.entropy_weight = 5.0
     config.nmm.augment_anchor = True  # the anchor view augmented too (False: the image as is)
     config.nmm.crop_scale = (0.4, 1.0)
     config.nmm.flip = True
     config.nmm.max_degrees = 0.0
     config.eval_every_steps = 546  # every 2 epochs
 
-    if "em" in args:
+    if "em" in args:  # EM alone: no consistency fusion (its entropy term included)
         config.nmm.augment_weight = 0.0
         config.nmm.neighbour_weight = 0.0
+        config.nmm.entropy_weight = 0.0
     if "digits" in args:
         config.data.source = "digits"
         config.data.image_shape = (8, 8, 1)
@@ -72,6 +75,8 @@ def get_config(arg: str = ""):
         config.nmm.crop_scale = (0.6, 1.0)
         config.nmm.flip = False  # a mirrored digit is not the same digit
         config.nmm.neighbour_pca_dim = 0
+        if "em" not in args:
+            config.nmm.entropy_weight = 1.0  # the value of the digits sweep (nmm.sigmoid_scale)
         config.eval_every_steps = 140
         config.log_every_steps = 100
         config.pictures.every_evals = 5

@@ -39,6 +39,7 @@ embeddings, not raw pixels (``recluster`` sees the embeddings only); the coarse 
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -258,6 +259,7 @@ def make(config, data_spec: DataSpec) -> Method:
         del phase, key
         feats = np.asarray(feats)
         current = np.asarray(cluster.labels)
+        start = time.perf_counter()
         if current.min() < 0:  # the start: the initial over-clustering
             labels, info = agglomerate(feats, None, n, **merge_kwargs)
             period = 0
@@ -265,7 +267,7 @@ def make(config, data_spec: DataSpec) -> Method:
             labels, info = agglomerate(feats, current, target, max_merges=n, **merge_kwargs)
             period = int(cluster.period) + 1
         count = int(labels.max()) + 1
-        info.update(clusters=count, period=period,
+        info.update(clusters=count, period=period, pass_seconds=time.perf_counter() - start,
                     largest_cluster=int(np.bincount(labels).max()))
         cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
                             num_clusters=jnp.asarray(count, jnp.int32),
