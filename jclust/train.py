@@ -430,13 +430,23 @@ def load_run(workdir: str):
 
     Returns:
       ``(config, method, state, data_spec)`` with the newest readable checkpoint's state.
+
+    Raises:
+      ConfigError: the run's saved config lacks a key this version of jclust reads.
     """
     info = read_run_info(workdir)
     config = ml_collections.ConfigDict(info["config"])
     spec = jmethods.DataSpec(num_examples=info["data_spec"]["num_examples"],
                              input_shape=tuple(info["data_spec"]["input_shape"]),
                              is_image=info["data_spec"]["is_image"])
-    method = jmethods.make(config, spec)
+    try:
+        method = jmethods.make(config, spec)
+    except AttributeError as err:
+        if not isinstance(err.__context__, KeyError):  # not ConfigDict's missing-key error
+            raise
+        raise config_lib.ConfigError(
+            f"{workdir} was written by an older jclust: its saved config has no key {err} that this "
+            f"version reads; add the key to {workdir}/run.json or train again") from None
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
     abstract = jax.eval_shape(lambda: init_state(method, config.seed, sample))
     shardings = jax.tree.broadcast(state_sharding(method, make_mesh(), spec.num_examples), abstract)

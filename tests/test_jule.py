@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -98,6 +99,19 @@ def test_resume_restores_memberships_and_period(reference_run, tmp_path):
     ref_dir, _ = reference_run
     # Step 12: inside period 2 (steps 8..15), after the first merges.
     assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
+
+
+def test_run_saved_without_a_newer_key_gives_a_clear_error(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    old = str(tmp_path / "old")
+    shutil.copytree(ref_dir, old)
+    with open(os.path.join(old, "run.json")) as f:
+        info = json.load(f)
+    del info["config"]["jule"]["coarse_linkage"]
+    with open(os.path.join(old, "run.json"), "w") as f:
+        json.dump(info, f)
+    with pytest.raises(ConfigError, match="older jclust.*coarse_linkage"):
+        train.load_run(old)
 
 
 def test_bad_configs_are_config_errors():
