@@ -150,8 +150,7 @@ def coarse_merge(features, labels, num_groups: int) -> np.ndarray:
       [N] int32 compact labels 0..G-1.
     """
     labels = np.asarray(labels)
-    sums = np.zeros((int(labels.max()) + 1, features.shape[1]), np.float64)
-    np.add.at(sums, labels, np.asarray(l2_normalize(jnp.asarray(features)), np.float64))
+    sums = _cluster_sums(l2_normalize(jnp.asarray(features)), labels)
     groups = linkage.average_linkage(jnp.asarray(sums, jnp.float32), num_groups).labels
     return np.asarray(groups)[labels].astype(np.int32)
 
@@ -168,10 +167,16 @@ def cluster_centroids(features, labels, count: int) -> jax.Array:
       [count, E] float32 unit rows, largest cluster first.
     """
     labels = np.asarray(labels)
-    sums = np.zeros((int(labels.max()) + 1, features.shape[1]), np.float64)
-    np.add.at(sums, labels, np.asarray(features, np.float64))
+    sums = _cluster_sums(features, labels)
     largest = np.argsort(-np.bincount(labels, minlength=len(sums)), kind="stable")[:count]
     return l2_normalize(jnp.asarray(sums[largest], jnp.float32))
+
+
+def _cluster_sums(features, labels: np.ndarray) -> np.ndarray:
+    """[C, D] float64 sums of the [N, D] ``features`` of each cluster 0..C-1 of ``labels``."""
+    sums = np.zeros((int(labels.max()) + 1, features.shape[1]), np.float64)
+    np.add.at(sums, labels, np.asarray(features, np.float64))
+    return sums
 
 
 def make(config, data_spec: DataSpec) -> Method:
