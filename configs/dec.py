@@ -52,6 +52,9 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     config.kmeans = ml_collections.ConfigDict()
     config.kmeans.n_init = 20
     config.kmeans.max_iter = 300
+    # "embedding" (DEC) or "whitened": k-means on the PCA-whitened, L2-normalised embedding,
+    # centroids = those clusters' means in the embedding (see dec.initial_centroids).
+    config.kmeans.space = "embedding"
 
     # An evaluation comes every update_interval (140) steps, ~5 s of training on 2 cores; the
     # pictures take ~1 s on 70,000 images, so they are redrawn every 5th evaluation (and at the end).

@@ -445,7 +445,8 @@ def load_run(workdir: str):
         if not isinstance(err.__context__, KeyError):  # not ConfigDict's missing-key error
             raise
         raise config_lib.ConfigError(
-            f"{workdir} was written by an older jclust: its saved config has no key {err} that this "
+            f"{workdir} was written by an older jclust: its saved config has no key "
+            f"{str(err).strip(chr(34) + chr(39))!r} that this "
             f"version reads; add the key to {workdir}/run.json or train again") from None
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
     abstract = jax.eval_shape(lambda: init_state(method, config.seed, sample))

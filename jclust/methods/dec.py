@@ -106,6 +106,38 @@ def reconstruction_loss(x: jax.Array, x_rec: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(x_rec - x))
 
 
+def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300):
+    """DEC's centroid initialisation: k-means on the embeddings.
+
+    Args:
+      features: [N, D] float32 embeddings.
+      k: number of clusters.
+      key: PRNG key of the k-means restarts.
+      space: ``"embedding"`` (DEC: k-means on the embeddings themselves) or ``"whitened"``
+        (k-means on the PCA-whitened, L2-normalised embeddings, as DeepCluster clusters its
+        features; the centroids are then the means of the k-means clusters in the embedding, the
+        space where the Student-t kernel works).
+      n_init, max_iter: k-means restarts and iterations.
+
+    Returns:
+      (centroids [k, D] float32, the KMeansOutput of the k-means that made them).
+    """
+    features = jnp.asarray(features, jnp.float32)
+    if space == "embedding":
+        km = jcluster.kmeans(features, k, key=key, n_init=n_init, max_iter=max_iter)
+        return km.centroids, km
+    if space != "whitened":
+        raise ValueError(f"space must be 'embedding' or 'whitened', got {space!r}")
+    pca_state = jcluster.pca_fit(features, features.shape[1], whiten=True)
+    whitened = jcluster.pca_transform(pca_state, features, l2_normalize=True)
+    km = jcluster.kmeans(whitened, k, key=key, n_init=n_init, max_iter=max_iter)
+    one_hot = jax.nn.one_hot(km.labels, k, dtype=jnp.float32)
+    counts = one_hot.sum(axis=0)
+    sums = jnp.dot(one_hot.T, features, precision=jax.lax.Precision.HIGHEST)
+    # k-means re-seeds empty clusters, so every count is positive; the guard is for safety only.
+    return sums / jnp.maximum(counts, 1.0)[:, None], km
+
+
 def make(config, data_spec: DataSpec) -> Method:
     """Builds DEC (``config.method == "dec"``) or IDEC (``"idec"``).
 
@@ -129,6 +161,8 @@ def make(config, data_spec: DataSpec) -> Method:
               "pretrain.input_dropout": 0 <= config.pretrain.input_dropout < 1,
               "dec.augment_shift": config.dec.augment_shift >= 0}
     check_ranges(config, checks)
+    if config.kmeans.space not in ("embedding", "whitened"):
+        raise ConfigError(f"kmeans.space={config.kmeans.space!r}; use 'embedding' or 'whitened'")
     if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
         raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
                           "are feature vectors")
@@ -211,9 +245,10 @@ def make(config, data_spec: DataSpec) -> Method:
     def recluster(params, cluster, features, *, phase, first, key):
         info = {}
         if first:
-            km = jcluster.kmeans(features, k, key=key, n_init=config.kmeans.n_init,
-                                 max_iter=config.kmeans.max_iter)
-            params = {**params, "centroids": km.centroids}
+            centroids, km = initial_centroids(features, k, key=key, space=config.kmeans.space,
+                                              n_init=config.kmeans.n_init,
+                                              max_iter=config.kmeans.max_iter)
+            params = {**params, "centroids": centroids}
             info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter))
         target, labels, delta = _update_target(params["centroids"], features, cluster.labels)
         # DEC stops on the label-change tolerance, but never on the very first target update.
