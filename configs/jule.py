@@ -33,6 +33,9 @@ def get_config(arg: str = ""):
     config.jule.cluster_neighbours = 5  # K_c
     config.jule.local_weight = 1.0  # lambda
     config.jule.eta = 0.9
+    # eta of the first training passes, in order (later passes and the final pass use eta): a
+    # smaller first pass merges less while the embedding has seen only the over-clustering.
+    config.jule.period_eta = ()
     # The reference trains 20 epochs a period; 2 keep the whole run within 30 min on 2 cores.
     config.jule.epochs_per_period = 2
     config.jule.margin = 0.2

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jclust import methods
+from jclust import cluster as jcluster
+from jclust import methods, metrics
 from jclust.config_lib import ConfigError
 from jclust.methods import dec
 
@@ -164,3 +165,35 @@ def test_denoising_pretraining_loss(tiny):
     config.lock()
     with pytest.raises(ConfigError, match="input_dropout"):
         methods.make(config, methods.DataSpec(6, (8, 8, 1), True))
+
+
+def test_initial_centroids_whitened_are_means_of_kmeans_on_whitened_l2_features():
+    rng = np.random.default_rng(7)
+    # Anisotropic blobs: one direction carries 100x the variance of the other.
+    centers = np.array([[0.0, 0.0, 0.0], [30.0, 1.0, 0.0], [0.0, 1.0, 1.0]], np.float32)
+    x = (centers[rng.integers(0, 3, 120)] + rng.normal(size=(120, 3)) * [10.0, 0.1, 0.1]
+         ).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    centroids, km = dec.initial_centroids(x, 3, key=key, space="whitened", n_init=3)
+
+    # NumPy reference of the space: centre, rotate on the covariance's eigenvectors, scale each
+    # component to unit variance, L2-normalise each row.
+    xc = x - x.mean(0)
+    var, vec = np.linalg.eigh(np.cov(xc.T, bias=True))
+    w = xc @ vec / np.sqrt(var)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    km_ref = jcluster.kmeans(jnp.asarray(w), 3, key=key, n_init=3)
+    assert metrics.ari(np.asarray(km_ref.labels), np.asarray(km.labels)) == 1.0
+    labels = np.asarray(km.labels)
+    expected = np.stack([x[labels == j].mean(0) for j in range(3)])
+    np.testing.assert_allclose(centroids, expected, rtol=1e-5, atol=1e-5)
+
+    plain, km_plain = dec.initial_centroids(x, 3, key=key, space="embedding", n_init=3)
+    np.testing.assert_allclose(plain, km_plain.centroids)
+    with pytest.raises(ValueError, match="space"):
+        dec.initial_centroids(x, 3, key=key, space="pixels")
+
+
+def test_kmeans_space_config_checked(tiny):
+    with pytest.raises(ConfigError, match="kmeans.space"):
+        _method(lambda **kw: tiny(**kw, **{"kmeans.space": "pixels"}), "dec")

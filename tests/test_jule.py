@@ -1,9 +1,11 @@
 """JULE end to end: periods of triplet training and merges down to the target, and exact resume."""
 
 import json
+import math
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -124,3 +126,22 @@ def test_bad_configs_are_config_errors():
         methods.make(tiny_config(**{"jule.evaluation": "kmeans"}), spec)
     with pytest.raises(ConfigError, match="num_clusters"):
         methods.make(tiny_config(num_clusters=100), spec)
+
+
+def test_period_eta_sets_the_merges_of_the_first_passes():
+    n = 256
+    config = tiny_config(**{"jule.period_eta": (0.25,), "jule.coarse_clusters": 0})
+    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
+    params, _, cluster = method.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.uint8))
+    key = jax.random.PRNGKey(1)
+    counts = []
+    for first in (True, False, False):
+        params, cluster, info = method.recluster(params, cluster, feats, phase=0, first=first,
+                                                 key=key)
+        counts.append(info["clusters"])
+        assert info.get("eta", None) == {0: None, 1: 0.25, 2: 0.6}[len(counts) - 1]
+    c0, c1, c2 = counts
+    assert c1 == c0 - math.ceil(0.25 * c0) and c2 == max(c1 - math.ceil(0.6 * c1), 10)
+    with pytest.raises(ConfigError, match="period_eta"):
+        methods.make(tiny_config(**{"jule.period_eta": (0.5, 0.0)}), methods.DataSpec(n, (8, 8, 1), True))

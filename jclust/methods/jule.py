@@ -13,7 +13,8 @@ Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start
   * at the end of every period, on fresh embeddings: the sample affinity graph (K_s =
     ``jule.neighbours``), GDL affinities between the current clusters, then
     min(ceil(eta C), C - target) merges of the merge scan (K_c = ``jule.cluster_neighbours``,
-    lambda = ``jule.local_weight``); training stops once C = ``num_clusters``.
+    lambda = ``jule.local_weight``; eta = ``jule.eta``, or ``jule.period_eta[p - 1]`` for the
+    first passes p); training stops once C = ``num_clusters``.
 Between them, the CNN trains on the weighted triplet loss of the current clusters
 (``jclust.methods.jule_loss``).
 
@@ -191,6 +192,7 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.neighbours": 1 <= jc.neighbours < n,
                          "jule.cluster_neighbours": jc.cluster_neighbours >= 1,
                          "jule.eta": 0 < jc.eta <= 1,
+                         "jule.period_eta": all(0 < e <= 1 for e in jc.period_eta),
                          "jule.epochs_per_period": jc.epochs_per_period >= 1,
                          "jule.embed_dim": jc.embed_dim >= 1,
                          "jule.margin": jc.margin >= 0,
@@ -269,8 +271,11 @@ def make(config, data_spec: DataSpec) -> Method:
             labels, info = agglomerate(feats, None, n, **merge_kwargs)
             period = 0
         else:
-            labels, info = agglomerate(feats, current, target, max_merges=n, **merge_kwargs)
             period = int(cluster.period) + 1
+            eta = jc.period_eta[period - 1] if period <= len(jc.period_eta) else jc.eta
+            labels, info = agglomerate(feats, current, target, max_merges=n,
+                                       **{**merge_kwargs, "eta": eta})
+            info.update(eta=eta)
         count = int(labels.max()) + 1
         info.update(clusters=count, period=period, pass_seconds=time.perf_counter() - start,
                     largest_cluster=int(np.bincount(labels).max()))
