@@ -444,10 +444,10 @@ def load_run(workdir: str):
     except AttributeError as err:
         if not isinstance(err.__context__, KeyError):  # not ConfigDict's missing-key error
             raise
+        key = str(err).strip("'\"")
         raise config_lib.ConfigError(
-            f"{workdir} was written by an older jclust: its saved config has no key "
-            f"{str(err).strip(chr(34) + chr(39))!r} that this "
-            f"version reads; add the key to {workdir}/run.json or train again") from None
+            f"{workdir} was written by an older jclust: its saved config has no key {key!r} that "
+            f"this version reads; add the key to {workdir}/run.json or train again") from None
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
     abstract = jax.eval_shape(lambda: init_state(method, config.seed, sample))
     shardings = jax.tree.broadcast(state_sharding(method, make_mesh(), spec.num_examples), abstract)
