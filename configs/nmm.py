@@ -24,7 +24,10 @@ def get_config(arg: str = ""):
     config.model = config_lib.small_cnn_model(pool_first=True)
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.epochs = 6
+    # Fashion-MNIST, seed 0, EM + consistency: 6 epochs, ACC 0.535 at epoch 4 and at the end; 10
+    # epochs (the cosine decay stretched), 0.652 at epoch 4 and 0.680 at the end, 19 min on 2
+    # cores (BENCHMARKS.md).
+    config.optim.epochs = 10
     config.optim.optimizer = "adam"
     config.optim.learning_rate = 1e-3
     config.optim.lr_schedule = "cosine"
@@ -59,7 +62,7 @@ def get_config(arg: str = ""):
     config.nmm.crop_scale = (0.4, 1.0)
     config.nmm.flip = True
     config.nmm.max_degrees = 0.0
-    config.eval_every_steps = 546  # every 2 epochs
+    config.eval_every_steps = 1092  # every 4 epochs
 
     if "em" in args:  # EM alone: no consistency fusion (its entropy term included)
         config.nmm.augment_weight = 0.0
