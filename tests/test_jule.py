@@ -144,4 +144,5 @@ def test_period_eta_sets_the_merges_of_the_first_passes():
     c0, c1, c2 = counts
     assert c1 == c0 - math.ceil(0.25 * c0) and c2 == max(c1 - math.ceil(0.6 * c1), 10)
     with pytest.raises(ConfigError, match="period_eta"):
-        methods.make(tiny_config(**{"jule.period_eta": (0.5, 0.0)}), methods.DataSpec(n, (8, 8, 1), True))
+        methods.make(tiny_config(**{"jule.period_eta": (0.5, 0.0)}),
+                     methods.DataSpec(n, (8, 8, 1), True))
