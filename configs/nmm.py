@@ -46,6 +46,9 @@ def get_config(arg: str = ""):
     config.nmm.mixture_weights = "fixed"  # "fixed" (1/K) | "estimated" (moving average)
     config.nmm.weights_momentum = 0.99
     config.nmm.head_hidden = 0
+    # SCAN's heads: H mixtures trained together, the one of lowest running loss assigns.
+    config.nmm.num_heads = 1
+    config.nmm.head_loss_momentum = 0.99
     config.nmm.em_weight = 0.2  # 1 with s = 15: 0.453 on digits (above)
     # Consistency fusion: two augmented views, and a mined neighbour in a frozen space.
     config.nmm.consistency = "dot"  # "dot" (SCAN's -log <q, q'>) | "cross_entropy"

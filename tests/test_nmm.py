@@ -142,19 +142,20 @@ def test_drawn_neighbours_are_valid_reproducible_and_uniform():
 
 
 def test_assignment_is_the_argmax_density_with_its_posterior():
-    config, method = _method()
+    config, method = _method(**{"nmm.num_heads": 1})
     params, _, cluster = method.init(jax.random.PRNGKey(0), jnp.zeros((4, 8, 8, 1), jnp.uint8))
     logits = jnp.array([[2.0, -1.0] + [-3.0] * 8, [0.0, 1.0] + [-3.0] * 8])
     feats = jnp.concatenate([logits, jnp.ones((2, 32))], axis=1)
     labels, confidence = method.assign(params, cluster, feats)
     np.testing.assert_array_equal(labels, [0, 1])
-    gamma = jcluster.responsibilities(jax.nn.log_sigmoid(logits), cluster.log_weights)
+    gamma = jcluster.responsibilities(jax.nn.log_sigmoid(logits), cluster.log_weights[0])
     np.testing.assert_allclose(confidence, [gamma.responsibilities[0, 0],
                                             gamma.responsibilities[1, 1]], rtol=1e-6)
 
 
 def test_one_jitted_step_is_em_plus_consistency():
-    config, method = _method(**{"nmm.augment_anchor": False, "nmm.augment_weight": 0.0})
+    config, method = _method(**{"nmm.augment_anchor": False, "nmm.augment_weight": 0.0,
+                                "nmm.num_heads": 1})
     x = np.random.default_rng(0).integers(0, 256, size=(32, 8, 8, 1), dtype=np.uint8)
     state = train.init_state(method, 0, x)
     step = jax.jit(train.make_train_step(method, 0))
@@ -182,6 +183,8 @@ def test_bad_configs_are_config_errors():
         _method(n=20, **{"nmm.num_neighbours": 20, "batch_size": 4})
     with pytest.raises(ConfigError, match="consistency"):
         _method(**{"nmm.consistency": "kl"})
+    with pytest.raises(ConfigError, match="num_heads"):
+        _method(**{"nmm.num_heads": 0})
     with pytest.raises(ConfigError, match="unknown config argument"):
         config_lib.load_config(os.path.join(ROOT, "configs", "nmm.py:digit"))
 
@@ -208,6 +211,15 @@ def test_resume_restores_weights_and_neighbours(reference_run, tmp_path):
     assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
 
 
+def test_resume_restores_every_head(tmp_path):
+    """Two heads: their weights, running losses and batch statistics resume exactly."""
+    config = tiny_config(**{"nmm.num_heads": 2, "optim.epochs": 2})
+    ref_dir = str(tmp_path / "ref")
+    train.train_and_evaluate(config, ref_dir)
+    state = assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 8, config)
+    assert state.cluster.head_losses.shape == (2,) and state.cluster.log_weights.shape == (2, 10)
+
+
 def test_backbone_neighbours_are_re_mined_every_epoch(tmp_path):
     config = tiny_config(**{"nmm.neighbour_space": "backbone", "nmm.remine_epochs": 1,
                             "optim.epochs": 2})
@@ -226,7 +238,7 @@ from jax.sharding import Mesh
 from jclust import methods, train
 from tests.test_nmm import tiny_config
 assert jax.device_count() == 8
-config = tiny_config()
+config = tiny_config(**{"nmm.num_heads": 2})
 dataset = train.load_dataset(config)
 method = methods.make(config, train.data_spec_of(dataset))
 state = train.init_state(method, 0, dataset.inputs[:32])
@@ -273,3 +285,67 @@ def test_eight_devices_end_to_end(reference_run, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(state.cluster.neighbours),
                                   np.asarray(ref_state.cluster.neighbours))
+
+
+def _head_slice(tree, j, k):
+    """Head j's columns of a MixtureHead's parameters or batch statistics (the last axis)."""
+    return jax.tree.map(lambda a: a[..., j * k:(j + 1) * k], tree)
+
+
+def test_heads_are_independent_mixtures_and_the_loss_is_their_mean():
+    """Three heads on one backbone: each head's loss is the one-head loss of its own columns, the
+    step minimises their mean and reports the selected head's terms."""
+    k = 10
+    config3, three = _method(**{"nmm.num_heads": 3})
+    config1, one = _method(**{"nmm.num_heads": 1})
+    x = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8)
+    nbr = np.random.default_rng(1).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8)
+    batch = jax.tree.map(jnp.asarray, {"x": x, "neighbour_x": nbr})
+    params, model_state, cluster = three.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    assert cluster.log_weights.shape == (3, k) and cluster.head_losses.shape == (3,)
+    cluster = cluster._replace(head_losses=jnp.array([0.3, -2.0, 0.1]))  # head 1 selected
+    rng = jax.random.PRNGKey(5)
+    loss3, (_, metrics3, outputs3) = three.phases[0].loss_fn(params, model_state, cluster, batch,
+                                                             rng)
+    per_head = []
+    for j in range(3):
+        params1 = {"backbone": params["backbone"], "head": _head_slice(params["head"], j, k)}
+        state1 = {"backbone": model_state["backbone"],
+                  "head": _head_slice(model_state["head"], j, k)}
+        cluster1 = one.init(jax.random.PRNGKey(0), jnp.asarray(x))[2]._replace(
+            log_weights=cluster.log_weights[j:j + 1])
+        loss1, (_, metrics1, _) = one.phases[0].loss_fn(params1, state1, cluster1, batch, rng)
+        per_head.append(float(loss1))
+        if j == 1:
+            for name, value in metrics1.items():
+                np.testing.assert_allclose(float(metrics3[name]), float(value), rtol=1e-5,
+                                           err_msg=name)
+    np.testing.assert_allclose(np.asarray(outputs3["head_losses"]), per_head, rtol=1e-5)
+    np.testing.assert_allclose(float(loss3), np.mean(per_head), rtol=1e-5)
+    assert int(metrics3["selected_head"]) == 1
+    assert len(set(np.round(per_head, 4))) == 3  # differently initialised heads
+
+
+def test_running_head_losses_pick_the_assigning_head():
+    k = 10
+    config, method = _method(**{"nmm.num_heads": 3, "nmm.head_loss_momentum": 0.9})
+    params, _, cluster = method.init(jax.random.PRNGKey(0), jnp.zeros((4, 8, 8, 1), jnp.uint8))
+    update = method.phases[0].cluster_update
+    outputs = {"mass": jnp.full((3, k), 0.1), "head_losses": jnp.array([1.0, 2.0, 3.0])}
+    cluster, _ = update(cluster, None, outputs, None)  # the first step's losses start the averages
+    np.testing.assert_allclose(cluster.head_losses, [1.0, 2.0, 3.0], rtol=1e-6)
+    outputs = {"mass": jnp.full((3, k), 0.1), "head_losses": jnp.array([5.0, 2.0, 1.0])}
+    cluster, _ = update(cluster, None, outputs, None)
+    np.testing.assert_allclose(cluster.head_losses, [1.4, 2.0, 2.8], rtol=1e-6)
+    assert int(cluster.selected_head) == 0
+    # The assignment reads the selected head's columns only.
+    logits = np.full((2, 3 * k), -3.0, np.float32)
+    logits[:, 2 * k + 5] = 4.0  # head 2 says cluster 5 ...
+    logits[0, 0 * k + 3] = 2.0  # ... head 0: clusters 3 and 7
+    logits[1, 0 * k + 7] = 2.0
+    feats = jnp.concatenate([jnp.asarray(logits), jnp.ones((2, 32))], axis=1)
+    labels, _ = method.assign(params, cluster, feats)
+    np.testing.assert_array_equal(labels, [3, 7])
+    labels, _ = method.assign(params, cluster._replace(head_losses=jnp.array([3.0, 2.0, 1.0])),
+                              feats)
+    np.testing.assert_array_equal(labels, [5, 5])

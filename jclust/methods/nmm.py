@@ -27,14 +27,20 @@ augmented view; with ``neighbour_weight`` > 0 an augmented view of one mined nei
     clusters).
 "EM alone" is augment_weight = neighbour_weight = 0.
 
+Heads (``num_heads`` = H, SCAN's trick against a poor local optimum): H independent mixtures of K
+components on the same backbone, each with its own mixture weights; the loss above is computed for
+every head and the train step minimises their mean. Every head's loss is followed by an
+exponential moving average (momentum ``head_loss_momentum``) and the assignment rule reads the head
+whose average is lowest (label-free, as SCAN keeps the head of lowest loss).
+
 Neighbours (``neighbour_space``): "pixels": the ``num_neighbours`` nearest neighbours (cosine) of
 every example's raw inputs, after PCA to ``neighbour_pca_dim`` (0: none), mined once at the start
 (a frozen space); "backbone": of the backbone's features, mined at the start and again every
 ``remine_epochs`` epochs (a jointly learnt space).
 
-Assignment rule: argmax_k of the density p_k(x) (evaluation-mode forward pass), confidence = the
-posterior gamma of that cluster. The embedding the trainer stores is [s o~ (K) | backbone features
-(D)]: the first K columns are what the rule reads.
+Assignment rule: argmax_k of the density p_k(x) of the selected head (evaluation-mode forward
+pass), confidence = the posterior gamma of that cluster. The embedding the trainer stores is
+[s o~ (H * K, head j in columns j*K:(j+1)*K) | backbone features (D)].
 """
 
 from __future__ import annotations
@@ -57,21 +63,28 @@ from jclust.models.neck import MixtureHead, l2_normalize
 from jclust.optim import make_optimizer
 
 ASSIGNMENT_RULE = ("the mixture component of largest density p_k(x) = sigmoid(s o~_k(x)) / Z "
-                   "(evaluation-mode forward pass, batch statistics from training); confidence = "
-                   "its posterior responsibility")
+                   "of the head with the lowest running loss (evaluation-mode forward pass, batch "
+                   "statistics from training); confidence = its posterior responsibility")
 
 
 class NMMState(NamedTuple):
     """Clustering state of the neural mixture model (all of it is checkpointed).
 
     Attributes:
-      log_weights: [K] float32 log mixture weights (uniform unless estimated).
+      log_weights: [H, K] float32 log mixture weights of every head (uniform unless estimated).
+      head_losses: [H] float32 moving average of every head's loss (the lowest is assigned).
       neighbours: [N, M] int32 mined neighbours of every example (-1 before mining, or M = 0).
       iteration: [] int32 train steps taken.
     """
     log_weights: jax.Array
+    head_losses: jax.Array
     neighbours: jax.Array
     iteration: jax.Array
+
+    @property
+    def selected_head(self) -> jax.Array:
+        """[] int32: the head the assignment rule reads (lowest running loss)."""
+        return jnp.argmin(self.head_losses).astype(jnp.int32)
 
 
 def consistency_loss(q_a: jax.Array, q_b: jax.Array, kind: str) -> jax.Array:
@@ -122,6 +135,7 @@ def make(config, data_spec: DataSpec) -> Method:
     nm = config.nmm
     n = data_spec.num_examples
     k = config.num_clusters
+    num_heads = int(nm.num_heads)
     steps_per_epoch = n // config.batch_size
     num_steps = config.optim.epochs * steps_per_epoch
     use_neighbours = nm.neighbour_weight > 0 and nm.neighbour_space != "none"
@@ -137,6 +151,8 @@ def make(config, data_spec: DataSpec) -> Method:
                          "nmm.neighbour_pca_dim": nm.neighbour_pca_dim >= 0,
                          "nmm.remine_epochs": nm.remine_epochs >= 0,
                          "nmm.head_hidden": nm.head_hidden >= 0,
+                         "nmm.num_heads": nm.num_heads >= 1,
+                         "nmm.head_loss_momentum": 0 <= nm.head_loss_momentum < 1,
                          "optim.epochs": config.optim.epochs >= 1,
                          "batch_size": 2 <= config.batch_size <= n}, f"N = {n} examples")
     choices = {"normalize": ("batch", "none"), "mixture_weights": ("fixed", "estimated"),
@@ -153,7 +169,8 @@ def make(config, data_spec: DataSpec) -> Method:
                           "feature vectors")
 
     backbone = models.make_backbone(config.model)
-    head = MixtureHead(num_components=k, hidden=nm.head_hidden, normalize=nm.normalize)
+    head = MixtureHead(num_components=k, hidden=nm.head_hidden, normalize=nm.normalize,
+                       num_heads=num_heads)
     height, width = data_spec.input_shape[:2]
     color = data_spec.input_shape[-1] == 3
     log_normalizer = float(nm.log_normalizer)
@@ -166,13 +183,14 @@ def make(config, data_spec: DataSpec) -> Method:
         params = {"backbone": backbone_params, "head": head_vars["params"]}
         model_state = {"backbone": backbone_state,
                        "head": {c: v for c, v in head_vars.items() if c != "params"}}
-        state = NMMState(log_weights=jnp.full((k,), -math.log(k), jnp.float32),
+        state = NMMState(log_weights=jnp.full((num_heads, k), -math.log(k), jnp.float32),
+                         head_losses=jnp.zeros((num_heads,), jnp.float32),
                          neighbours=jnp.full((n, num_neighbours), -1, jnp.int32),
                          iteration=jnp.zeros((), jnp.int32))
         return params, model_state, state
 
     def forward(params, model_state, x, train):
-        """x [B, ...] -> (backbone features [B, D], s o~ [B, K], model_state)."""
+        """x [B, ...] -> (backbone features [B, D], s o~ [B, H * K], model_state)."""
         h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
         variables = {"params": params["head"], **model_state["head"]}
         if train:
@@ -186,22 +204,12 @@ def make(config, data_spec: DataSpec) -> Method:
         return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(nm.crop_scale),
                                     flip=nm.flip, max_degrees=nm.max_degrees, color=color)
 
-    def loss_fn(params, model_state, cluster, batch, rng):
-        k_anchor, k_second, k_neighbour = jax.random.split(rng, 3)
-        x = batch["x"]
-        views = [view(x, k_anchor) if nm.augment_anchor else augment.to_float(x)]
-        if nm.augment_weight > 0:
-            views.append(view(x, k_second))
-        if use_neighbours:
-            views.append(view(batch["neighbour_x"], k_neighbour))
-        b = x.shape[0]
-        # All views in one forward pass: one set of batch statistics, as the densities share them.
-        _, logits, model_state = forward(params, model_state, jnp.concatenate(views), True)
-        log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
-        log_densities = log_densities.reshape(len(views), b, k)
-        e_steps = [jcluster.responsibilities(ld, cluster.log_weights) for ld in log_densities]
+    def head_loss(log_densities, log_weights):
+        """One head: log_densities [V, B, K] (view 0 the anchor), log_weights [K] ->
+        (loss, metrics, batch mass [K])."""
+        e_steps = [jcluster.responsibilities(ld, log_weights) for ld in log_densities]
         q_em = jnp.mean(jnp.stack([
-            jcluster.expected_complete_log_likelihood(e.responsibilities, ld, cluster.log_weights)
+            jcluster.expected_complete_log_likelihood(e.responsibilities, ld, log_weights)
             for e, ld in zip(e_steps, log_densities)]))
         # Posteriors with gradient for the consistency terms (the E-step's gamma has none).
         posteriors = [e.responsibilities for e in e_steps]
@@ -226,7 +234,29 @@ def make(config, data_spec: DataSpec) -> Method:
                        max_cluster_mass_times_k=jnp.max(mass) * k,
                        mean_max_posterior=jnp.mean(jnp.max(gamma, -1)),
                        clusters_won=jnp.sum(jnp.max(jax.nn.one_hot(jnp.argmax(gamma, -1), k), 0)))
-        return loss, (model_state, metrics, {"mass": mass})
+        return loss, metrics, mass
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        k_anchor, k_second, k_neighbour = jax.random.split(rng, 3)
+        x = batch["x"]
+        views = [view(x, k_anchor) if nm.augment_anchor else augment.to_float(x)]
+        if nm.augment_weight > 0:
+            views.append(view(x, k_second))
+        if use_neighbours:
+            views.append(view(batch["neighbour_x"], k_neighbour))
+        b = x.shape[0]
+        # All views in one forward pass: one set of batch statistics, as the densities share them.
+        _, logits, model_state = forward(params, model_state, jnp.concatenate(views), True)
+        log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
+        # [V * B, H * K] -> [H, V, B, K]: every head is a mixture of its own.
+        log_densities = log_densities.reshape(len(views), b, num_heads, k).transpose(2, 0, 1, 3)
+        losses, head_metrics, masses = jax.vmap(head_loss)(log_densities, cluster.log_weights)
+        selected = cluster.selected_head
+        metrics = {name: value[selected] for name, value in head_metrics.items()}
+        if num_heads > 1:
+            metrics.update(selected_head=selected, selected_head_loss=losses[selected])
+        outputs = {"mass": masses, "head_losses": jax.lax.stop_gradient(losses)}
+        return jnp.mean(losses), (model_state, metrics, outputs)
 
     def update_state(cluster, batch, outputs, rng):
         del batch, rng
@@ -235,8 +265,13 @@ def make(config, data_spec: DataSpec) -> Method:
             weights = (nm.weights_momentum * jnp.exp(log_weights)
                        + (1 - nm.weights_momentum) * outputs["mass"])
             log_weights = jnp.log(jnp.clip(weights, 1e-8))
-        cluster = cluster._replace(log_weights=log_weights, iteration=cluster.iteration + 1)
-        return cluster, {"min_weight_times_k": jnp.exp(jnp.min(log_weights)) * k}
+        # The first step's losses start the averages (no bias towards the initial zeros).
+        m = jnp.where(cluster.iteration == 0, 0.0, nm.head_loss_momentum)
+        head_losses = m * cluster.head_losses + (1 - m) * outputs["head_losses"]
+        cluster = cluster._replace(log_weights=log_weights, head_losses=head_losses,
+                                   iteration=cluster.iteration + 1)
+        return cluster, {"min_weight_times_k":
+                         jnp.exp(jnp.min(log_weights[cluster.selected_head])) * k}
 
     def embed(params, model_state, x):
         h, logits, _ = forward(params, model_state, x, train=False)
@@ -244,8 +279,11 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def assign(params, cluster, feats):
         del params
-        log_densities = jcluster.sigmoid_log_densities(feats[:, :k], log_normalizer)
-        gamma = jcluster.responsibilities(log_densities, cluster.log_weights).responsibilities
+        selected = cluster.selected_head
+        logits = jax.lax.dynamic_slice_in_dim(feats, selected * k, k, axis=1)
+        log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
+        gamma = jcluster.responsibilities(log_densities,
+                                          cluster.log_weights[selected]).responsibilities
         labels = jnp.argmax(log_densities, -1).astype(jnp.int32)
         return labels, jnp.take_along_axis(gamma, labels[:, None], axis=1)[:, 0]
 
@@ -256,7 +294,7 @@ def make(config, data_spec: DataSpec) -> Method:
                 return params, cluster, {}
             neighbours = mine_neighbours(inputs, num_neighbours, nm.neighbour_pca_dim)
         else:
-            neighbours = mine_neighbours(np.asarray(feats)[:, k:], num_neighbours)
+            neighbours = mine_neighbours(np.asarray(feats)[:, num_heads * k:], num_neighbours)
         # Share of the neighbour lists that is new (1 at the first mining).
         kept = jnp.any(neighbours[:, :, None] == cluster.neighbours[:, None, :], axis=-1)
         changed = 1.0 - float(jnp.mean(kept))
@@ -274,6 +312,7 @@ def make(config, data_spec: DataSpec) -> Method:
     return Method(init=init, phases=phases, embed=embed, assign=assign,
                   recluster=recluster if use_neighbours else None, done=lambda cluster: False,
                   assignment_rule=ASSIGNMENT_RULE,
-                  example_axes=NMMState(log_weights=None, neighbours=0, iteration=None),
+                  example_axes=NMMState(log_weights=None, head_losses=None, neighbours=0,
+                                             iteration=None),
                   neighbours=(lambda cluster: cluster.neighbours) if use_neighbours else None,
                   recluster_inputs=use_neighbours and nm.neighbour_space == "pixels")

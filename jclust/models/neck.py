@@ -71,21 +71,28 @@ class MixtureHead(nn.Module):
     then gives K densities with a common integral (METHODS.md §6). ``"none"`` leaves o_k as they
     are (the degenerate baseline: one neuron can take every sample).
 
+    ``num_heads`` > 1 gives that many independent mixtures over the same features (SCAN's
+    over-clustering heads, here K components each): one Dense(num_heads * K), head j's outputs in
+    columns j*K:(j+1)*K, every column normalised on its own.
+
     Attributes:
       num_components: K.
-      hidden: width of a Dense-ReLU layer before the output (0: none).
+      hidden: width of a Dense-ReLU layer before the output, shared by the heads (0: none).
       normalize: "batch" or "none".
+      num_heads: H, independent mixtures of K components.
     """
     num_components: int
     hidden: int = 0
     normalize: str = "batch"
+    num_heads: int = 1
 
     @nn.compact
     def __call__(self, h: Array, train: bool = False) -> Array:
-        """[B, D] -> normalised outputs o~ [B, K]. Pass ``mutable=["batch_stats"]`` when training."""
+        """[B, D] -> normalised outputs o~ [B, H * K]. Pass ``mutable=["batch_stats"]`` when
+        training."""
         if self.hidden:
             h = nn.relu(nn.Dense(self.hidden)(h))
-        o = nn.Dense(self.num_components)(h)
+        o = nn.Dense(self.num_heads * self.num_components)(h)
         if self.normalize == "batch":
             o = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_scale=False,
                              use_bias=False)(o)
