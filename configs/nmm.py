@@ -47,7 +47,9 @@ def get_config(arg: str = ""):
     config.nmm.weights_momentum = 0.99
     config.nmm.head_hidden = 0
     # SCAN's heads: H mixtures trained together, the one of lowest running loss assigns.
-    config.nmm.num_heads = 1
+    # Fashion-MNIST seed 1, EM + consistency: 1 head 0.547; 5 heads 0.675 (every head 0.618-0.675,
+    # the lowest-loss head the best).
+    config.nmm.num_heads = 5
     config.nmm.head_loss_momentum = 0.99
     config.nmm.em_weight = 0.2  # 1 with s = 15: 0.453 on digits (above)
     # Consistency fusion: two augmented views, and a mined neighbour in a frozen space.
