@@ -313,6 +313,6 @@ def make(config, data_spec: DataSpec) -> Method:
                   recluster=recluster if use_neighbours else None, done=lambda cluster: False,
                   assignment_rule=ASSIGNMENT_RULE,
                   example_axes=NMMState(log_weights=None, head_losses=None, neighbours=0,
-                                             iteration=None),
+                                        iteration=None),
                   neighbours=(lambda cluster: cluster.neighbours) if use_neighbours else None,
                   recluster_inputs=use_neighbours and nm.neighbour_space == "pixels")

@@ -72,7 +72,7 @@ class MixtureHead(nn.Module):
     are (the degenerate baseline: one neuron can take every sample).
 
     ``num_heads`` > 1 gives that many independent mixtures over the same features (SCAN's
-    over-clustering heads, here K components each): one Dense(num_heads * K), head j's outputs in
+    several heads, K components each): one Dense(num_heads * K), head j's outputs in
     columns j*K:(j+1)*K, every column normalised on its own.
 
     Attributes:
