@@ -50,6 +50,10 @@ def get_config(arg: str = ""):
     # Fashion-MNIST GDL's last merges let one cluster absorb its neighbours (BENCHMARKS.md, JULE).
     config.jule.coarse_linkage = "average"
     config.jule.coarse_clusters = 100
+    # Batches: 0 draws them at random (the reference); g >= 2 builds every epoch from runs of g
+    # examples of one cluster (jclust.data.samplers.grouped_by_label), so that the first
+    # periods' ~9,000 small clusters give triplets (a random batch of 100 holds about one pair).
+    config.jule.batch_groups = 0
     # The reference trains on the images as they are; light crops are an option.
     config.jule.augment = False
     config.jule.crop_scale = (0.6, 1.0)

@@ -123,6 +123,7 @@ class BatchSchedule:
         self.num_examples, self.batch_size = num_examples, batch_size
         self.seed, self.shuffle = seed, shuffle
         self.steps_per_epoch = num_examples // batch_size
+        self._epoch_length = self.steps_per_epoch * batch_size
         self._cache = (None, None)
         self._order, self._order_epoch = None, 0
 
@@ -130,11 +131,13 @@ class BatchSchedule:
         """Uses ``order`` (example indices, at least one epoch long), set during ``epoch``, from
         now on, or the seeded permutations again for None.
 
-        The rest of ``epoch`` reads ``order`` as given; each later epoch, until the next order is
-        set, reads it through that epoch's seeded permutation, so that an order kept for several
-        epochs (DeepCluster with ``recluster_epochs`` > 1) does not repeat the same batches.
+        The rest of ``epoch`` reads the first epoch-long slice of ``order`` as given; a later
+        epoch ``epoch + r`` reads the ``r``-th slice while ``order`` is long enough (a method that
+        orders several epochs itself, JULE's grouped batches), and after that the order through
+        that epoch's seeded permutation, so that an order kept for several epochs (DeepCluster
+        with ``recluster_epochs`` > 1) does not repeat the same batches.
         """
-        if order is not None and order.shape[0] < self.steps_per_epoch * self.batch_size:
+        if order is not None and order.shape[0] < self._epoch_length:
             raise ValueError(f"an example order of {order.shape[0]} indices is shorter than an "
                              f"epoch ({self.steps_per_epoch} x {self.batch_size})")
         self._order, self._order_epoch = order, epoch
@@ -150,8 +153,10 @@ class BatchSchedule:
         if self._cache[0] != epoch:
             if self._order is None:
                 order = epoch_order(self.num_examples, epoch, self.seed, self.shuffle)
-            elif epoch == self._order_epoch:
-                order = self._order
+            elif (epoch >= self._order_epoch and
+                  (epoch - self._order_epoch + 1) * self._epoch_length <= self._order.shape[0]):
+                start = (epoch - self._order_epoch) * self._epoch_length
+                order = self._order[start:start + self._epoch_length]
             else:
                 order = self._order[epoch_order(self._order.shape[0], epoch, self.seed,
                                                 self.shuffle)]

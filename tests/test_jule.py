@@ -128,6 +128,43 @@ def test_bad_configs_are_config_errors():
         methods.make(tiny_config(num_clusters=100), spec)
 
 
+def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():
+    n, batch = 256, 32
+    config = tiny_config(**{"jule.batch_groups": 4, "jule.epochs_per_period": 2})
+    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
+    params, _, cluster = method.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.uint8))
+    _, cluster, info = method.recluster(params, cluster, feats, phase=0, first=True,
+                                        key=jax.random.PRNGKey(1))
+    labels = np.asarray(cluster.labels)
+    assert info["clusters"] > n // 8  # many small clusters: where random batches hold no pairs
+    order = np.asarray(method.example_order(cluster))
+    assert order.shape == (2 * n,)  # the period's two epochs
+    pairs = lambda idx: sum(np.sum(np.triu(np.equal.outer(labels[b], labels[b]), 1))
+                            for b in idx.reshape(-1, batch))
+    random_order = np.random.default_rng(0).permutation(n)
+    for epoch in order.reshape(2, n):
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+        assert pairs(epoch) > 3 * pairs(random_order)
+    assert not np.array_equal(order[:n], order[n:])
+    np.testing.assert_array_equal(method.example_order(cluster), order)  # a function of the state
+    _, later, _ = method.recluster(params, cluster, feats, phase=0, first=False,
+                                   key=jax.random.PRNGKey(1))
+    assert not np.array_equal(method.example_order(later)[:n], order[:n])
+    assert methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True)).example_order is None
+    with pytest.raises(ConfigError, match="batch_groups"):
+        methods.make(tiny_config(**{"jule.batch_groups": 1}), methods.DataSpec(n, (8, 8, 1), True))
+
+
+def test_resume_with_grouped_batches_in_a_period_s_second_epoch(tmp_path):
+    config = tiny_config(**{"jule.batch_groups": 4, "jule.epochs_per_period": 2})
+    ref_dir = str(tmp_path / "ref")
+    train.train_and_evaluate(config, ref_dir)
+    # Periods are 16 steps (2 epochs of 8): step 28 is in the second epoch of period 2, whose
+    # batches come from the order's second slice, re-created from the restored state.
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 28, config)
+
+
 def test_period_eta_sets_the_merges_of_the_first_passes():
     n = 256
     config = tiny_config(**{"jule.period_eta": (0.25,), "jule.coarse_clusters": 0})

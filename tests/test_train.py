@@ -353,6 +353,20 @@ def test_method_order_is_used_as_given_then_reshuffled_in_later_epochs():
     np.testing.assert_array_equal(epoch(5), train.epoch_order(12, 5, 3, True))
 
 
+def test_order_of_several_epochs_is_read_a_slice_an_epoch_then_reshuffled():
+    # 14 examples, batches of 4: an epoch is 3 batches (12 indices; the last 2 are dropped).
+    schedule = train.BatchSchedule(num_examples=14, batch_size=4, seed=3, shuffle=True)
+    order = np.arange(24)[::-1] % 14  # two epochs' worth
+    schedule.set_order(order, epoch=1)
+    epoch = lambda e: np.concatenate([schedule.indices(e * 3 + b) for b in range(3)])
+    np.testing.assert_array_equal(epoch(1), order[:12])
+    np.testing.assert_array_equal(epoch(2), order[12:])
+    # Past its end the order is read through each epoch's seeded permutation, as a one-epoch one.
+    np.testing.assert_array_equal(epoch(3), order[train.epoch_order(24, 3, 3, True)][:12])
+    with pytest.raises(ValueError, match="shorter than an epoch"):
+        schedule.set_order(order[:11])
+
+
 def test_last_recluster_step_finds_the_recluster_a_resume_must_follow():
     from jclust import methods as jmethods
     method = jmethods.make(tiny_config(), jmethods.DataSpec(256, (8, 8, 1), True))

@@ -46,3 +46,39 @@ def inverse_size_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     sizes = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = 1.0 / sizes[labels]
     return (weights / weights.mean()).astype(np.float32)
+
+
+def grouped_by_label(labels: np.ndarray, group_size: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch in which examples of the same label arrive in runs of ``group_size``.
+
+    Every example appears exactly once. Each label's examples are shuffled and cut into runs of
+    ``group_size`` (the last run of a label may be shorter); the runs of all labels are shuffled
+    and concatenated. A batch cut from the result then holds about ``batch / group_size`` runs,
+    so it contains same-label pairs even when the labels are many and small (JULE's first
+    periods: ~9,000 clusters of ~8 examples, where a random batch of 100 holds about one pair).
+    Negative labels mean "no label yet": those examples form runs of one.
+
+    Args:
+      labels: int [N] labels (any ids; negative = unlabelled).
+      group_size: examples per run, >= 1 (1: a plain permutation).
+      rng: numpy Generator (seed it with the run's seed and the period for reproducibility).
+
+    Returns:
+      int64 [N], a permutation of 0..N-1.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty [N] array, got shape {labels.shape}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    n = labels.shape[0]
+    # Sort by (label, random key): each label's examples become a shuffled contiguous block.
+    order = np.lexsort((rng.random(n), labels))
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    run_start = (rank % group_size == 0) | (sorted_labels < 0)
+    run_id = np.cumsum(run_start) - 1
+    run_order = rng.permutation(run_id[-1] + 1)
+    # Stable sort by the runs' shuffled ranks keeps each run's examples together and in order.
+    return order[np.argsort(np.argsort(run_order)[run_id], kind="stable")].astype(np.int64)

@@ -87,8 +87,10 @@ class Method(NamedTuple):
       assignment_rule: one sentence describing ``assign``, printed and documented.
       example_order: ``(cluster) -> int [M]`` (M >= steps per epoch x batch), or None. When set,
         every epoch visits the examples in this order instead of a seeded permutation (e.g.
-        DeepCluster's uniform sampling over pseudo-labels). It must live in the clustering state
-        (so that a resumed run sees the same order) and may change only at recluster steps.
+        DeepCluster's uniform sampling over pseudo-labels); an order of several epochs' length
+        is read an epoch-long slice at a time (``train.BatchSchedule.set_order``). It must be a
+        function of the clustering state (so that a resumed run sees the same order) and may
+        change only at recluster steps.
       training_labels: ``(cluster) -> int [N]``, or None: the labels the method trains on when
         they are not the K = ``num_clusters`` assignment (DeepCluster's over-clustering
         pseudo-labels, -1 where none yet). Evaluations then also report their majority-vote

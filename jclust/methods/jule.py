@@ -16,7 +16,8 @@ Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start
     lambda = ``jule.local_weight``; eta = ``jule.eta``, or ``jule.period_eta[p - 1]`` for the
     first passes p); training stops once C = ``num_clusters``.
 Between them, the CNN trains on the weighted triplet loss of the current clusters
-(``jclust.methods.jule_loss``).
+(``jclust.methods.jule_loss``), on random batches (the reference) or, with ``jule.batch_groups``
+= g, on epochs built from runs of g examples of one cluster.
 
 Coarse merges (``jule.coarse_linkage``): "gdl" merges by graph-degree linkage to the end, as
 the reference does. "average" (the default) stops graph-degree linkage at
@@ -53,7 +54,7 @@ from jclust import models
 from jclust.cluster import graph as jgraph
 from jclust.cluster import linkage
 from jclust.config_lib import ConfigError, check_ranges
-from jclust.data import augment
+from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.jule_loss import triplet_loss
 from jclust.models.neck import l2_normalize
@@ -202,6 +203,7 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.evaluation": jc.evaluation in ("final_pass", "clusters"),
                          "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
                          "jule.coarse_clusters": jc.coarse_clusters >= 0,
+                         "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
                          "optim.max_epochs": config.optim.max_epochs >= jc.epochs_per_period,
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
@@ -290,6 +292,15 @@ def make(config, data_spec: DataSpec) -> Method:
         return cluster._replace(eval_centroids=evaluation_centroids(np.asarray(feats),
                                                                     np.asarray(cluster.labels)))
 
+    def grouped_order(cluster):
+        # A function of the state (labels, period) and the seed, so a resumed run re-creates it.
+        labels, period = np.asarray(cluster.labels), int(cluster.period)
+        epoch_length = steps_per_epoch * config.batch_size
+        rngs = [np.random.default_rng([config.seed, period, e, 0x4A55])
+                for e in range(jc.epochs_per_period)]
+        return np.concatenate([
+            samplers.grouped_by_label(labels, jc.batch_groups, rng)[:epoch_length] for rng in rngs])
+
     schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
     tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
                      optax.sgd(schedule, momentum=config.optim.momentum or None))
@@ -299,5 +310,6 @@ def make(config, data_spec: DataSpec) -> Method:
                   done=lambda cluster: 0 < int(cluster.num_clusters) <= target,
                   assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
                   fit_evaluation=fit_evaluation,
+                  example_order=grouped_order if jc.batch_groups else None,
                   example_axes=JuleState(labels=0, num_clusters=None, period=None,
                                          eval_centroids=None))
