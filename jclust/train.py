@@ -764,7 +764,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         """Reads the method's example order and neighbours, set by the recluster at ``set_at``."""
         nonlocal neighbour_table
         if method.example_order is not None:
-            schedule.set_order(distributed.fetch(method.example_order(state.cluster)),
+            # Host copies first: an order may be computed with numpy from per-example leaves
+            # (JULE's grouped batches), which several processes each hold only a part of.
+            cluster = distributed.fetch(state.cluster) if distributed.multiprocess() else state.cluster
+            schedule.set_order(distributed.fetch(method.example_order(cluster)),
                                epoch=schedule.position(set_at)[0])
         if method.neighbours is not None:
             neighbour_table = distributed.fetch(method.neighbours(state.cluster))
