@@ -57,6 +57,8 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
     # seeds 0/1/2 (BENCHMARKS.md): DEC 0.576/0.575/0.611 -> 0.583/0.580/0.649, IDEC
     # 0.574/0.568/0.609 -> 0.581/0.569/0.662.
     config.kmeans.space = "whitened"
+    # "spectral" only: neighbours of the k-NN graph of the whitened, L2-normalised embedding.
+    config.kmeans.num_neighbours = 10
 
     # An evaluation comes every update_interval (140) steps, ~5 s of training on 2 cores; the
     # pictures take ~1 s on 70,000 images, so they are redrawn every 5th evaluation (and at the end).

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.datasets import make_blobs
 
 from jclust import cluster as jcluster
 from jclust import methods, metrics
@@ -194,6 +195,28 @@ def test_initial_centroids_whitened_are_means_of_kmeans_on_whitened_l2_features(
         dec.initial_centroids(x, 3, key=key, space="pixels")
 
 
+def test_initial_centroids_spectral_are_means_of_spectral_clusters_of_whitened_features():
+    x, y = make_blobs(n_samples=300, centers=3, n_features=3, cluster_std=0.5, random_state=1)
+    x = (x * [10.0, 1.0, 0.1]).astype(np.float32)  # anisotropic, undone by the whitening
+    key = jax.random.PRNGKey(0)
+    centroids, km = dec.initial_centroids(x, 3, key=key, space="spectral", n_init=3,
+                                          num_neighbours=10)
+    labels = np.asarray(km.labels)
+    assert metrics.ari(y, labels) == 1.0
+    # The same clusters as spectral clustering of the whitened, L2-normalised points.
+    xc = x - x.mean(0)
+    var, vec = np.linalg.eigh(np.cov(xc.T, bias=True))
+    w = xc @ vec / np.sqrt(var)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    ref = jcluster.spectral_clustering(jnp.asarray(w), 3, key=key, num_neighbours=10, n_init=3)
+    assert metrics.ari(np.asarray(ref.labels), labels) == 1.0
+    expected = np.stack([x[labels == j].mean(0) for j in range(3)])
+    np.testing.assert_allclose(centroids, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_kmeans_space_config_checked(tiny):
     with pytest.raises(ConfigError, match="kmeans.space"):
         _method(lambda **kw: tiny(**kw, **{"kmeans.space": "pixels"}), "dec")
+    with pytest.raises(ConfigError, match="kmeans.num_neighbours"):
+        _method(lambda **kw: tiny(**kw, **{"kmeans.space": "spectral",
+                                           "kmeans.num_neighbours": 0}), "dec")

@@ -1,5 +1,5 @@
 """Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
-nearest-neighbour graphs, average linkage."""
+nearest-neighbour graphs, average linkage, spectral clustering."""
 
 from jclust.cluster.em import EMOutput
 from jclust.cluster.em import expected_complete_log_likelihood
@@ -23,6 +23,9 @@ from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
 from jclust.cluster.pca import pca_transform
 from jclust.cluster.sinkhorn import SinkhornOutput
+from jclust.cluster.spectral import SpectralOutput
+from jclust.cluster.spectral import spectral_clustering
+from jclust.cluster.spectral import spectral_embedding
 from jclust.cluster.sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "LinkageOutput",
     "PCAState",
     "SinkhornOutput",
+    "SpectralOutput",
     "assign",
     "average_linkage",
     "kmeans",
@@ -49,4 +53,6 @@ __all__ = [
     "pca_transform",
     "random_init",
     "sinkhorn_knopp",
+    "spectral_clustering",
+    "spectral_embedding",
 ]

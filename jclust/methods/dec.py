@@ -106,7 +106,11 @@ def reconstruction_loss(x: jax.Array, x_rec: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(x_rec - x))
 
 
-def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300):
+SPACES = ("embedding", "whitened", "spectral")
+
+
+def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300,
+                      num_neighbours=10):
     """DEC's centroid initialisation: k-means on the embeddings.
 
     Args:
@@ -116,21 +120,28 @@ def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_ite
       space: ``"embedding"`` (DEC: k-means on the embeddings themselves) or ``"whitened"``
         (k-means on the PCA-whitened, L2-normalised embeddings, as DeepCluster clusters its
         features; the centroids are then the means of the k-means clusters in the embedding, the
-        space where the Student-t kernel works).
+        space where the Student-t kernel works), or ``"spectral"`` (spectral clustering of a
+        k-NN graph of those whitened, L2-normalised embeddings, ``jclust.cluster.spectral``; the
+        centroids are again the clusters' means in the embedding).
       n_init, max_iter: k-means restarts and iterations.
+      num_neighbours: neighbours of the k-NN graph (``"spectral"`` only).
 
     Returns:
-      (centroids [k, D] float32, the KMeansOutput of the k-means that made them).
+      (centroids [k, D] float32, the KMeansOutput of the k-means that made the clusters).
     """
     features = jnp.asarray(features, jnp.float32)
     if space == "embedding":
         km = jcluster.kmeans(features, k, key=key, n_init=n_init, max_iter=max_iter)
         return km.centroids, km
-    if space != "whitened":
-        raise ValueError(f"space must be 'embedding' or 'whitened', got {space!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     pca_state = jcluster.pca_fit(features, features.shape[1], whiten=True)
     whitened = jcluster.pca_transform(pca_state, features, l2_normalize=True)
-    km = jcluster.kmeans(whitened, k, key=key, n_init=n_init, max_iter=max_iter)
+    if space == "whitened":
+        km = jcluster.kmeans(whitened, k, key=key, n_init=n_init, max_iter=max_iter)
+    else:
+        km = jcluster.spectral_clustering(whitened, k, key=key, num_neighbours=num_neighbours,
+                                          n_init=n_init, max_iter=max_iter).kmeans
     one_hot = jax.nn.one_hot(km.labels, k, dtype=jnp.float32)
     counts = one_hot.sum(axis=0)
     sums = jnp.dot(one_hot.T, features, precision=jax.lax.Precision.HIGHEST)
@@ -161,8 +172,11 @@ def make(config, data_spec: DataSpec) -> Method:
               "pretrain.input_dropout": 0 <= config.pretrain.input_dropout < 1,
               "dec.augment_shift": config.dec.augment_shift >= 0}
     check_ranges(config, checks)
-    if config.kmeans.space not in ("embedding", "whitened"):
-        raise ConfigError(f"kmeans.space={config.kmeans.space!r}; use 'embedding' or 'whitened'")
+    if config.kmeans.space not in SPACES:
+        raise ConfigError(f"kmeans.space={config.kmeans.space!r}; use one of {SPACES}")
+    if config.kmeans.space == "spectral" and not 1 <= config.kmeans.num_neighbours < n:
+        raise ConfigError(f"kmeans.num_neighbours={config.kmeans.num_neighbours} must be at least 1 "
+                          f"and below the number of examples ({n})")
     if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
         raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
                           "are feature vectors")
@@ -247,7 +261,8 @@ def make(config, data_spec: DataSpec) -> Method:
         if first:
             centroids, km = initial_centroids(features, k, key=key, space=config.kmeans.space,
                                               n_init=config.kmeans.n_init,
-                                              max_iter=config.kmeans.max_iter)
+                                              max_iter=config.kmeans.max_iter,
+                                              num_neighbours=config.kmeans.num_neighbours)
             params = {**params, "centroids": centroids}
             info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter))
         target, labels, delta = _update_target(params["centroids"], features, cluster.labels)
