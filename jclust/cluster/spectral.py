@@ -148,7 +148,7 @@ def spectral_embedding(x, dim: int, *, key, num_neighbours: int = 10, max_iter: 
 
     Args:
       x: [N, D] float32.
-      dim: number of eigenvectors; with the iterative solver 5 * dim < N.
+      dim: number of eigenvectors, at most N; with the iterative solver 5 * dim < N.
       key: PRNG key of LOBPCG's random start.
       num_neighbours: k of the k-NN graph.
       max_iter: LOBPCG iterations (all are run).
@@ -160,8 +160,8 @@ def spectral_embedding(x, dim: int, *, key, num_neighbours: int = 10, max_iter: 
     """
     x = _as_data(x)
     n = x.shape[0]
-    if not 1 <= dim < n:
-        raise ValueError(f"dim={dim} eigenvectors need 1 <= dim < N = {n}")
+    if not 1 <= dim <= n:
+        raise ValueError(f"dim={dim} eigenvectors need 1 <= dim <= N = {n}")
     if not 1 <= num_neighbours < n:
         raise ValueError(f"num_neighbours={num_neighbours} needs 1 <= num_neighbours < N = {n}")
     affinity = knn_affinity(x, num_neighbours, chunk_size=chunk_size)

@@ -174,9 +174,12 @@ def make(config, data_spec: DataSpec) -> Method:
     check_ranges(config, checks)
     if config.kmeans.space not in SPACES:
         raise ConfigError(f"kmeans.space={config.kmeans.space!r}; use one of {SPACES}")
-    if config.kmeans.space == "spectral" and not 1 <= config.kmeans.num_neighbours < n:
-        raise ConfigError(f"kmeans.num_neighbours={config.kmeans.num_neighbours} must be at least 1 "
-                          f"and below the number of examples ({n})")
+    if config.kmeans.num_neighbours < 1:
+        raise ConfigError(f"kmeans.num_neighbours={config.kmeans.num_neighbours} must be at least 1")
+    if config.kmeans.space == "spectral" and n < 2:
+        raise ConfigError("kmeans.space='spectral' needs at least 2 examples for its k-NN graph")
+    # A data set smaller than the graph's degree: every other example is a neighbour.
+    num_neighbours = min(config.kmeans.num_neighbours, n - 1)
     if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
         raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
                           "are feature vectors")
@@ -262,7 +265,7 @@ def make(config, data_spec: DataSpec) -> Method:
             centroids, km = initial_centroids(features, k, key=key, space=config.kmeans.space,
                                               n_init=config.kmeans.n_init,
                                               max_iter=config.kmeans.max_iter,
-                                              num_neighbours=config.kmeans.num_neighbours)
+                                              num_neighbours=num_neighbours)
             params = {**params, "centroids": centroids}
             info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter))
         target, labels, delta = _update_target(params["centroids"], features, cluster.labels)
