@@ -2,7 +2,9 @@
 
 Phases:
   1. ``pretrain``: the autoencoder d-500-500-2000-10 learns to reconstruct its input (MSE).
-  2. ``cluster``: centroids are initialised by k-means on the embeddings; then the encoder and the
+  2. ``cluster``: centroids are initialised from clusters of the embeddings (``kmeans.space``:
+     DEC's k-means, k-means on the whitened embedding, or by default spectral clustering of its
+     k-NN graph; :func:`initial_centroids`); then the encoder and the
      centroids minimise KL(P || Q), where Q is the Student-t soft assignment and P the sharpened
      target distribution, recomputed over the whole data set every ``dec.update_interval`` steps
      and held fixed in between. IDEC adds the reconstruction loss of the kept decoder:
@@ -111,7 +113,7 @@ SPACES = ("embedding", "whitened", "spectral")
 
 def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300,
                       num_neighbours=10):
-    """DEC's centroid initialisation: k-means on the embeddings.
+    """DEC's centroid initialisation: the means of initial clusters of the embeddings.
 
     Args:
       features: [N, D] float32 embeddings.
