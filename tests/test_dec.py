@@ -214,6 +214,19 @@ def test_initial_centroids_spectral_are_means_of_spectral_clusters_of_whitened_f
     np.testing.assert_allclose(centroids, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_spectral_recluster_on_fewer_examples_than_graph_neighbours(tiny):
+    # 6 examples, the default 10 neighbours: the graph takes the 5 others.
+    config, method = _method(lambda **kw: tiny(**kw, **{"kmeans.space": "spectral"}), "dec")
+    assert config.kmeans.num_neighbours == 10
+    x = np.random.default_rng(2).integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
+    features = method.embed(params, model_state, jnp.asarray(x))
+    params, cluster, _ = method.recluster(params, cluster, features, phase=1, first=True,
+                                          key=jax.random.PRNGKey(1))
+    assert np.all(np.isfinite(np.asarray(params["centroids"])))
+    assert sorted(set(np.asarray(cluster.labels).tolist())) == [0, 1, 2]
+
+
 def test_kmeans_space_config_checked(tiny):
     with pytest.raises(ConfigError, match="kmeans.space"):
         _method(lambda **kw: tiny(**kw, **{"kmeans.space": "pixels"}), "dec")

@@ -284,8 +284,11 @@ def test_eight_devices_end_to_end(reference_run, tmp_path):
     ours, state = run_on_devices(TINY, str(tmp_path / "eight"), "configs/nmm.py:digits",
                                  sharded=("neighbours",))
     ref, ref_state = final_params(ref_dir)
+    # Rounding differences of the 8-way reductions grow over the run and depend on the CPU XLA
+    # compiles for: largest |difference| 4.8e-4 on one VM (1e-4 sufficed on another); the
+    # step-by-step test above holds each step to 2e-5.
     for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(state.cluster.neighbours),
                                   np.asarray(ref_state.cluster.neighbours))
 
