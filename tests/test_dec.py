@@ -168,6 +168,15 @@ def test_denoising_pretraining_loss(tiny):
         methods.make(config, methods.DataSpec(6, (8, 8, 1), True))
 
 
+def numpy_whitened_l2(x):
+    """NumPy reference of the whitened space: centre, rotate on the covariance's eigenvectors,
+    scale each component to unit variance, L2-normalise each row."""
+    xc = x - x.mean(0)
+    var, vec = np.linalg.eigh(np.cov(xc.T, bias=True))
+    w = xc @ vec / np.sqrt(var)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
 def test_initial_centroids_whitened_are_means_of_kmeans_on_whitened_l2_features():
     rng = np.random.default_rng(7)
     # Anisotropic blobs: one direction carries 100x the variance of the other.
@@ -177,12 +186,7 @@ def test_initial_centroids_whitened_are_means_of_kmeans_on_whitened_l2_features(
     key = jax.random.PRNGKey(3)
     centroids, km = dec.initial_centroids(x, 3, key=key, space="whitened", n_init=3)
 
-    # NumPy reference of the space: centre, rotate on the covariance's eigenvectors, scale each
-    # component to unit variance, L2-normalise each row.
-    xc = x - x.mean(0)
-    var, vec = np.linalg.eigh(np.cov(xc.T, bias=True))
-    w = xc @ vec / np.sqrt(var)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    w = numpy_whitened_l2(x)
     km_ref = jcluster.kmeans(jnp.asarray(w), 3, key=key, n_init=3)
     assert metrics.ari(np.asarray(km_ref.labels), np.asarray(km.labels)) == 1.0
     labels = np.asarray(km.labels)
@@ -204,10 +208,7 @@ def test_initial_centroids_spectral_are_means_of_spectral_clusters_of_whitened_f
     labels = np.asarray(km.labels)
     assert metrics.ari(y, labels) == 1.0
     # The same clusters as spectral clustering of the whitened, L2-normalised points.
-    xc = x - x.mean(0)
-    var, vec = np.linalg.eigh(np.cov(xc.T, bias=True))
-    w = xc @ vec / np.sqrt(var)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    w = numpy_whitened_l2(x)
     ref = jcluster.spectral_clustering(jnp.asarray(w), 3, key=key, num_neighbours=10, n_init=3)
     assert metrics.ari(np.asarray(ref.labels), labels) == 1.0
     expected = np.stack([x[labels == j].mean(0) for j in range(3)])

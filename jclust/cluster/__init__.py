@@ -23,10 +23,10 @@ from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
 from jclust.cluster.pca import pca_transform
 from jclust.cluster.sinkhorn import SinkhornOutput
+from jclust.cluster.sinkhorn import sinkhorn_knopp
 from jclust.cluster.spectral import SpectralOutput
 from jclust.cluster.spectral import spectral_clustering
 from jclust.cluster.spectral import spectral_embedding
-from jclust.cluster.sinkhorn import sinkhorn_knopp
 
 __all__ = [
     "AffinityGraph",
