@@ -54,6 +54,9 @@ def get_config(arg: str = ""):
     # examples of one cluster (jclust.data.samplers.grouped_by_label), so that the first
     # periods' ~9,000 small clusters give triplets (a random batch of 100 holds about one pair).
     config.jule.batch_groups = 0
+    # The 1-NN over-clustering at the start: of the untrained network's embeddings ("embedding")
+    # or of the raw pixels ("pixels", the reference's period 0).
+    config.jule.initial_space = "embedding"
     # The reference trains on the images as they are; light crops are an option.
     config.jule.augment = False
     config.jule.crop_scale = (0.6, 1.0)

@@ -205,3 +205,37 @@ def test_period_eta_sets_the_merges_of_the_first_passes():
     with pytest.raises(ConfigError, match="period_eta"):
         methods.make(tiny_config(**{"jule.period_eta": (0.5, 0.0)}),
                      methods.DataSpec(n, (8, 8, 1), True))
+
+
+def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs():
+    n = 64
+    config = tiny_config(**{"jule.initial_space": "pixels"})
+    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    assert method.recluster_inputs
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 256, size=(n, 8, 8, 1)).astype(np.uint8)
+    feats = rng.normal(size=(n, 16)).astype(np.float32)
+    params, _, cluster = method.init(jax.random.PRNGKey(0), inputs[:1])
+    _, cluster, info = method.recluster(params, cluster, feats, phase=0, first=True,
+                                        key=jax.random.PRNGKey(1), inputs=inputs)
+    # 1-NN of the L2-normalised pixels by scikit-learn, chained into connected components.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import NearestNeighbors
+    x = inputs.reshape(n, -1).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    nearest = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)[1][:, 1]
+    _, expected = connected_components(coo_matrix((np.ones(n), (np.arange(n), nearest)),
+                                                  shape=(n, n)), directed=False)
+    got = np.asarray(cluster.labels)
+    assert info["period"] == 0 and info["clusters"] == expected.max() + 1
+    # Same partition (numbering may differ).
+    assert len(set(zip(got.tolist(), expected.tolist()))) == expected.max() + 1
+    # The untrained network's embeddings give another partition.
+    embedding = methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True))
+    _, other, _ = embedding.recluster(params, cluster._replace(labels=cluster.labels * 0 - 1),
+                                      feats, phase=0, first=True, key=jax.random.PRNGKey(1))
+    assert not np.array_equal(np.asarray(other.labels), got)
+    with pytest.raises(ConfigError, match="initial_space"):
+        methods.make(tiny_config(**{"jule.initial_space": "raw"}),
+                     methods.DataSpec(n, (8, 8, 1), True))

@@ -9,7 +9,8 @@ State (``JuleState``, checkpointed): the current cluster of every example (compa
 
 Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start):
   * at the start: the initial over-clustering, the connected components of the 1-NN graph of the
-    untrained network's embeddings (``jclust.cluster.graph``);
+    raw pixels or of the untrained network's embeddings (``jule.initial_space``;
+    ``jclust.cluster.graph``);
   * at the end of every period, on fresh embeddings: the sample affinity graph (K_s =
     ``jule.neighbours``), GDL affinities between the current clusters, then
     min(ceil(eta C), C - target) merges of the merge scan (K_c = ``jule.cluster_neighbours``,
@@ -34,8 +35,10 @@ goes to the centroid of largest cosine similarity. Before the training clusters 
 an evaluation only shows progress: its centroids are the means of the ``num_clusters`` largest
 training clusters (the final pass costs minutes).
 
-Deviations from the reference: the initial over-clustering uses the untrained network's
-embeddings, not raw pixels (``recluster`` sees the embeddings only); the coarse merges above.
+Initial over-clustering (``jule.initial_space``): "pixels" (the reference) builds the 1-NN graph
+of the flattened inputs; "embedding" that of the untrained network's embeddings.
+
+Deviations from the reference: the coarse merges above (and the initial space, if so set).
 """
 
 from __future__ import annotations
@@ -204,6 +207,7 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
                          "jule.coarse_clusters": jc.coarse_clusters >= 0,
                          "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
+                         "jule.initial_space": jc.initial_space in ("embedding", "pixels"),
                          "optim.max_epochs": config.optim.max_epochs >= jc.epochs_per_period,
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
@@ -264,13 +268,16 @@ def make(config, data_spec: DataSpec) -> Method:
             return final_centroids(feats)
         return cluster_centroids(feats, labels, target)
 
-    def recluster(params, cluster, feats, *, phase, first, key):
+    def recluster(params, cluster, feats, *, phase, first, key, inputs=None):
         del phase, key
         feats = np.asarray(feats)
         current = np.asarray(cluster.labels)
         start = time.perf_counter()
         if current.min() < 0:  # the start: the initial over-clustering
-            labels, info = agglomerate(feats, None, n, **merge_kwargs)
+            space = feats
+            if jc.initial_space == "pixels":
+                space = np.asarray(inputs, np.float32).reshape(n, -1)
+            labels, info = agglomerate(space, None, n, **merge_kwargs)
             period = 0
         else:
             period = int(cluster.period) + 1
@@ -311,5 +318,6 @@ def make(config, data_spec: DataSpec) -> Method:
                   assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
                   fit_evaluation=fit_evaluation,
                   example_order=grouped_order if jc.batch_groups else None,
+                  recluster_inputs=jc.initial_space == "pixels",
                   example_axes=JuleState(labels=0, num_clusters=None, period=None,
                                          eval_centroids=None))
