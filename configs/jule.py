@@ -45,6 +45,7 @@ def get_config(arg: str = ""):
     # "final_pass": the reference's fresh agglomeration of the final embeddings; "clusters": the
     # unrolled training's own clusters (before they reach the target, their largest ones).
     config.jule.evaluation = "final_pass"
+    config.jule.spectral_neighbours = 10  # k of the k-NN graph of evaluation="spectral"
     # Graph-degree linkage down to coarse_clusters, then average linkage (cosine) of the clusters'
     # mean embeddings; "gdl" merges by graph-degree linkage to the end (the reference). On
     # Fashion-MNIST GDL's last merges let one cluster absorb its neighbours (BENCHMARKS.md, JULE).

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from jclust import cluster as jcluster
 from jclust import config_lib, methods, metrics, train
 from jclust.config_lib import ConfigError
 from jclust.methods import jule
@@ -127,6 +129,8 @@ def test_bad_configs_are_config_errors():
         methods.make(tiny_config(**{"jule.merge_cache": 2}), spec)
     with pytest.raises(ConfigError, match="evaluation"):
         methods.make(tiny_config(**{"jule.evaluation": "kmeans"}), spec)
+    with pytest.raises(ConfigError, match="spectral_neighbours"):
+        methods.make(tiny_config(**{"jule.spectral_neighbours": 64}), spec)
     with pytest.raises(ConfigError, match="num_clusters"):
         methods.make(tiny_config(num_clusters=100), spec)
 
@@ -239,3 +243,50 @@ def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs()
     with pytest.raises(ConfigError, match="initial_space"):
         methods.make(tiny_config(**{"jule.initial_space": "raw"}),
                      methods.DataSpec(n, (8, 8, 1), True))
+
+
+def test_spectral_evaluation_clusters_the_whitened_embeddings():
+    rng = np.random.default_rng(3)
+    # Four blobs, stretched along one axis so that whitening matters to the k-NN graph.
+    centres = rng.normal(size=(4, 8)) * 3.0
+    truth = np.repeat(np.arange(4), 60)
+    feats = (centres[truth] + rng.normal(size=(240, 8))) * np.r_[20.0, np.ones(7)]
+    feats = feats.astype(np.float32)
+    key = jax.random.PRNGKey(0)
+    got = jule.spectral_labels(feats, 4, key=key, num_neighbours=8)
+    whitened = PCA(whiten=True).fit_transform(feats.astype(np.float64))
+    whitened /= np.linalg.norm(whitened, axis=1, keepdims=True)
+    expected = jcluster.spectral_clustering(whitened.astype(np.float32), 4, key=key,
+                                            num_neighbours=8).labels
+    assert metrics.evaluate(np.asarray(expected), got)["ari"] == pytest.approx(1.0)
+    assert metrics.evaluate(truth, got)["ari"] > 0.95
+
+
+@pytest.fixture(scope="module")
+def spectral_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("jule_spectral"))
+    config = tiny_config(**{"jule.evaluation": "spectral", "jule.spectral_neighbours": 6})
+    return workdir, train.train_and_evaluate(config, workdir), config
+
+
+def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_run):
+    workdir, final, config = spectral_run
+    _, state = final_params(workdir)
+    assert int(state.cluster.num_clusters) == 10 and 0.0 <= final["acc"] <= 1.0
+    spec = methods.DataSpec(256, (8, 8, 1), True)
+    method = methods.make(config, spec)
+    feats = np.asarray(method.embed(state.params, state.model_state,
+                                    train.load_dataset(config).inputs))
+    key = jax.random.PRNGKey(5)
+    got = method.fit_evaluation(state.params, state.cluster, feats, key=key).eval_centroids
+    labels = jule.spectral_labels(feats, 10, key=key, num_neighbours=6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jule.cluster_centroids(feats, labels, 10)),
+                               rtol=1e-6)
+    final_pass = methods.make(tiny_config(), spec).fit_evaluation(
+        state.params, state.cluster, feats, key=key).eval_centroids
+    assert not np.allclose(np.asarray(got), np.asarray(final_pass), atol=1e-3)
+
+
+def test_resume_with_spectral_evaluation(spectral_run, tmp_path):
+    ref_dir, _, config = spectral_run
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, config)

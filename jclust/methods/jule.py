@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jclust import cluster as jcluster
 from jclust import models
 from jclust.cluster import graph as jgraph
 from jclust.cluster import linkage
@@ -161,6 +162,28 @@ def coarse_merge(features, labels, num_groups: int) -> np.ndarray:
     return np.asarray(groups)[labels].astype(np.int32)
 
 
+def spectral_labels(features, count: int, *, key, num_neighbours: int) -> np.ndarray:
+    """Spectral clustering (Ng-Jordan-Weiss) of the embeddings, PCA-whitened and L2-normalised.
+
+    The JULE paper runs other clustering algorithms on its learned representations (spectral
+    clustering among them); whitening first is N2D's manifold step, as DEC's spectral start does.
+
+    Args:
+      features: [N, E] embeddings.
+      count: number of clusters.
+      key: PRNG key (LOBPCG start, k-means restarts).
+      num_neighbours: k of the k-NN graph.
+
+    Returns:
+      [N] int32 cluster of every example, 0..count-1.
+    """
+    x = jnp.asarray(features, jnp.float32)
+    whitened = jcluster.pca_transform(jcluster.pca_fit(x, x.shape[1], whiten=True), x,
+                                      l2_normalize=True)
+    return np.asarray(jcluster.spectral_clustering(whitened, count, key=key,
+                                                   num_neighbours=num_neighbours).labels)
+
+
 def cluster_centroids(features, labels, count: int) -> jax.Array:
     """Unit mean embeddings of the ``count`` largest clusters.
 
@@ -204,7 +227,8 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.gamma": jc.gamma > 0,
                          "jule.num_negatives": jc.num_negatives >= 1,
                          "jule.merge_cache": jc.merge_cache >= jc.cluster_neighbours,
-                         "jule.evaluation": jc.evaluation in ("final_pass", "clusters"),
+                         "jule.evaluation": jc.evaluation in ("final_pass", "spectral", "clusters"),
+                         "jule.spectral_neighbours": 1 <= jc.spectral_neighbours < n,
                          "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
                          "jule.coarse_clusters": jc.coarse_clusters >= 0,
                          "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
@@ -262,15 +286,19 @@ def make(config, data_spec: DataSpec) -> Method:
         labels, _ = agglomerate(feats, None, target, **merge_kwargs)
         return cluster_centroids(feats, labels, target)
 
-    def evaluation_centroids(feats, labels):
+    def evaluation_centroids(feats, labels, key):
         # Before the clusters reach the target an evaluation only shows progress: the final pass
         # would cost minutes at every period.
-        if jc.evaluation == "final_pass" and int(labels.max()) + 1 <= target:
-            return final_centroids(feats)
+        if int(labels.max()) + 1 <= target:
+            if jc.evaluation == "final_pass":
+                return final_centroids(feats)
+            if jc.evaluation == "spectral":
+                labels = spectral_labels(feats, target, key=key,
+                                         num_neighbours=jc.spectral_neighbours)
         return cluster_centroids(feats, labels, target)
 
     def recluster(params, cluster, feats, *, phase, first, key, inputs=None):
-        del phase, key
+        del phase
         feats = np.asarray(feats)
         current = np.asarray(cluster.labels)
         start = time.perf_counter()
@@ -292,13 +320,13 @@ def make(config, data_spec: DataSpec) -> Method:
         cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
                             num_clusters=jnp.asarray(count, jnp.int32),
                             period=jnp.asarray(period, jnp.int32),
-                            eval_centroids=evaluation_centroids(feats, labels))
+                            eval_centroids=evaluation_centroids(feats, labels, key))
         return params, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
-        del params, key
-        return cluster._replace(eval_centroids=evaluation_centroids(np.asarray(feats),
-                                                                    np.asarray(cluster.labels)))
+        del params
+        return cluster._replace(eval_centroids=evaluation_centroids(
+            np.asarray(feats), np.asarray(cluster.labels), key))
 
     def grouped_order(cluster):
         # A function of the state (labels, period) and the seed, so a resumed run re-creates it.
