@@ -42,8 +42,9 @@ def get_config(arg: str = ""):
     config.jule.gamma = 1.0
     config.jule.num_negatives = 20
     config.jule.merge_cache = 16
-    # "final_pass": the reference's fresh agglomeration of the final embeddings; "clusters": the
-    # unrolled training's own clusters (before they reach the target, their largest ones).
+    # "final_pass": the reference's fresh agglomeration of the final embeddings; "spectral":
+    # spectral clustering of the final embeddings whitened; "clusters": the unrolled training's
+    # own clusters (before they reach the target, their largest ones).
     config.jule.evaluation = "final_pass"
     config.jule.spectral_neighbours = 10  # k of the k-NN graph of evaluation="spectral"
     # Graph-degree linkage down to coarse_clusters, then average linkage (cosine) of the clusters'

@@ -29,8 +29,10 @@ join the big clusters into one or two, both on pixels and on trained embeddings:
 
 Evaluation and the assignment rule (``jule.evaluation``): "final_pass" (the reference) — a fresh
 1-NN over-clustering of the final embeddings, agglomerated (eta per pass, no training, the same
-coarse merges) to exactly ``num_clusters`` clusters; "clusters" — the unrolled training's own
-clusters. The clusters' mean embeddings (normalised) are the evaluation centroids, and an example
+coarse merges) to exactly ``num_clusters`` clusters; "spectral" — spectral clustering
+(Ng-Jordan-Weiss) of a k-NN graph (``jule.spectral_neighbours``) of the final embeddings,
+PCA-whitened and L2-normalised (the paper also clusters its learned features with other algorithms,
+spectral clustering among them); "clusters" — the unrolled training's own clusters. The clusters' mean embeddings (normalised) are the evaluation centroids, and an example
 goes to the centroid of largest cosine similarity. Before the training clusters reach the target,
 an evaluation only shows progress: its centroids are the means of the ``num_clusters`` largest
 training clusters (the final pass costs minutes).
@@ -67,9 +69,10 @@ from jclust.optim import make_schedule
 
 ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
                    "centroids: the mean embeddings of the clusters of JULE's final agglomerative "
-                   "pass (1-NN over-clustering agglomerated to num_clusters) or of the training "
-                   "clusters (jule.evaluation) at the latest evaluation; confidence = that "
-                   "cosine similarity")
+                   "pass (1-NN over-clustering agglomerated to num_clusters), of spectral "
+                   "clustering of the embeddings whitened, or of the training clusters "
+                   "(jule.evaluation) at the latest evaluation; confidence = that cosine "
+                   "similarity")
 
 
 class JuleState(NamedTuple):
