@@ -280,8 +280,8 @@ def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_r
     key = jax.random.PRNGKey(5)
     got = method.fit_evaluation(state.params, state.cluster, feats, key=key).eval_centroids
     labels = jule.spectral_labels(feats, 10, key=key, num_neighbours=6)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(jule.cluster_centroids(feats, labels, 10)),
-                               rtol=1e-6)
+    expected = jule.cluster_centroids(feats, labels, 10)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
     final_pass = methods.make(tiny_config(), spec).fit_evaluation(
         state.params, state.cluster, feats, key=key).eval_centroids
     assert not np.allclose(np.asarray(got), np.asarray(final_pass), atol=1e-3)

@@ -31,9 +31,10 @@ Evaluation and the assignment rule (``jule.evaluation``): "final_pass" (the refe
 1-NN over-clustering of the final embeddings, agglomerated (eta per pass, no training, the same
 coarse merges) to exactly ``num_clusters`` clusters; "spectral" — spectral clustering
 (Ng-Jordan-Weiss) of a k-NN graph (``jule.spectral_neighbours``) of the final embeddings,
-PCA-whitened and L2-normalised (the paper also clusters its learned features with other algorithms,
-spectral clustering among them); "clusters" — the unrolled training's own clusters. The clusters' mean embeddings (normalised) are the evaluation centroids, and an example
-goes to the centroid of largest cosine similarity. Before the training clusters reach the target,
+PCA-whitened and L2-normalised (the paper also clusters its learned features with other
+algorithms, spectral clustering among them); "clusters" — the unrolled training's own clusters.
+The clusters' mean embeddings (normalised) are the evaluation centroids, and an example goes to
+the centroid of largest cosine similarity. Before the training clusters reach the target,
 an evaluation only shows progress: its centroids are the means of the ``num_clusters`` largest
 training clusters (the final pass costs minutes).
 
