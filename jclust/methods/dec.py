@@ -137,8 +137,7 @@ def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_ite
         return km.centroids, km
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-    pca_state = jcluster.pca_fit(features, features.shape[1], whiten=True)
-    whitened = jcluster.pca_transform(pca_state, features, l2_normalize=True)
+    _, whitened = jcluster.pca(features, features.shape[1], whiten=True, l2_normalize=True)
     if space == "whitened":
         km = jcluster.kmeans(whitened, k, key=key, n_init=n_init, max_iter=max_iter)
     else:

@@ -182,8 +182,7 @@ def spectral_labels(features, count: int, *, key, num_neighbours: int) -> np.nda
       [N] int32 cluster of every example, 0..count-1.
     """
     x = jnp.asarray(features, jnp.float32)
-    whitened = jcluster.pca_transform(jcluster.pca_fit(x, x.shape[1], whiten=True), x,
-                                      l2_normalize=True)
+    _, whitened = jcluster.pca(x, x.shape[1], whiten=True, l2_normalize=True)
     return np.asarray(jcluster.spectral_clustering(whitened, count, key=key,
                                                    num_neighbours=num_neighbours).labels)
 
