@@ -106,6 +106,20 @@ def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     return model
 
 
+def jule_cnn_model() -> ml_collections.ConfigDict:
+    """The ``model`` section of the JULE reference's MNIST network (:class:`jclust.models.JuleCNN`).
+
+    [conv5x5-50, BN, ReLU, maxpool 2] -> [conv5x5-50, BN, ReLU] -> flatten (3,200 at 28x28).
+    """
+    model = ml_collections.ConfigDict()
+    model.name = "jule_cnn"
+    model.widths = (50, 50)
+    model.kernel_size = 5
+    model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
+    model.compute_dtype = "float32"
+    return model
+
+
 def use_cifar10(config: ml_collections.ConfigDict) -> None:
     """Switches a CNN method's config to CIFAR-10 on an accelerator (the ``:cifar10`` variants).
 

@@ -1,5 +1,6 @@
 """Backbones behind one interface: ResNet-18 (CIFAR stem, BatchNorm state) and the Sobel filter."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,6 +43,51 @@ def test_full_resnet18_has_the_usual_size():
     assert 11_100_000 < n_params < 11_200_000  # ResNet-18, CIFAR stem, no classifier: 11.17 M
 
 
+def test_jule_cnn_is_the_reference_mnist_network():
+    """[conv5x5-50, BN, ReLU, pool] -> [conv5x5-50, BN, ReLU] -> flatten: 28 -> 24 -> 12 -> 8,
+    so 8 * 8 * 50 = 3,200 features, with BatchNorm statistics in the model state."""
+    cfg = config_lib.jule_cnn_model()
+    backbone = models.make_backbone(cfg, (28, 28, 1))
+    assert backbone.feature_dim == 3200
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8))
+    params, state = backbone.init(jax.random.PRNGKey(0), x)
+    shapes = {k: jax.tree.map(jnp.shape, v) for k, v in params.items()}
+    assert shapes["ConvValid_0"]["kernel"] == (5, 5, 1, 50)
+    assert shapes["ConvValid_1"]["kernel"] == (5, 5, 50, 50)
+    assert set(state["batch_stats"]) == {"BatchNorm_0", "BatchNorm_1"}
+    feats, _ = backbone.apply(params, state, x, train=False)
+    trained, updated = backbone.apply(params, state, x, train=True)
+    assert feats.shape == trained.shape == (4, 3200)
+    assert float(jnp.min(trained)) >= 0.0  # ReLU last
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(updated),
+                                                        jax.tree.leaves(state)))
+    # The same network from flax's own layers gives the same features.
+    ref = _flax_jule_cnn(params, state, x)
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-5)
+
+
+def _flax_jule_cnn(params, state, x):
+    """JuleCNN's eval-mode forward pass written with nn.Conv / nn.BatchNorm / nn.max_pool."""
+    h = x.astype(jnp.float32) / 255.0
+    for i in range(2):
+        conv = nn.Conv(50, (5, 5), padding="VALID")
+        h = conv.apply({"params": params[f"ConvValid_{i}"]}, h)
+        bn = nn.BatchNorm(use_running_average=True, epsilon=1e-5)
+        h = nn.relu(bn.apply({"params": params[f"BatchNorm_{i}"],
+                              "batch_stats": state["batch_stats"][f"BatchNorm_{i}"]}, h))
+        if i == 0:
+            h = nn.max_pool(h, (2, 2), strides=(2, 2))
+    return h.reshape(h.shape[0], -1)
+
+
+def test_jule_cnn_needs_an_input_shape_that_fits():
+    cfg = config_lib.jule_cnn_model()
+    with pytest.raises(ValueError, match="input shape"):
+        models.make_backbone(cfg)
+    with pytest.raises(ValueError, match="too small"):
+        models.make_backbone(cfg, (8, 8, 1))
+
+
 def test_sobel_matches_scipy():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2, 7, 9, 3), dtype=np.uint8)
@@ -56,7 +102,7 @@ def test_sobel_matches_scipy():
 
 
 def test_unknown_backbone_lists_the_valid_names():
-    with pytest.raises(ValueError, match="resnet18, small_cnn"):
+    with pytest.raises(ValueError, match="jule_cnn, resnet18, small_cnn"):
         models.make_backbone(ml_collections.ConfigDict({"name": "vgg"}))
 
 
@@ -140,3 +186,32 @@ def test_unknown_compute_dtype_is_a_config_error():
     config = config_lib.load_config("configs/swav.py:digits")
     with pytest.raises(config_lib.ConfigError, match="compute_dtype='float16'"):
         config_lib.validate(config_lib.apply_overrides(config, {"model.compute_dtype": "float16"}))
+
+
+def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
+    """configs/jule.py (the reference's MNIST network by default) on fake 28x28 images,
+    shrunk: the first over-clustering and one jitted triplet step that advances BatchNorm."""
+    config = config_lib.apply_overrides(
+        config_lib.load_config("configs/jule.py"),
+        {"model.widths": (4, 6), "jule.embed_dim": 8, "jule.neighbours": 3, "batch_size": 16,
+         "num_clusters": 3})
+    assert config.model.name == "jule_cnn" and config.model.kernel_size == 5
+    assert config.jule.evaluation == "spectral"
+    assert config_lib.load_config("configs/jule.py:small_cnn").model.name == "small_cnn"
+    n = 32
+    # Pairs of near-identical images, so that the 1-NN over-clustering has clusters of two.
+    base = np.random.default_rng(2).integers(0, 250, (n // 2, 28, 28, 1), dtype=np.uint8)
+    x = np.concatenate([base, base + 1]).astype(np.uint8)
+    method = methods.make(config, methods.DataSpec(n, (28, 28, 1), True))
+    state = train.init_state(method, 0, x[:2])
+    assert state.params["head"]["kernel"].shape == (6 * 8 * 8, 8)
+    feats = method.embed(state.params, state.model_state, jnp.asarray(x))
+    params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
+                                          key=jax.random.PRNGKey(3))
+    state = state.replace(params=params, cluster=cluster)
+    before = jax.device_get(state.model_state)
+    batch = {"x": jnp.asarray(x[:16]), "index": jnp.arange(16, dtype=jnp.int32)}
+    new_state, metrics = jax.jit(train.make_train_step(method, 0))(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
+                                                        jax.tree.leaves(before)))

@@ -12,6 +12,7 @@ from jclust.models import (
     MLPAutoencoder,
     SmallCNN,
     conv3x3,
+    conv_valid,
     flatten_inputs,
     get_model,
     max_pool_2x2,
@@ -93,6 +94,39 @@ def test_conv3x3_rejects_bad_shapes():
         conv3x3(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 3, 4)))
     with pytest.raises(ValueError):
         conv3x3(jnp.zeros((1, 4, 4, 3)), jnp.zeros((5, 5, 3, 4)))
+
+
+@pytest.mark.parametrize("shape, size, cout", [((3, 9, 7, 1), 5, 4), ((2, 12, 12, 6), 5, 3),
+                                               ((2, 5, 5, 2), 5, 2), ((1, 6, 4, 3), 1, 2)])
+def test_conv_valid_im2col_matches_native_values_and_grads(shape, size, cout):
+    x = _normal(*shape)
+    kernel = _normal(size, size, shape[-1], cout) / size
+    bias = _normal(cout)
+    out_shape = (shape[0], shape[1] - size + 1, shape[2] - size + 1, cout)
+    g = _normal(*out_shape)
+
+    @jax.jit
+    def run(x, kernel, bias, g):
+        def both(impl):
+            out, vjp = jax.vjp(lambda *a: conv_valid(*a, impl=impl), x, kernel, bias)
+            return out, vjp(g)
+
+        return both("native"), both("im2col")
+
+    (out_n, grads_n), (out_i, grads_i) = run(x, kernel, bias, g)
+    assert out_i.shape == out_shape
+    np.testing.assert_allclose(out_i, out_n, **TOL)
+    for a, b in zip(grads_i, grads_n):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_conv_valid_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="kernel"):
+        conv_valid(jnp.zeros((1, 6, 6, 2)), jnp.zeros((3, 5, 2, 4)))
+    with pytest.raises(ValueError, match="NHWC"):
+        conv_valid(jnp.zeros((1, 6, 6, 3)), jnp.zeros((5, 5, 2, 4)))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_valid(jnp.zeros((1, 4, 6, 2)), jnp.zeros((5, 5, 2, 4)), impl="im2col")
 
 
 def test_resolve_impl():

@@ -2,7 +2,8 @@
 jointly with a CNN.
 
 Model: backbone -> Dense(``jule.embed_dim``) -> L2 normalisation (the reference: conv layers,
-then Linear -> 160 -> L2-norm).
+then Linear -> 160 -> L2-norm). The backbone ``jule_cnn`` (``jclust.models.JuleCNN``) is the
+reference's MNIST network; ``small_cnn`` and ``resnet18`` work too.
 
 State (``JuleState``, checkpointed): the current cluster of every example (compact labels
 0..C-1), the cluster count C, the period, and the evaluation centroids.
@@ -240,10 +241,10 @@ def make(config, data_spec: DataSpec) -> Method:
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
         raise ConfigError("JULE trains a CNN on images; the data are feature vectors")
-    if config.model.name not in ("small_cnn", "resnet18"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: JULE needs 'small_cnn' or "
-                          "'resnet18'")
-    backbone = models.make_backbone(config.model)
+    if config.model.name not in ("small_cnn", "resnet18", "jule_cnn"):
+        raise ConfigError(f"config.model.name={config.model.name!r}: JULE needs 'small_cnn', "
+                          "'resnet18' or 'jule_cnn'")
+    backbone = models.make_backbone(config.model, data_spec.input_shape)
     head = nn.Dense(jc.embed_dim, kernel_init=nn.initializers.normal(0.01))
     height, width = data_spec.input_shape[:2]
     merge_kwargs = dict(neighbours=jc.neighbours, eta=jc.eta,

@@ -4,8 +4,9 @@ import flax.linen as nn
 
 from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_inputs
 from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_filter
-from jclust.models.cnn import SmallCNN, max_pool_2x2
-from jclust.models.conv import Conv3x3, conv3x3, im2col3x3, resolve_impl
+from jclust.models.cnn import JuleCNN, SmallCNN, max_pool_2x2
+from jclust.models.conv import (Conv3x3, ConvValid, conv3x3, conv_valid, im2col3x3, im2col_valid,
+                                resolve_impl)
 from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead, l2_normalize
 
 _MODELS = {
@@ -39,15 +40,19 @@ __all__ = [
     "make_backbone",
     "sobel_filter",
     "Conv3x3",
+    "ConvValid",
+    "JuleCNN",
     "MLPAutoencoder",
     "MixtureHead",
     "NonLinearNeck",
     "SmallCNN",
     "conv3x3",
+    "conv_valid",
     "dec_kernel_init",
     "flatten_inputs",
     "get_model",
     "im2col3x3",
+    "im2col_valid",
     "max_pool_2x2",
     "resolve_impl",
 ]

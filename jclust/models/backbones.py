@@ -13,6 +13,8 @@ needs to know whether the network keeps state (BatchNorm statistics) or not:
     32x32 colour images on GPU/TPU; BatchNorm statistics live in ``model_state``. Under the
     trainer's data-parallel jit the batch statistics are those of the global batch (the batch
     axis is sharded, the reduction is over all of it), i.e. synchronised BatchNorm.
+  * ``"jule_cnn"``: :class:`jclust.models.JuleCNN`, the JULE reference's MNIST network (5x5
+    VALID convs with BatchNorm), flattened; its size depends on the input shape.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jclust.models.cnn import SmallCNN
+from jclust.models.cnn import JuleCNN, SmallCNN
 
 Array = jax.Array
 
@@ -107,16 +109,20 @@ def compute_dtype(name: str):
     return COMPUTE_DTYPES[name]
 
 
-def make_backbone(model_config: Any) -> Backbone:
+def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -> Backbone:
     """The backbone named by ``model_config.name`` (see the module docstring).
 
     Args:
       model_config: the config's ``model`` section: ``name``, optionally ``compute_dtype``
         (:func:`compute_dtype`) and, for ``small_cnn``, ``widths``, ``dense``, ``conv_impl``,
-        ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``.
+        ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``; for
+        ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``.
+      input_shape: [H, W, C] of one example; ``jule_cnn`` needs it (its output is the flattened
+        last map).
 
     Raises:
-      ValueError: an unknown name (the message lists the valid ones).
+      ValueError: an unknown name (the message lists the valid ones), or ``jule_cnn`` without
+        ``input_shape``.
     """
     name = model_config.name
     dtype = compute_dtype(model_config.get("compute_dtype", "float32"))
@@ -136,9 +142,16 @@ def make_backbone(model_config: Any) -> Backbone:
 
         return Backbone(init=init, apply=apply, feature_dim=model_config.dense)
 
-    if name == "resnet18":
-        widths = tuple(model_config.get("stage_widths", (64, 128, 256, 512)))
-        net = ResNet18(stage_widths=widths, dtype=dtype)
+    if name in ("resnet18", "jule_cnn"):
+        if name == "resnet18":
+            widths = tuple(model_config.get("stage_widths", (64, 128, 256, 512)))
+            net, feature_dim = ResNet18(stage_widths=widths, dtype=dtype), widths[-1]
+        else:
+            if input_shape is None:
+                raise ValueError("the jule_cnn backbone needs the input shape")
+            widths, size = tuple(model_config.widths), int(model_config.kernel_size)
+            net = JuleCNN(widths=widths, size=size, conv_impl=model_config.conv_impl, dtype=dtype)
+            feature_dim = JuleCNN.output_dim(input_shape, widths, size)
 
         def init(rng, x):
             variables = net.init(rng, x, train=False)
@@ -151,9 +164,9 @@ def make_backbone(model_config: Any) -> Backbone:
             features, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
             return features.astype(jnp.float32), {**model_state, **updates}
 
-        return Backbone(init=init, apply=apply, feature_dim=widths[-1])
+        return Backbone(init=init, apply=apply, feature_dim=feature_dim)
 
-    raise ValueError(f"unknown backbone {name!r}; valid names: resnet18, small_cnn")
+    raise ValueError(f"unknown backbone {name!r}; valid names: jule_cnn, resnet18, small_cnn")
 
 
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))

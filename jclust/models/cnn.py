@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jclust.models.conv import Conv3x3, resolve_impl
+from jclust.models.conv import Conv3x3, ConvValid, resolve_impl
 
 Array = jax.Array
 
@@ -110,3 +110,51 @@ class SmallCNN(nn.Module):
         if self.num_outputs is not None:
             return self.head(h)
         return h
+
+
+class JuleCNN(nn.Module):
+    """The JULE reference's network for MNIST: [conv5x5-50, BN, ReLU, maxpool 2] -> [conv5x5-50,
+    BN, ReLU] -> flatten (jwyang/JULE.torch ``models_def``; 3,200 features at 28x28).
+
+    Every conv is unpadded (VALID) and followed by BatchNorm and ReLU; every conv but the last by
+    a 2x2 max-pool. The reference's linear 3200 -> 160 layer is the method's head, not part of
+    the backbone. Convs are initialised N(0, 0.01^2) as in the reference.
+
+    Attributes:
+      widths: output channels of the convs.
+      size: kernel side of the convs.
+      conv_impl: ``"auto"``, ``"native"`` or ``"im2col"`` (:func:`jclust.models.resolve_impl`).
+      dtype: computation dtype (None: float32); parameters and batch statistics stay float32.
+    """
+
+    widths: Sequence[int] = (50, 50)
+    size: int = 5
+    conv_impl: str = "auto"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """[B, H, W, C] (float32, or uint8 scaled by 1/255) -> [B, flattened features]."""
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        for i, width in enumerate(self.widths):
+            x = ConvValid(width, self.size, impl=self.conv_impl,
+                          kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                     dtype=self.dtype)(x))
+            if i < len(self.widths) - 1:
+                x = max_pool_2x2(x)
+        return x.reshape(x.shape[0], -1)
+
+    @staticmethod
+    def output_dim(input_shape: Sequence[int], widths: Sequence[int], size: int) -> int:
+        """Length of the flattened output for one [H, W, C] input."""
+        h, w = input_shape[:2]
+        for i in range(len(widths)):
+            h, w = h - size + 1, w - size + 1
+            if i < len(widths) - 1:
+                h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"a {input_shape[0]}x{input_shape[1]} input is too small for "
+                             f"{len(widths)} {size}x{size} convs")
+        return h * w * widths[-1]

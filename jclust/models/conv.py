@@ -1,4 +1,4 @@
-"""3x3 stride-1 SAME convolution with a CPU-friendly im2col lowering.
+"""Stride-1 convolutions (3x3 SAME; k x k VALID) with a CPU-friendly im2col lowering.
 
 XLA:CPU lowers the *kernel gradient* of ``lax.conv_general_dilated`` very
 slowly (5-10x slower than torch; see ENVIRONMENT.md, Part 3 (d)). Writing the
@@ -150,3 +150,80 @@ class Conv3x3(nn.Module):
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         return conv3x3(x, kernel, bias, impl=self.impl, precision=self.precision)
+
+
+def im2col_valid(x: Array, size: int) -> Array:
+    """Extracts size x size VALID patches as channels: [B, H, W, C] -> [B, H', W', size*size*C].
+
+    H' = H - size + 1 and W' = W - size + 1. Channel ``(dy * size + dx) * C + c`` holds input
+    channel ``c`` at offset ``(dy, dx)`` from the patch's top-left corner, the row order of
+    ``kernel.reshape(size * size * C, Cout)`` for an HWIO kernel.
+    """
+    _, h, w, _ = x.shape
+    if size < 1 or size > min(h, w):
+        raise ValueError(f"patch size {size} does not fit a {h}x{w} map")
+    ho, wo = h - size + 1, w - size + 1
+    cols = [x[:, dy : dy + ho, dx : dx + wo, :] for dy in range(size) for dx in range(size)]
+    return jnp.concatenate(cols, axis=-1)
+
+
+def conv_valid(x: Array, kernel: Array, bias: Array | None = None, impl: str = "auto",
+               precision: Any = None) -> Array:
+    """k x k, stride 1, VALID (unpadded) 2-D cross-correlation in NHWC layout.
+
+    Args:
+      x: input, [B, H, W, Cin].
+      kernel: HWIO kernel, [k, k, Cin, Cout] (``nn.Conv``'s layout).
+      bias: optional bias, [Cout].
+      impl: ``"native"``, ``"im2col"`` (k*k shifted slices + one matmul: on XLA:CPU the kernel
+        gradient then is a matmul too) or ``"auto"`` (see :func:`resolve_impl`).
+      precision: passed to the underlying conv / dot_general.
+
+    Returns:
+      [B, H - k + 1, W - k + 1, Cout]; both implementations compute the same function.
+    """
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"kernel must be [k, k, Cin, Cout], got {kernel.shape}")
+    if x.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"x must be [B, H, W, {kernel.shape[2]}] (NHWC), got {x.shape}")
+    size, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    if resolve_impl(impl) == "native":
+        y = lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=precision)
+    else:
+        y = lax.dot_general(im2col_valid(x, size), kernel.reshape(size * size * cin, cout),
+                            (((3,), (0,)), ((), ())), precision=precision)
+    if bias is not None:
+        y = y + bias.reshape(1, 1, 1, -1)
+    return y
+
+
+class ConvValid(nn.Module):
+    """k x k, stride 1, VALID convolution, NHWC, with selectable lowering.
+
+    Parameters are named and shaped like ``nn.Conv(features, (size, size), padding="VALID")``.
+
+    Attributes:
+      features: output channels.
+      size: kernel side k.
+      impl: ``"auto"``, ``"native"`` or ``"im2col"`` (:func:`resolve_impl`).
+      kernel_init: kernel initializer (default: ``nn.Conv``'s).
+      dtype: computation dtype (default: inferred from inputs and params).
+    """
+
+    features: int
+    size: int
+    impl: str = "auto"
+    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """[B, H, W, Cin] -> [B, H - size + 1, W - size + 1, features]."""
+        resolve_impl(self.impl)
+        kernel = self.param("kernel", self.kernel_init,
+                            (self.size, self.size, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return conv_valid(x, kernel, bias, impl=self.impl)
