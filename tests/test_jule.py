@@ -133,6 +133,9 @@ def test_bad_configs_are_config_errors():
         methods.make(tiny_config(**{"jule.spectral_neighbours": 64}), spec)
     with pytest.raises(ConfigError, match="num_clusters"):
         methods.make(tiny_config(num_clusters=100), spec)
+    reference_net = config_lib.load_config(os.path.join(ROOT, "configs", "jule.py"))
+    with pytest.raises(ConfigError, match="8x8 input is too small"):
+        methods.make(reference_net, methods.DataSpec(1000, (8, 8, 1), True))
 
 
 def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():

@@ -244,7 +244,10 @@ def make(config, data_spec: DataSpec) -> Method:
     if config.model.name not in ("small_cnn", "resnet18", "jule_cnn"):
         raise ConfigError(f"config.model.name={config.model.name!r}: JULE needs 'small_cnn', "
                           "'resnet18' or 'jule_cnn'")
-    backbone = models.make_backbone(config.model, data_spec.input_shape)
+    try:
+        backbone = models.make_backbone(config.model, data_spec.input_shape)
+    except ValueError as err:  # e.g. images too small for jule_cnn's unpadded convs
+        raise ConfigError(f"config.model: {err}") from None
     head = nn.Dense(jc.embed_dim, kernel_init=nn.initializers.normal(0.01))
     height, width = data_spec.input_shape[:2]
     merge_kwargs = dict(neighbours=jc.neighbours, eta=jc.eta,
