@@ -49,6 +49,20 @@ def _param_count(tree) -> int:
 # ---------------------------------------------------------------- conv3x3
 
 
+def _native_and_im2col(conv, x, kernel, bias, g):
+    """(output, (dx, dkernel, dbias)) of ``conv`` with impl "native", then with "im2col"."""
+
+    @jax.jit
+    def run(x, kernel, bias, g):
+        def both(impl):
+            out, vjp = jax.vjp(lambda *a: conv(*a, impl=impl), x, kernel, bias)
+            return out, vjp(g)
+
+        return both("native"), both("im2col")
+
+    return run(x, kernel, bias, g)
+
+
 @pytest.mark.parametrize(
     "shape, cout",
     [
@@ -64,15 +78,8 @@ def test_conv3x3_im2col_matches_native_values_and_grads(shape, cout):
     bias = _normal(cout)
     g = _normal(*shape[:3], cout)
 
-    @jax.jit
-    def run(x, kernel, bias, g):
-        def both(impl):
-            out, vjp = jax.vjp(lambda *a: conv3x3(*a, impl=impl), x, kernel, bias)
-            return out, vjp(g)
-
-        return both("native"), both("im2col")
-
-    (out_n, (dx_n, dk_n, db_n)), (out_i, (dx_i, dk_i, db_i)) = run(x, kernel, bias, g)
+    (out_n, (dx_n, dk_n, db_n)), (out_i, (dx_i, dk_i, db_i)) = _native_and_im2col(
+        conv3x3, x, kernel, bias, g)
     assert out_i.shape == shape[:3] + (cout,)
     np.testing.assert_allclose(out_i, out_n, **TOL)
     np.testing.assert_allclose(dx_i, dx_n, **TOL)
@@ -105,15 +112,7 @@ def test_conv_valid_im2col_matches_native_values_and_grads(shape, size, cout):
     out_shape = (shape[0], shape[1] - size + 1, shape[2] - size + 1, cout)
     g = _normal(*out_shape)
 
-    @jax.jit
-    def run(x, kernel, bias, g):
-        def both(impl):
-            out, vjp = jax.vjp(lambda *a: conv_valid(*a, impl=impl), x, kernel, bias)
-            return out, vjp(g)
-
-        return both("native"), both("im2col")
-
-    (out_n, grads_n), (out_i, grads_i) = run(x, kernel, bias, g)
+    (out_n, grads_n), (out_i, grads_i) = _native_and_im2col(conv_valid, x, kernel, bias, g)
     assert out_i.shape == out_shape
     np.testing.assert_allclose(out_i, out_n, **TOL)
     for a, b in zip(grads_i, grads_n):

@@ -47,10 +47,7 @@ def im2col3x3(x: Array) -> Array:
     order of ``kernel.reshape(9 * C, Cout)`` for an HWIO ``[3, 3, C, Cout]``
     kernel.
     """
-    _, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = [xp[:, dy : dy + h, dx : dx + w, :] for dy in range(3) for dx in range(3)]
-    return jnp.concatenate(cols, axis=-1)
+    return im2col_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), 3)
 
 
 def conv3x3(
