@@ -35,6 +35,7 @@ from jclust import data as jdata
 from jclust import distributed
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
+from jclust import precision
 from jclust import writers
 
 VERSION = 1
@@ -372,7 +373,9 @@ def init_state(method: jmethods.Method, seed: int, sample_x: np.ndarray) -> Trai
     """Creates the initial TrainState. sample_x: [B, ...] a batch of inputs (shapes only)."""
     rng = jax.random.PRNGKey(seed)
     init_rng, run_rng = jax.random.split(rng)
-    params, model_state, cluster = method.init(init_rng, jnp.asarray(sample_x))
+    # Flax creates float32 parameters whatever the x64 mode: cast (identity in float32 mode).
+    params, model_state, cluster = precision.cast_floats(
+        method.init(init_rng, jnp.asarray(sample_x)))
     opt_states = tuple(phase.tx.init(params) for phase in method.phases)
     return TrainState(step=jnp.zeros((), jnp.int32), rng=run_rng, params=params,
                       model_state=model_state, opt_states=opt_states, cluster=cluster)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import float_dtype
+
 
 class EMOutput(NamedTuple):
     """The E-step of a mixture model on a batch.
@@ -48,7 +50,7 @@ def sigmoid_log_densities(normalized_logits: jax.Array, log_normalizer: float = 
     Returns:
       [N, K] float32 log-densities, each <= -log Z.
     """
-    return jax.nn.log_sigmoid(normalized_logits.astype(jnp.float32)) - log_normalizer
+    return jax.nn.log_sigmoid(normalized_logits.astype(float_dtype())) - log_normalizer
 
 
 def responsibilities(log_densities: jax.Array, log_weights: jax.Array) -> EMOutput:
@@ -62,8 +64,8 @@ def responsibilities(log_densities: jax.Array, log_weights: jax.Array) -> EMOutp
       EMOutput with responsibilities [N, K] and per-sample log-likelihood [N] under the
       normalised weights.
     """
-    log_densities = log_densities.astype(jnp.float32)
-    log_weights = jax.nn.log_softmax(log_weights.astype(jnp.float32))
+    log_densities = log_densities.astype(float_dtype())
+    log_weights = jax.nn.log_softmax(log_weights.astype(float_dtype()))
     joint = log_densities + log_weights
     log_likelihood = jax.nn.logsumexp(joint, axis=-1)
     return EMOutput(responsibilities=jnp.exp(joint - log_likelihood[:, None]),
@@ -82,6 +84,6 @@ def expected_complete_log_likelihood(gamma: jax.Array, log_densities: jax.Array,
     Returns:
       Scalar Q (maximise it; the M-step loss is -Q).
     """
-    gamma = jax.lax.stop_gradient(gamma.astype(jnp.float32))
-    log_weights = jax.nn.log_softmax(log_weights.astype(jnp.float32))
-    return jnp.mean(jnp.sum(gamma * (log_densities.astype(jnp.float32) + log_weights), axis=-1))
+    gamma = jax.lax.stop_gradient(gamma.astype(float_dtype()))
+    log_weights = jax.nn.log_softmax(log_weights.astype(float_dtype()))
+    return jnp.mean(jnp.sum(gamma * (log_densities.astype(float_dtype()) + log_weights), axis=-1))

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jclust.precision import float_dtype
+
 
 class KNNOutput(NamedTuple):
     """k nearest neighbours of every row, nearest first.
@@ -69,7 +71,7 @@ def knn(x, k: int, *, chunk_size: int = 1024) -> KNNOutput:
       KNNOutput with indices [N, k] and squared distances [N, k], nearest first. Ties go to the
       lower index (``lax.top_k``).
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, float_dtype())
     if x.ndim != 2:
         raise ValueError(f"x must be [N, D], got shape {x.shape}")
     n = x.shape[0]
@@ -91,7 +93,7 @@ def affinity_graph(features, k: int, *, chunk_size: int = 1024) -> AffinityGraph
       AffinityGraph: neighbours, W_ij = exp(-||x_i - x_j||^2 / sigma2), sigma2 = mean ||x_i - x_j||^2
       over the graph's edges.
     """
-    x = jnp.asarray(features, jnp.float32)
+    x = jnp.asarray(features, float_dtype())
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     out = knn(x, k, chunk_size=chunk_size)
     sigma2 = jnp.maximum(jnp.mean(out.sq_distances), 1e-12)
@@ -174,7 +176,7 @@ def _gdl(indices, weights, labels, *, num_clusters):
     products = jnp.where(valid, out_value * in_value, 0.0)
     rows = labels[jnp.where(valid, pair_m, 0)]
     cols = jnp.where(valid, pair_b, 0)
-    return jnp.zeros((num_clusters, num_clusters), jnp.float32).at[rows, cols].add(products)
+    return jnp.zeros((num_clusters, num_clusters), float_dtype()).at[rows, cols].add(products)
 
 
 def _search_pairs(keys_major, keys_minor, query_major, query_minor):
@@ -218,7 +220,7 @@ def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int, *,
     a_us = _gdl(graph.indices, graph.weights, labels, num_clusters=num_clusters)
     if not symmetric:
         return a_us, None
-    sizes = jnp.zeros(num_clusters, jnp.float32).at[labels].add(1.0)
+    sizes = jnp.zeros(num_clusters, float_dtype()).at[labels].add(1.0)
     directed = a_us / jnp.maximum(sizes, 1.0)[None, :] ** 2
     symmetric = directed + directed.T
     return a_us, symmetric * (1.0 - jnp.eye(num_clusters, dtype=symmetric.dtype))
@@ -242,8 +244,8 @@ class MergeState(NamedTuple):
 def merge_state(affinity_us, sizes) -> MergeState:
     """A merge scan's start: every slot an active cluster. affinity_us [C, C], sizes [C]."""
     c = affinity_us.shape[0]
-    return MergeState(affinity_us=jnp.asarray(affinity_us, jnp.float32),
-                      sizes=jnp.asarray(sizes, jnp.float32), active=jnp.ones(c, bool),
+    return MergeState(affinity_us=jnp.asarray(affinity_us, float_dtype()),
+                      sizes=jnp.asarray(sizes, float_dtype()), active=jnp.ones(c, bool),
                       parent=jnp.arange(c, dtype=jnp.int32))
 
 
@@ -475,11 +477,11 @@ def merge_clusters(state: MergeState, num_merges: int, *, num_neighbours: int = 
     if num_merges == 0:
         return state, jnp.zeros((0, 2), jnp.int32)
     if cache_size is None:
-        return _merge_scan(state, jnp.float32(local_weight), num_merges=num_merges,
+        return _merge_scan(state, jnp.asarray(local_weight, float_dtype()), num_merges=num_merges,
                            num_neighbours=num_neighbours)
     c = state.active.shape[0]
     depth = min(max(cache_size, num_neighbours), c - 1)
-    return _merge_scan_cached(state, jnp.float32(local_weight), num_merges=num_merges,
+    return _merge_scan_cached(state, jnp.asarray(local_weight, float_dtype()), num_merges=num_merges,
                               num_neighbours=num_neighbours, depth=depth,
                               rescan=min(rescan_rows, c))
 

@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jclust.precision import float_dtype
+
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
 # On CPU the [chunk, k] distance block is kept cache-sized: the nearest-centroid search then
@@ -94,7 +96,7 @@ class KMeansOutput(NamedTuple):
 
 def _as_data(x, name="x"):
     """Returns x as a float32 [n, d] jax array, raising ValueError if invalid."""
-    x = jnp.asarray(x, dtype=jnp.float32)
+    x = jnp.asarray(x, dtype=float_dtype())
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array [n, d], got shape {x.shape}.")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -192,11 +194,11 @@ def _assign_and_sum(xs, valid, centroids, spherical):
         labels = _first_argmin(-xc if spherical else c2[None, :] - 2.0 * xc)
         labels = jnp.where(vb, labels, k)  # padding goes to an extra, dropped segment
         sums = sums + jax.ops.segment_sum(xb, labels, num_segments=k + 1)[:k]
-        counts = counts + jax.ops.segment_sum(vb.astype(jnp.float32), labels,
+        counts = counts + jax.ops.segment_sum(vb.astype(float_dtype()), labels,
                                               num_segments=k + 1)[:k]
         return (sums, counts), labels
 
-    zeros = (jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32))
+    zeros = (jnp.zeros((k, d), float_dtype()), jnp.zeros((k,), float_dtype()))
     if xs.shape[0] == 1:  # XLA:CPU runs a one-trip loop body ~1.5x slower than the plain ops
         (sums, counts), labels = one_chunk(zeros, (xs[0], valid[0]))
         return labels, sums, counts
@@ -338,7 +340,7 @@ def _update_centroids(x, valid, centroids, labels, spherical, empty_policy="fart
     k = centroids.shape[0]
     if sums is None:
         sums = jax.ops.segment_sum(x, labels, num_segments=k)
-        counts = jax.ops.segment_sum(valid.astype(jnp.float32), labels, num_segments=k)
+        counts = jax.ops.segment_sum(valid.astype(float_dtype()), labels, num_segments=k)
     if empty_policy == "keep":
         means = sums * (1.0 / jnp.maximum(counts, 1.0))[:, None]
         new = jnp.where((counts > 0)[:, None], means, centroids)
@@ -456,7 +458,7 @@ def _plusplus_indices(x, key, *, k, n_local_trials):
         # side="right" and the clip keep candidates at points with positive
         # distance (never an already chosen centroid) while any exist.
         cand = jnp.searchsorted(cum, u * cum[-1], side="right").astype(jnp.int32)
-        last_positive = n - 1 - jnp.argmax(closest[::-1] > 0)
+        last_positive = (n - 1 - jnp.argmax(closest[::-1] > 0)).astype(jnp.int32)
         cand = jnp.minimum(cand, last_positive)
         trial = jnp.minimum(closest[None, :], sq_dist(x[cand]))  # [trials, n]
         best = jnp.argmin(jnp.sum(trial, axis=1))
@@ -665,7 +667,7 @@ def kmeans(
             del key_i
             return c0
 
-    tol = jnp.float32(tol)
+    tol = jnp.asarray(tol, float_dtype())
     keys = jax.random.split(key, n_init)
     best = None
     for i in range(n_init):
@@ -674,7 +676,7 @@ def kmeans(
             init_fn(keys[i]),
             tol,
             jax.random.fold_in(keys[i], 1),
-            jnp.float32(split_eps),
+            jnp.asarray(split_eps, float_dtype()),
             max_iter=max_iter,
             spherical=spherical,
             chunk=chunk,
@@ -755,8 +757,10 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
     chunk = block * max(1, min(-(-n // block), (64 * 2**20) // (4 * d * block)))
     starts = range(0, n, chunk)
 
+    dtype = float_dtype()
+
     def host_chunk(start):
-        block = np.asarray(x[start:start + chunk], dtype=np.float32)
+        block = np.asarray(x[start:start + chunk], dtype=dtype)
         if not np.all(np.isfinite(block)):
             raise ValueError(f"x contains NaN or infinite values (rows {start}..{start + chunk}).")
         return block
@@ -768,8 +772,8 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
         total += points.sum(0)
         total_sq += (points * points).sum(0)
     mean = total / n
-    tol_abs = jnp.float32(tol * float(np.mean(np.maximum(total_sq / n - mean * mean, 0.0))))
-    mean32 = mean.astype(np.float32)
+    tol_abs = jnp.asarray(tol * float(np.mean(np.maximum(total_sq / n - mean * mean, 0.0))), dtype)
+    mean_f = mean.astype(dtype)
 
     if isinstance(init, str):
         if init != "random":
@@ -778,24 +782,24 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
         seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
         rows = np.random.default_rng(seed).choice(n, k, replace=False)
         order = np.argsort(rows)  # gather in increasing row order (memmap-friendly)
-        picked = np.empty((k, d), np.float32)
-        picked[order] = np.asarray(x[np.sort(rows)], dtype=np.float32)
-        centroids = jnp.asarray(picked - mean32)
+        picked = np.empty((k, d), dtype)
+        picked[order] = np.asarray(x[np.sort(rows)], dtype=dtype)
+        centroids = jnp.asarray(picked - mean_f)
     else:
-        c0 = np.asarray(init, np.float32)
+        c0 = np.asarray(init, dtype)
         if c0.shape != (k, d):
             raise ValueError(f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}.")
-        centroids = jnp.asarray(c0 - mean32)
+        centroids = jnp.asarray(c0 - mean_f)
 
     def one_pass(centroids):
         """(sums, counts, labels [n] host, inertia) of an assignment to ``centroids``."""
-        sums, counts = jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32)
+        sums, counts = jnp.zeros((k, d), dtype), jnp.zeros((k,), dtype)
         labels, inertia = np.empty(n, np.int32), 0.0
         for start in starts:
-            points = host_chunk(start) - mean32
+            points = host_chunk(start) - mean_f
             m = points.shape[0]
             if m < chunk:
-                points = np.concatenate([points, np.zeros((chunk - m, d), np.float32)])
+                points = np.concatenate([points, np.zeros((chunk - m, d), dtype)])
             s, c, lab, sse = _streamed_chunk(points, jnp.int32(m), centroids, block=block)
             sums, counts = sums + s, counts + c
             labels[start:start + m] = np.asarray(lab)[:m]
@@ -818,6 +822,6 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
             converged = True
             break
     _, _, labels, inertia = one_pass(centroids)
-    return KMeansOutput(centroids=centroids + jnp.asarray(mean32), labels=labels,
-                        inertia=jnp.float32(inertia), n_iter=jnp.int32(n_iter),
+    return KMeansOutput(centroids=centroids + jnp.asarray(mean_f), labels=labels,
+                        inertia=jnp.asarray(inertia, dtype), n_iter=jnp.int32(n_iter),
                         converged=jnp.bool_(converged), n_empty_repaired=jnp.int32(n_empty))

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import float_dtype
+
 
 class LinkageOutput(NamedTuple):
     """An agglomeration of P points.
@@ -48,7 +50,7 @@ def average_linkage(points: jax.Array, num_groups: int) -> LinkageOutput:
     if not 1 <= num_groups <= p:
         raise ValueError(f"num_groups must be in [1, {p}], got {num_groups}")
     unit = points / jnp.maximum(jnp.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    distance = jnp.clip(1.0 - unit @ unit.T, 0.0, 2.0).astype(jnp.float32)
+    distance = jnp.clip(1.0 - unit @ unit.T, 0.0, 2.0).astype(float_dtype())
     slots = jnp.arange(p)
 
     def one_merge(carry, _):
@@ -67,7 +69,7 @@ def average_linkage(points: jax.Array, num_groups: int) -> LinkageOutput:
         parent = jnp.where(parent == gone, keep, parent)
         return (distance, counts, parent), (jnp.stack([keep, gone]).astype(jnp.int32), height)
 
-    carry = (distance, jnp.ones(p, jnp.float32), slots)
+    carry = (distance, jnp.ones(p, float_dtype()), slots)
     (_, counts, parent), (merges, heights) = jax.lax.scan(one_merge, carry, None,
                                                           length=p - num_groups)
     rank = jnp.cumsum(counts > 0) - 1

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import float_dtype
+
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
@@ -43,7 +45,7 @@ class PCAState(NamedTuple):
 
 def _check_fit_args(x, n_components):
     """Returns x as a float32 [n, d] jax array after validating the arguments."""
-    x = jnp.asarray(x, dtype=jnp.float32)
+    x = jnp.asarray(x, dtype=float_dtype())
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D array [n, d], got shape {x.shape}.")
     n, d = x.shape
@@ -93,7 +95,7 @@ def pca_fit(x, n_components, *, whiten=False, eps=1e-8):
       PCAState(mean [d], components [m, d], explained_variance [m], scale [m]).
     """
     x = _check_fit_args(x, n_components)
-    return _fit(x, jnp.float32(eps), n_components=n_components, whiten=whiten)
+    return _fit(x, jnp.asarray(eps, float_dtype()), n_components=n_components, whiten=whiten)
 
 
 @functools.partial(jax.jit, static_argnames=("l2_normalize",))
@@ -119,7 +121,7 @@ def pca_transform(state, x, *, l2_normalize=False):
     Returns:
       [n, m] float32.
     """
-    x = jnp.asarray(x, dtype=jnp.float32)
+    x = jnp.asarray(x, dtype=float_dtype())
     d = state.mean.shape[0]
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"x must have shape [n, {d}], got {x.shape}.")

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import float_dtype
+
 
 class SinkhornOutput(NamedTuple):
     """Codes and how balanced they came out.
@@ -56,7 +58,7 @@ def sinkhorn_knopp(scores: jax.Array, *, epsilon: float = 0.05, num_iters: int =
         raise ValueError(f"scores must be [B, K], got shape {scores.shape}")
     if epsilon <= 0 or num_iters < 1:
         raise ValueError(f"need epsilon > 0 and num_iters >= 1, got {epsilon}, {num_iters}")
-    scores = jax.lax.stop_gradient(scores).astype(jnp.float32)
+    scores = jax.lax.stop_gradient(scores).astype(float_dtype())
     b, k = scores.shape
     logits = scores / epsilon
     if log_domain:

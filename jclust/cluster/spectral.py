@@ -24,6 +24,7 @@ from jax.experimental.sparse import linalg as sparse_linalg
 
 from jclust.cluster import graph
 from jclust.cluster.kmeans import KMeansOutput, _as_data, _check_k, kmeans
+from jclust.precision import float_dtype
 
 # Below this many points the normalised affinity is materialised and diagonalised exactly.
 DENSE_MAX_POINTS = 2048
@@ -80,7 +81,7 @@ def knn_affinity(x, num_neighbours: int, *, chunk_size: int = 1024) -> KNNAffini
 
 def _degrees(affinity: KNNAffinity) -> jax.Array:
     n = affinity.indices.shape[0]
-    col_sums = jnp.zeros((n,), jnp.float32).at[affinity.indices.ravel()].add(
+    col_sums = jnp.zeros((n,), float_dtype()).at[affinity.indices.ravel()].add(
         affinity.weights.ravel())
     return 0.5 * (affinity.weights.sum(axis=1) + col_sums)
 
@@ -114,7 +115,7 @@ def dense_normalized_affinity(affinity: KNNAffinity) -> jax.Array:
     """A = D^-1/2 S D^-1/2 as an [N, N] matrix (small N only; tests and the exact path)."""
     n = affinity.indices.shape[0]
     rows = jnp.repeat(jnp.arange(n), affinity.indices.shape[1])
-    w = jnp.zeros((n, n), jnp.float32).at[rows, affinity.indices.ravel()].add(
+    w = jnp.zeros((n, n), float_dtype()).at[rows, affinity.indices.ravel()].add(
         affinity.weights.ravel())
     s = 0.5 * (w + w.T)
     degrees = s.sum(axis=1)
@@ -125,7 +126,7 @@ def dense_normalized_affinity(affinity: KNNAffinity) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("dim", "max_iter"))
 def _lobpcg(indices, weights, sigma2, key, *, dim, max_iter):
     matvec = normalized_affinity(KNNAffinity(indices, weights, sigma2))
-    start = jax.random.normal(key, (indices.shape[0], dim), jnp.float32)
+    start = jax.random.normal(key, (indices.shape[0], dim), float_dtype())
     # tol=0: run all max_iter iterations. The default tolerance scales with N and, at N = 70,000
     # in float32, accepts the random start after a few iterations.
     values, vectors, _ = sparse_linalg.lobpcg_standard(matvec, start, m=max_iter, tol=0.0)

@@ -23,6 +23,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import float_dtype
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision and PIL's "L" mode
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 
@@ -61,8 +63,8 @@ def to_float(images: jax.Array) -> jax.Array:
     """
     images = jnp.asarray(images)
     if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / 255.0
-    return images.astype(jnp.float32)
+        return images.astype(float_dtype()) / 255.0
+    return images.astype(float_dtype())
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -166,7 +168,7 @@ def crop_and_resize(images: jax.Array, boxes: jax.Array, *,
     channels = images.shape[-1]
 
     def one(image, box):
-        box = box.astype(jnp.float32)
+        box = box.astype(float_dtype())
         factor = jnp.stack([out_h / box[2], out_w / box[3]])
         return jax.image.scale_and_translate(
             image, (out_h, out_w, channels), (0, 1), factor, -box[:2] * factor,
@@ -236,8 +238,8 @@ def rotate(images: jax.Array, angles: jax.Array) -> jax.Array:
     images = to_float(images)
     _, h, w, _ = images.shape
     cy, cx = (h - 1) / 2, (w - 1) / 2
-    dy, dx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
-                          jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
+    dy, dx = jnp.meshgrid(jnp.arange(h, dtype=float_dtype()) - cy,
+                          jnp.arange(w, dtype=float_dtype()) - cx, indexing="ij")
 
     def one(image, angle):
         cos, sin = jnp.cos(angle), jnp.sin(angle)
@@ -249,7 +251,7 @@ def rotate(images: jax.Array, angles: jax.Array) -> jax.Array:
 
         return jax.vmap(channel, in_axes=2, out_axes=2)(image)
 
-    return jnp.clip(jax.vmap(one)(images, jnp.asarray(angles, jnp.float32)), 0.0, 1.0)
+    return jnp.clip(jax.vmap(one)(images, jnp.asarray(angles, float_dtype())), 0.0, 1.0)
 
 
 def random_rotation(images: jax.Array, key: jax.Array, *, max_degrees: float) -> jax.Array:
@@ -283,7 +285,7 @@ def rgb_to_grayscale(images: jax.Array) -> jax.Array:
     Returns:
       [..., 1] float32.
     """
-    weights = jnp.asarray(LUMA_WEIGHTS, jnp.float32)
+    weights = jnp.asarray(LUMA_WEIGHTS, float_dtype())
     return jnp.tensordot(to_float(images), weights, axes=1)[..., None]
 
 
@@ -515,7 +517,7 @@ def blur(images: jax.Array, sigmas: jax.Array, *, kernel_size: int) -> jax.Array
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer; got {kernel_size}")
     radius = kernel_size // 2
-    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    offsets = jnp.arange(-radius, radius + 1, dtype=float_dtype())
     kernels = jnp.exp(-0.5 * (offsets / sigmas[:, None]) ** 2)
     kernels = kernels / jnp.sum(kernels, axis=1, keepdims=True)
     out = _blur_axis(_blur_axis(to_float(images), kernels, axis=1), kernels, axis=2)

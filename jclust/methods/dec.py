@@ -39,6 +39,7 @@ from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.optim import make_optimizer
+from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("argmax of the Student-t soft assignment q_ij over centroids (the nearest "
                    "centroid in the embedding); confidence = max_j q_ij")
@@ -131,7 +132,7 @@ def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_ite
     Returns:
       (centroids [k, D] float32, the KMeansOutput of the k-means that made the clusters).
     """
-    features = jnp.asarray(features, jnp.float32)
+    features = jnp.asarray(features, float_dtype())
     if space == "embedding":
         km = jcluster.kmeans(features, k, key=key, n_init=n_init, max_iter=max_iter)
         return km.centroids, km
@@ -143,7 +144,7 @@ def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_ite
     else:
         km = jcluster.spectral_clustering(whitened, k, key=key, num_neighbours=num_neighbours,
                                           n_init=n_init, max_iter=max_iter).kmeans
-    one_hot = jax.nn.one_hot(km.labels, k, dtype=jnp.float32)
+    one_hot = jax.nn.one_hot(km.labels, k, dtype=float_dtype())
     counts = one_hot.sum(axis=0)
     sums = jnp.dot(one_hot.T, features, precision=jax.lax.Precision.HIGHEST)
     # k-means re-seeds empty clusters, so every count is positive; the guard is for safety only.
@@ -198,10 +199,10 @@ def make(config, data_spec: DataSpec) -> Method:
     def init(rng, x):
         variables = model.init(rng, prepare(x))
         params = {"autoencoder": variables["params"],
-                  "centroids": jnp.zeros((k, config.model.embed_dim), jnp.float32)}
-        cluster = DECState(target=jnp.zeros((n, k), jnp.float32),
+                  "centroids": jnp.zeros((k, config.model.embed_dim), float_dtype())}
+        cluster = DECState(target=jnp.zeros((n, k), float_dtype()),
                            labels=jnp.full((n,), -1, jnp.int32),
-                           delta_label=jnp.ones((), jnp.float32),
+                           delta_label=jnp.ones((), float_dtype()),
                            done=jnp.zeros((), jnp.bool_))
         return params, {}, cluster
 
@@ -257,7 +258,7 @@ def make(config, data_spec: DataSpec) -> Method:
     def _update_target(centroids, features, old_labels):
         q = soft_assignment(features, centroids, alpha)
         labels = jnp.argmax(q, axis=-1).astype(jnp.int32)
-        delta = jnp.mean((labels != old_labels).astype(jnp.float32))
+        delta = jnp.mean((labels != old_labels).astype(float_dtype()))
         return target_distribution(q), labels, delta
 
     def recluster(params, cluster, features, *, phase, first, key):

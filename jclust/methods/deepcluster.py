@@ -40,6 +40,7 @@ from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase
+from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("features whitened and L2-normalised by the PCA of the latest evaluation, then "
                    "the evaluation centroid (spherical k-means, K = num_clusters) of largest cosine "
@@ -126,11 +127,11 @@ def make(config, data_spec: DataSpec) -> Method:
                   "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
         state = DeepClusterState(
             pseudo_labels=jnp.full((n,), -1, jnp.int32),
-            class_weights=jnp.ones((k_train,), jnp.float32),
+            class_weights=jnp.ones((k_train,), float_dtype()),
             order=jnp.arange(n, dtype=jnp.int32),
-            pca_mean=jnp.zeros((feature_dim,), jnp.float32),
-            pca_projection=jnp.zeros((feature_dim, dc.pca_dim), jnp.float32),
-            eval_centroids=jnp.zeros((k_eval, dc.pca_dim), jnp.float32))
+            pca_mean=jnp.zeros((feature_dim,), float_dtype()),
+            pca_projection=jnp.zeros((feature_dim, dc.pca_dim), float_dtype()),
+            eval_centroids=jnp.zeros((k_eval, dc.pca_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
 
     def view(x, rng):
@@ -149,7 +150,7 @@ def make(config, data_spec: DataSpec) -> Method:
         labels = cluster.pseudo_labels[batch["index"]]
         weights = cluster.class_weights[labels] if dc.sampling == "reweight" else None
         loss = cross_entropy(logits, labels, weights)
-        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, ({"backbone": backbone_state}, {"pseudo_label_acc": accuracy})
 
     def embed(params, model_state, x):
@@ -198,10 +199,11 @@ def make(config, data_spec: DataSpec) -> Method:
                 f"({int(np.sum(sizes > 0))} of {k_train} clusters used); training goes on. "
                 "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
                 "more deepcluster.recluster_epochs")
-        params = {**params, "head": head.init(k_head, jnp.zeros((1, feature_dim)))["params"]}
+        head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
+        params = {**params, "head": cast_floats(head_params)}
         cluster = DeepClusterState(
             pseudo_labels=jnp.asarray(labels, jnp.int32),
-            class_weights=jnp.asarray(weights, jnp.float32),
+            class_weights=jnp.asarray(weights, float_dtype()),
             order=jnp.asarray(order, jnp.int32), pca_mean=mean, pca_projection=projection,
             eval_centroids=evaluation.centroids)
         return params, cluster, info

@@ -46,6 +46,7 @@ from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
+from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
                    "L2-normalised features) of largest cosine similarity; confidence = that cosine "
@@ -129,9 +130,9 @@ def make(config, data_spec: DataSpec) -> Method:
                                                          (num_heads, k_train, dc.feature_dim))),
         }
         state = DeepClusterV2State(
-            memory=jnp.zeros((n, 2, dc.feature_dim), jnp.float32),
+            memory=jnp.zeros((n, 2, dc.feature_dim), float_dtype()),
             assignments=jnp.full((num_heads, n), -1, jnp.int32),
-            eval_centroids=jnp.zeros((k_eval, dc.feature_dim), jnp.float32))
+            eval_centroids=jnp.zeros((k_eval, dc.feature_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
 
     def project(params, model_state, x, train):
@@ -151,7 +152,7 @@ def make(config, data_spec: DataSpec) -> Method:
         targets = cluster.assignments[:, batch["index"]]  # [H, B]
         loss = prototype_loss(z, params["prototypes"], targets, dc.temperature)
         logits = jnp.einsum("vbf,hkf->vhbk", z, params["prototypes"])
-        agreement = jnp.mean((jnp.argmax(logits, -1) == targets[None]).astype(jnp.float32))
+        agreement = jnp.mean((jnp.argmax(logits, -1) == targets[None]).astype(float_dtype()))
         return loss, (model_state, {"assignment_acc": agreement}, jnp.swapaxes(z, 0, 1))
 
     def update_memory(cluster, batch, outputs, rng):

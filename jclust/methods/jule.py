@@ -68,6 +68,7 @@ from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.jule_loss import triplet_loss
 from jclust.models.neck import l2_normalize
 from jclust.optim import make_schedule
+from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
                    "centroids: the mean embeddings of the clusters of JULE's final agglomerative "
@@ -163,7 +164,7 @@ def coarse_merge(features, labels, num_groups: int) -> np.ndarray:
     """
     labels = np.asarray(labels)
     sums = _cluster_sums(l2_normalize(jnp.asarray(features)), labels)
-    groups = linkage.average_linkage(jnp.asarray(sums, jnp.float32), num_groups).labels
+    groups = linkage.average_linkage(jnp.asarray(sums, float_dtype()), num_groups).labels
     return np.asarray(groups)[labels].astype(np.int32)
 
 
@@ -182,7 +183,7 @@ def spectral_labels(features, count: int, *, key, num_neighbours: int) -> np.nda
     Returns:
       [N] int32 cluster of every example, 0..count-1.
     """
-    x = jnp.asarray(features, jnp.float32)
+    x = jnp.asarray(features, float_dtype())
     _, whitened = jcluster.pca(x, x.shape[1], whiten=True, l2_normalize=True)
     return np.asarray(jcluster.spectral_clustering(whitened, count, key=key,
                                                    num_neighbours=num_neighbours).labels)
@@ -202,7 +203,7 @@ def cluster_centroids(features, labels, count: int) -> jax.Array:
     labels = np.asarray(labels)
     sums = _cluster_sums(features, labels)
     largest = np.argsort(-np.bincount(labels, minlength=len(sums)), kind="stable")[:count]
-    return l2_normalize(jnp.asarray(sums[largest], jnp.float32))
+    return l2_normalize(jnp.asarray(sums[largest], float_dtype()))
 
 
 def _cluster_sums(features, labels: np.ndarray) -> np.ndarray:
@@ -262,7 +263,7 @@ def make(config, data_spec: DataSpec) -> Method:
                   "head": head.init(k_head, jnp.zeros((1, backbone.feature_dim)))["params"]}
         state = JuleState(labels=jnp.full((n,), -1, jnp.int32),
                           num_clusters=jnp.zeros((), jnp.int32), period=jnp.zeros((), jnp.int32),
-                          eval_centroids=jnp.zeros((target, jc.embed_dim), jnp.float32))
+                          eval_centroids=jnp.zeros((target, jc.embed_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
 
     def embed_with_state(params, model_state, x, train):
@@ -280,7 +281,7 @@ def make(config, data_spec: DataSpec) -> Method:
         loss, count = triplet_loss(z, cluster.labels[batch["index"]], k_neg,
                                    num_negatives=jc.num_negatives, gamma=jc.gamma,
                                    margin=jc.margin)
-        return loss, (model_state, {"triplets": count.astype(jnp.float32)})
+        return loss, (model_state, {"triplets": count.astype(float_dtype())})
 
     def embed(params, model_state, x):
         return embed_with_state(params, model_state, x, False)[0]

@@ -61,6 +61,7 @@ from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.models.neck import MixtureHead, l2_normalize
 from jclust.optim import make_optimizer
+from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the mixture component of largest density p_k(x) = sigmoid(s o~_k(x)) / Z "
                    "of the head with the lowest running loss (evaluation-mode forward pass, batch "
@@ -124,7 +125,7 @@ def mine_neighbours(x, num_neighbours: int, pca_dim: int = 0) -> jax.Array:
     Returns:
       [N, M] int32, nearest first.
     """
-    x = jnp.asarray(np.asarray(x).reshape(len(x), -1), jnp.float32)
+    x = jnp.asarray(np.asarray(x).reshape(len(x), -1), float_dtype())
     if pca_dim and pca_dim < min(x.shape):
         x = jcluster.pca_transform(jcluster.pca_fit(x, pca_dim), x)
     return jgraph.knn(l2_normalize(x), num_neighbours).indices.astype(jnp.int32)
@@ -183,8 +184,8 @@ def make(config, data_spec: DataSpec) -> Method:
         params = {"backbone": backbone_params, "head": head_vars["params"]}
         model_state = {"backbone": backbone_state,
                        "head": {c: v for c, v in head_vars.items() if c != "params"}}
-        state = NMMState(log_weights=jnp.full((num_heads, k), -math.log(k), jnp.float32),
-                         head_losses=jnp.zeros((num_heads,), jnp.float32),
+        state = NMMState(log_weights=jnp.full((num_heads, k), -math.log(k), float_dtype()),
+                         head_losses=jnp.zeros((num_heads,), float_dtype()),
                          neighbours=jnp.full((n, num_neighbours), -1, jnp.int32),
                          iteration=jnp.zeros((), jnp.int32))
         return params, model_state, state

@@ -57,6 +57,7 @@ from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import cross_entropy, fit_whitening, whiten
+from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
                    "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
@@ -109,7 +110,7 @@ def loss_weights(labels: jax.Array, num_clusters: int, power: float = 0.5) -> ja
     Returns:
       [K] float32.
     """
-    counts = jnp.bincount(labels, length=num_clusters).astype(jnp.float32)
+    counts = jnp.bincount(labels, length=num_clusters).astype(float_dtype())
     inverse = (counts + 1e-5) ** (-power)
     return inverse / jnp.sum(inverse)
 
@@ -321,13 +322,13 @@ def make(config, data_spec: DataSpec) -> Method:
         params = {"backbone": backbone_params,
                   "neck": neck.init(k_neck, jnp.zeros((1, backbone.feature_dim)))["params"]}
         params["head"] = init_head(k_head)
-        state = ODCState(features=jnp.zeros((n, oc.feature_dim), jnp.float32),
+        state = ODCState(features=jnp.zeros((n, oc.feature_dim), float_dtype()),
                          labels=jnp.zeros((n,), jnp.int32),
-                         centroids=jnp.zeros((k_train, oc.feature_dim), jnp.float32),
+                         centroids=jnp.zeros((k_train, oc.feature_dim), float_dtype()),
                          iteration=jnp.zeros((), jnp.int32),
-                         eval_mean=jnp.zeros((oc.feature_dim,), jnp.float32),
-                         eval_projection=jnp.eye(oc.feature_dim, eval_dim, dtype=jnp.float32),
-                         eval_centroids=jnp.zeros((k_eval, eval_dim), jnp.float32),
+                         eval_mean=jnp.zeros((oc.feature_dim,), float_dtype()),
+                         eval_projection=jnp.eye(oc.feature_dim, eval_dim, dtype=float_dtype()),
+                         eval_centroids=jnp.zeros((k_eval, eval_dim), float_dtype()),
                          recluster_labels=jnp.zeros((n,), jnp.int32))
         return params, {"backbone": backbone_state}, state
 
@@ -352,14 +353,14 @@ def make(config, data_spec: DataSpec) -> Method:
         labels = cluster.labels[batch["index"]]
         weights = loss_weights(cluster.labels, k_train, oc.reweight_power)[labels]
         loss = cross_entropy(logits, labels, weights)
-        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, (model_state, {"pseudo_label_acc": accuracy}, f)
 
     def cluster_update(cluster, batch, f, rng):
         index = batch["index"]
         memory = update_memory(cluster.features, index, f, oc.memory_momentum)
         new = nearest_centroid(memory[index], cluster.centroids)
-        changed = jnp.mean((new != cluster.labels[index]).astype(jnp.float32))
+        changed = jnp.mean((new != cluster.labels[index]).astype(float_dtype()))
         labels = cluster.labels.at[index].set(new)
         iteration = cluster.iteration + 1
         centroids = jax.lax.cond(iteration % oc.centroid_update_every == 0,
@@ -395,7 +396,7 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def recluster(params, cluster, feats, *, phase, first, key):
         k_init, k_eval_km, k_head = jax.random.split(key, 3)
-        z = normalize_rows(jnp.asarray(feats, jnp.float32))
+        z = normalize_rows(jnp.asarray(feats, float_dtype()))
         info = {}
         if first:
             km = jcluster.kmeans(z, k_train, key=k_init, init="random", max_iter=oc.kmeans_iters,
@@ -425,7 +426,7 @@ def make(config, data_spec: DataSpec) -> Method:
         return params, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
-        return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, jnp.float32)),
+        return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, float_dtype())),
                                      key)[0]
 
     def label_tx():

@@ -50,6 +50,7 @@ from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import fit_whitening, whiten
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
+from jclust.precision import float_dtype
 
 PROTOTYPES_RULE = ("the prototype of largest cosine similarity with the projected, L2-normalised "
                    "features; confidence = its softmax probability at the SwAV temperature")
@@ -191,12 +192,12 @@ def make(config, data_spec: DataSpec) -> Method:
             "prototypes": l2_normalize(jax.random.normal(k_prototypes, (k, sw.feature_dim))),
         }
         state = SwAVState(
-            queue=jnp.zeros((2, queue_length, sw.feature_dim), jnp.float32),
+            queue=jnp.zeros((2, queue_length, sw.feature_dim), float_dtype()),
             queue_count=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
             collapse_steps=jnp.zeros((), jnp.int32),
-            eval_mean=jnp.zeros((eval_in,), jnp.float32),
-            eval_projection=jnp.eye(eval_in, eval_dim, dtype=jnp.float32),
-            eval_centroids=jnp.zeros((k_eval, eval_dim), jnp.float32),
+            eval_mean=jnp.zeros((eval_in,), float_dtype()),
+            eval_projection=jnp.eye(eval_in, eval_dim, dtype=float_dtype()),
+            eval_centroids=jnp.zeros((k_eval, eval_dim), float_dtype()),
             prototype_labels=jnp.full((n,), -1, jnp.int32))
         model_state = {"backbone": backbone_state,
                        "projection": {k: v for k, v in projection_vars.items() if k != "params"}}
@@ -257,7 +258,7 @@ def make(config, data_spec: DataSpec) -> Method:
         collapsed = (loss >= 0.99 * log_k) | (prototypes_used < min_prototypes)
         metrics = {"loss_over_log_k": loss / log_k, "code_entropy": code_entropy,
                    "prototypes_used": prototypes_used, "feature_std": feature_std,
-                   "queue_in_use": (queue_full & (queue_length > 0)).astype(jnp.float32)}
+                   "queue_in_use": (queue_full & (queue_length > 0)).astype(float_dtype())}
         return loss, (model_state, metrics, {"z": z[:2], "collapsed": collapsed})
 
     def update_state(cluster, batch, outputs, rng):
@@ -272,7 +273,7 @@ def make(config, data_spec: DataSpec) -> Method:
         collapse_steps = jnp.where(outputs["collapsed"], cluster.collapse_steps + 1, 0)
         cluster = cluster._replace(queue=queue, queue_count=count,
                                    iteration=cluster.iteration + 1, collapse_steps=collapse_steps)
-        return cluster, {"collapse_steps": collapse_steps.astype(jnp.float32)}
+        return cluster, {"collapse_steps": collapse_steps.astype(float_dtype())}
 
     def step_warning(means):
         if means.get("collapse_steps", 0.0) < sw.collapse_patience_steps:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jclust.precision import float_dtype
+
 Array = jax.Array
 
 # DEC-keras initialises every Dense layer with
@@ -26,9 +28,9 @@ def flatten_inputs(x: Array) -> Array:
     """
     x = jnp.asarray(x)
     if x.dtype == jnp.uint8:
-        x = x.astype(jnp.float32) / 255.0
+        x = x.astype(float_dtype()) / 255.0
     else:
-        x = x.astype(jnp.float32)
+        x = x.astype(float_dtype())
     return x.reshape(x.shape[0], -1)
 
 

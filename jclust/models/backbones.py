@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jclust.models.cnn import JuleCNN, SmallCNN
+from jclust.precision import float_dtype
 
 Array = jax.Array
 
@@ -80,7 +81,7 @@ class ResNet18(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / 255.0
+            x = x.astype(float_dtype()) / 255.0
         x = nn.Conv(self.stage_widths[0], (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)(x))
@@ -91,22 +92,23 @@ class ResNet18(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def compute_dtype(name: str):
-    """The jnp dtype of ``config.model.compute_dtype`` ("float32" or "bfloat16").
+    """The flax ``dtype`` of ``config.model.compute_dtype`` ("float32" or "bfloat16").
 
     With "bfloat16" the backbone's convolutions and dense layers compute in bfloat16 (mixed
     precision: parameters, optimiser state, BatchNorm statistics and the returned features stay
-    float32, so heads, losses and every clustering primitive run in float32).
+    float32, so heads, losses and every clustering primitive run in float32). "float32" is None:
+    the layers compute in their parameters' dtype, float64 in JAX's x64 mode (jclust.precision).
 
     Raises:
       ValueError: an unknown name.
     """
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"config.model.compute_dtype={name!r}; valid: {', '.join(COMPUTE_DTYPES)}")
-    return COMPUTE_DTYPES[name]
+    return jnp.bfloat16 if name == "bfloat16" else None
 
 
 def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -> Backbone:
@@ -138,7 +140,7 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
         def apply(params, model_state, x, train):
             del train  # no dropout or batch statistics
             features = net.apply({"params": params}, x, method=net.features)
-            return features.astype(jnp.float32), model_state
+            return features.astype(float_dtype()), model_state
 
         return Backbone(init=init, apply=apply, feature_dim=model_config.dense)
 
@@ -160,9 +162,9 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
         def apply(params, model_state, x, train):
             variables = {"params": params, **model_state}
             if not train:
-                return net.apply(variables, x, train=False).astype(jnp.float32), model_state
+                return net.apply(variables, x, train=False).astype(float_dtype()), model_state
             features, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-            return features.astype(jnp.float32), {**model_state, **updates}
+            return features.astype(float_dtype()), {**model_state, **updates}
 
         return Backbone(init=init, apply=apply, feature_dim=feature_dim)
 
@@ -185,7 +187,7 @@ def sobel_filter(images: Array) -> Array:
       [B, H, W, 2] float32: d/dx (columns) and d/dy (rows), each the cross-correlation with the
       3x3 Sobel kernel (as ``scipy.ndimage.correlate`` with ``mode="constant"``).
     """
-    x = images.astype(jnp.float32)
+    x = images.astype(float_dtype())
     if images.dtype == jnp.uint8:
         x = x / 255.0
     gray = jnp.mean(x, axis=-1)

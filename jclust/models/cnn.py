@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jclust.models.conv import Conv3x3, ConvValid, resolve_impl
+from jclust.precision import float_dtype
 
 Array = jax.Array
 
@@ -96,7 +97,7 @@ class SmallCNN(nn.Module):
     def features(self, x: Array) -> Array:
         """Representation: [B, H, W, C] (float32, or uint8 scaled by 1/255) -> [B, dense]."""
         if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / 255.0
+            x = x.astype(float_dtype()) / 255.0
         for i, conv in enumerate(self.convs):
             x = nn.relu(conv(x))
             if i > 0 or self.pool_first:
@@ -136,7 +137,7 @@ class JuleCNN(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         """[B, H, W, C] (float32, or uint8 scaled by 1/255) -> [B, flattened features]."""
         if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / 255.0
+            x = x.astype(float_dtype()) / 255.0
         for i, width in enumerate(self.widths):
             x = ConvValid(width, self.size, impl=self.conv_impl,
                           kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)(x)
