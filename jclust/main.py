@@ -6,10 +6,12 @@ Cloud TPU pods, SLURM, Open MPI, Kubernetes). All processes need the same workdi
 shared file system (checkpoints are written by all of them, everything else by process 0).
 
 Flags only; the program is ``jclust.train.train_and_evaluate``, which notebooks and tests call
-directly. SIGTERM (preemption, a scheduler) and Ctrl-C stop a run at the end of the current step
-with a checkpoint of it (jclust/preemption.py): the exit status is 0 after SIGTERM and 130 after
-Ctrl-C, and rerunning the same command resumes. Config overrides are checked before absl parses them, so an unknown key or a value of the
+directly. Config overrides are checked before absl parses them, so an unknown key or a value of the
 wrong type ends the program with one line naming the key, before anything is written.
+
+SIGTERM (preemption, a scheduler) and Ctrl-C stop a run at the end of the current step with a
+checkpoint of it (jclust/preemption.py): the exit status is 0 after SIGTERM and 130 after Ctrl-C,
+and rerunning the same command resumes.
 """
 
 import sys

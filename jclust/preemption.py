@@ -146,7 +146,8 @@ class StopSignals:
         if self.mode == "sync" and signum == signal.SIGINT:
             signal.raise_signal(signal.SIGTERM)  # into JAX's notifier: all processes stop together
         if self._announce:
-            hint = " (Ctrl-C again quits at once, without saving)" if signal.SIGINT in self._previous else ""
+            hint = (" (Ctrl-C again quits at once, without saving)"
+                    if signal.SIGINT in self._previous else "")
             _write_stderr(f"{name} received: stopping after the current step, with a checkpoint"
                           f"{hint}\n")
 
