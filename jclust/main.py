@@ -8,6 +8,10 @@ shared file system (checkpoints are written by all of them, everything else by p
 Flags only; the program is ``jclust.train.train_and_evaluate``, which notebooks and tests call
 directly. Config overrides are checked before absl parses them, so an unknown key or a value of the
 wrong type ends the program with one line naming the key, before anything is written.
+
+SIGTERM (preemption, a scheduler) and Ctrl-C stop a run at the end of the current step with a
+checkpoint of it (jclust/preemption.py): the exit status is 0 after SIGTERM and 130 after Ctrl-C,
+and rerunning the same command resumes.
 """
 
 import sys
@@ -51,16 +55,28 @@ def _main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     import jax  # noqa: E402
-    from jclust import checkpointing, data, train  # noqa: E402 (after flag parsing: faster --help)
+    # After flag parsing: faster --help.
+    from jclust import checkpointing, data, preemption, train  # noqa: E402
     try:
         _start_distributed()
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        stopped = None
+        try:
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        except preemption.Stopped as stop:
+            stopped = stop  # SIGTERM or Ctrl-C: the checkpoint is saved and the line printed
         if jax.process_count() > 1:
             jax.distributed.shutdown()  # all together, before interpreter teardown
+        if stopped is not None:
+            sys.exit(stopped.exit_code)  # 0 after SIGTERM, 130 after Ctrl-C
     except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError,
             train.NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # A second Ctrl-C while stopping, or one outside the training loop's handlers.
+        print("interrupted: quit at once, without saving; rerun the same command to resume from "
+              "the last checkpoint", file=sys.stderr)
+        sys.exit(preemption.EXIT_CODES["SIGINT"])
 
 
 def check_argv(argv) -> None:

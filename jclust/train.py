@@ -36,6 +36,7 @@ from jclust import distributed
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
 from jclust import precision
+from jclust import preemption
 from jclust import writers
 
 VERSION = 1
@@ -602,6 +603,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+@preemption.stop_politely
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdout=None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates.
 
@@ -612,6 +614,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
 
     Returns:
       The final evaluation record (``step``, and ``acc``/``nmi``/``ari`` when labels exist).
+
+    Raises:
+      preemption.Stopped: SIGTERM or SIGINT arrived; a checkpoint of the step it names was saved
+        (see :mod:`jclust.preemption`; the handlers are installed only during this call).
     """
     out = stdout or sys.stdout
 
@@ -847,8 +853,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     t_log, step_log = time.time(), step
     t_start, step_start = t_log, step
     done = method.done(state.cluster)
+    # A stop signal is honoured where a checkpoint of `step` is complete: here (one that arrived
+    # during start-up or the initial recluster) and at the end of every iteration.
+    stop = preemption.active()
+    stopped = stop.should_stop()
     try:
-        while step < total_steps and not done:
+        while step < total_steps and not done and not stopped:
             phase_index = phase_at(bounds, step)
             idx = schedule.indices(step)
             mine = idx[rows[0]:rows[1]]  # the rows of the batch this process supplies
@@ -890,9 +900,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 t_log, step_log = now, step
             if step % config.checkpoint_every_steps == 0 or phase_end or done:
                 save(state, step)
+            stopped = stop.should_stop()
         if last_saved != step:
             save(state, step)
-        if not last_record or last_record.get("step") != step:
+        if not stopped and (not last_record or last_record.get("step") != step):
             _, last_record = recluster_and_eval(state, step, force_eval=True, allow_recluster=False)
         # Every process leaves together: one that exits while process 0 is still writing its
         # files could see the coordination service go away under it.
@@ -900,6 +911,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     finally:
         ckpt.close()
         writer.close()
+    if stopped:
+        say(preemption.stop_line(stop.signal_name, step))
+        raise stop.stopped(step)
     if done:
         say(f"stopped at step {step}: the method's convergence criterion was met")
     summary = ", ".join(f"{k.upper()}={last_record[k]:.4f}" for k in ("acc", "nmi", "ari")
