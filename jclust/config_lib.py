@@ -71,6 +71,74 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Keys a run may change when it resumes from its workdir: they leave what a checkpoint holds (its
+# arrays, their shapes and meaning), the data and every train step as they were. They set when
+# things are logged, saved, evaluated or drawn; how an evaluation reads the state out (the
+# method refits its evaluation state at the next evaluation); how the same computation is run
+# (feature passes' batch, the convolution's implementation, where TFDS data lives); and
+# init_params, which a resume ignores. Any other key (model, data, seed, batch size, optimiser,
+# schedule, clustering...) makes a different run, which needs a new workdir.
+RESUMABLE_KEYS = frozenset({
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
+    "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
+    "jule.evaluation", "jule.spectral_neighbours", "deepcluster.eval_n_init",
+    "deepclusterv2.eval_n_init", "odc.eval_n_init", "swav.eval_n_init",
+})
+
+
+def resumable_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
+    """:data:`RESUMABLE_KEYS` plus the length of the method's last phase where nothing else
+    depends on it: a run may then be lengthened (or shortened) on resume.
+
+    A length is not resumable where the learning rate is scheduled over it (cosine, ODC's step
+    decay), nor for a phase before the last (the restored step would fall into another phase).
+    """
+    method = config.get("method", "")
+    optim = config.get("optim", {})
+    if method in ("dec", "idec"):
+        length = "dec.max_steps"  # the cluster phase: a constant learning rate
+    elif method == "deepcluster":
+        length = "optim.epochs"  # a constant learning rate
+    elif method == "jule":
+        length = "optim.max_epochs" if optim.get("lr_schedule") != "cosine" else None
+    elif method == "odc":
+        length = "optim.epochs" if optim.get("lr_decay_factor") == 1.0 else None
+    elif method in ("deepclusterv2", "swav", "nmm"):
+        length = "optim.epochs" if optim.get("lr_schedule") == "constant" else None
+    else:
+        length = None
+    return RESUMABLE_KEYS | ({length} if length else set())
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Raises a ConfigError unless ``path`` is, or can be created as, a writable directory.
+
+    Checked before anything is written, so that a bad path fails without leaving anything behind.
+
+    Args:
+      path: the directory.
+      what: how the message names it, e.g. "--workdir".
+    """
+    if not path:
+        raise ConfigError(f"{what} is empty; give a directory (it is created if absent)")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{what}={path} is a file, not a directory; give a directory "
+                              "(it is created if absent)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what}={path} is not writable; give a directory you can write to")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{what}={path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}={path} cannot be created: {parent} is not writable; give a "
+                          "directory you can write to")
+
+
 def check_ranges(config: ml_collections.ConfigDict, checks: Mapping[str, bool],
                  context: str = "") -> None:
     """Raises a ConfigError naming the first key whose check failed, with its value.
