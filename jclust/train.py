@@ -690,6 +690,14 @@ def write_pictures(workdir: str, config: ml_collections.ConfigDict, dataset: jda
 # The loop
 
 
+def _kept_checkpoint(last_saved: int, workdir: str) -> str:
+    """What a run stopped by a non-finite value leaves to resume from."""
+    if last_saved < 0:
+        return ("No checkpoint was written yet, so there is nothing to resume: fix the cause "
+                "(e.g. a lower learning rate, the data) and start again")
+    return f"The last good checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints"
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts."""
     keys = []
@@ -815,8 +823,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 if not np.all(np.isfinite(value)):
                     raise NonFiniteLossError(
                         f"{key} became {float(value)} at step {s + 1} (phase "
-                        f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
-                        f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
+                        f"{method.phases[phase_at(bounds, s)].name}); stopped. "
+                        + _kept_checkpoint(last_saved, workdir))
         fetched.extend(values)
 
     def log_means():
@@ -930,8 +938,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)
                      if jnp.issubdtype(x.dtype, jnp.floating))
         if not finite:
-            raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. The "
-                                     f"last good checkpoint (step {last_saved}) is left intact")
+            raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. "
+                                     + _kept_checkpoint(last_saved, workdir))
         ckpt.save(step, state, meta_for(step))
         writer.flush()
         last_saved = step
