@@ -82,7 +82,7 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
     """
     image_shape = tuple(config.data.image_shape)
     if config.data.encoder_workdir:
-        image_shape = tuple(read_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
+        image_shape = tuple(_encoder_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
     dataset = jdata.load(config.data.source, image_shape=image_shape,
                          data_dir=config.data.data_dir or None)
     if config.data.limit and config.data.limit < dataset.num_examples:
@@ -90,7 +90,11 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
     if config.data.encoder_workdir:
         cached = os.path.join(cache_dir, ENCODED_FEATURES) if cache_dir else None
         if cached and os.path.exists(cached):
-            features = np.load(cached)
+            try:
+                features = np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                raise jdata.DataError(f"{cached} is damaged ({type(err).__name__}: {err}); move "
+                                      "it away to encode the data again") from None
             if features.shape[0] != dataset.num_examples:
                 raise jdata.DataError(f"{cached} holds {features.shape[0]} encoded examples but the "
                                       f"data has {dataset.num_examples}; use a new workdir")
@@ -583,7 +587,10 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
     Returns:
       The same examples with ``inputs`` = features [N, D] float32.
     """
-    _, method, state, spec = load_run(encoder_workdir)
+    try:
+        _, method, state, spec = load_run(encoder_workdir)
+    except (FileNotFoundError, config_lib.ConfigError, checkpointing.CheckpointError) as err:
+        raise jdata.DataError(f"config.data.encoder_workdir={encoder_workdir!r}: {err}") from None
     if tuple(dataset.input_shape) != tuple(spec.input_shape):
         raise jdata.DataError(f"images of shape {tuple(dataset.input_shape)} do not match the shape "
                               f"the encoder in {encoder_workdir} was trained on ({spec.input_shape})")
