@@ -51,7 +51,8 @@ def _is_orbax_restore_debris(unraisable) -> bool:
     exc, obj = unraisable.exc_value, unraisable.object
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         frames = traceback.extract_tb(unraisable.exc_traceback)
-        return bool(frames) and frames[-1].filename.endswith(os.path.join("asyncio", "base_events.py"))
+        where = os.path.join("asyncio", "base_events.py")
+        return bool(frames) and frames[-1].filename.endswith(where)
     code = getattr(obj, "cr_code", None)  # a coroutine
     return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 

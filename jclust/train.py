@@ -82,7 +82,8 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
     """
     image_shape = tuple(config.data.image_shape)
     if config.data.encoder_workdir:
-        image_shape = tuple(_encoder_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
+        encoder = _encoder_run_info(config.data.encoder_workdir)
+        image_shape = tuple(encoder["data_spec"]["input_shape"])
     dataset = jdata.load(config.data.source, image_shape=image_shape,
                          data_dir=config.data.data_dir or None)
     if config.data.limit and config.data.limit < dataset.num_examples:

@@ -301,7 +301,8 @@ def test_npz_bad_files(tmp_path):
     with pytest.raises(DataError, match="cannot read"):
         load(f"npz:{tmp_path / 'obj.npz'}")
     # Half-written (no central directory), and a damaged compressed member (bad CRC or deflate).
-    np.savez_compressed(tmp_path / "full.npz", image=np.arange(4096, dtype=np.uint8).reshape(64, 8, 8))
+    np.savez_compressed(tmp_path / "full.npz",
+                        image=np.arange(4096, dtype=np.uint8).reshape(64, 8, 8))
     whole = (tmp_path / "full.npz").read_bytes()
     (tmp_path / "half.npz").write_bytes(whole[:len(whole) // 2])
     with pytest.raises(DataError, match="cannot read npz file .*BadZipFile"):
