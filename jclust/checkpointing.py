@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
@@ -39,8 +40,43 @@ class _ReadOnlyNotices(logging.Filter):
 logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
+def _is_orbax_restore_debris(unraisable) -> bool:
+    """Whether an unraisable exception is the aftermath of a failed Orbax restore.
+
+    When one array of a restore fails, Orbax's event loop closes while TensorStore still completes
+    the other reads: their callbacks raise "Event loop is closed", and the abandoned read
+    coroutines are reported when collected. Both are printed as tracebacks (dozens), long after the
+    failure itself was caught and reported, and say nothing more about it.
+    """
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        where = os.path.join("asyncio", "base_events.py")
+        return bool(frames) and frames[-1].filename.endswith(where)
+    code = getattr(obj, "cr_code", None)  # a coroutine
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_restore_debris(previous: Callable) -> Callable:
+    def hook(unraisable) -> None:
+        if not _is_orbax_restore_debris(unraisable):
+            previous(unraisable)
+    return hook
+
+
+sys.unraisablehook = _quiet_restore_debris(sys.unraisablehook)
+
+
 class CheckpointError(RuntimeError):
     """No checkpoint in a directory could be restored."""
+
+
+def steps_on_disk(directory: str) -> list[int]:
+    """The steps with a folder in ``directory``, oldest first (not validated; nothing created)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
 class Checkpointer:
@@ -60,6 +96,9 @@ class Checkpointer:
           warn: where warnings about unreadable steps go (default: stderr).
         """
         self.directory = os.path.abspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(f"{self.directory} is a file, not a checkpoints folder; move it "
+                                  "away")
         self.keep = keep
         self.read_only = read_only
         self._warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -112,11 +151,13 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as err:  # orbax raises ValueError, KeyError, OSError... on bad data
                 manager.close()
-                self._warn(f"WARNING: checkpoint step {step} is corrupt or unreadable "
-                           f"({type(err).__name__}: {_first_line(err)[:120]}); trying the previous one")
                 failed.append((step, err))
                 continue
             manager.close()
+            # Said only now: when no step restores, the error below names them all in one line.
+            for bad_step, err in failed:
+                self._warn(f"WARNING: checkpoint step {bad_step} is corrupt or unreadable "
+                           f"({type(err).__name__}: {_first_line(err)[:120]}); using step {step}")
             # An older step restored with the same target, so the newer ones are damaged, not
             # mismatched: move them aside (never delete) so that new saves do not mix with them.
             if jax.process_count() > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import traceback
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -68,6 +69,74 @@ def base_config() -> ml_collections.ConfigDict:
     c.pictures.projection = "pca"  # 2-D projection of the embeddings: pca | tsne
     c.pictures.max_points = 5000  # points drawn in the projection (a fixed random subset)
     return c
+
+
+# Keys a run may change when it resumes from its workdir: they leave what a checkpoint holds (its
+# arrays, their shapes and meaning), the data and every train step as they were. They set when
+# things are logged, saved, evaluated or drawn; how an evaluation reads the state out (the
+# method refits its evaluation state at the next evaluation); how the same computation is run
+# (feature passes' batch, the convolution's implementation, where TFDS data lives); and
+# init_params, which a resume ignores. Any other key (model, data, seed, batch size, optimiser,
+# schedule, clustering...) makes a different run, which needs a new workdir.
+RESUMABLE_KEYS = frozenset({
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
+    "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
+    "jule.evaluation", "jule.spectral_neighbours", "deepcluster.eval_n_init",
+    "deepclusterv2.eval_n_init", "odc.eval_n_init", "swav.eval_n_init",
+})
+
+
+def resumable_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
+    """:data:`RESUMABLE_KEYS` plus the length of the method's last phase where nothing else
+    depends on it: a run may then be lengthened (or shortened) on resume.
+
+    A length is not resumable where the learning rate is scheduled over it (cosine, ODC's step
+    decay), nor for a phase before the last (the restored step would fall into another phase).
+    """
+    method = config.get("method", "")
+    optim = config.get("optim", {})
+    if method in ("dec", "idec"):
+        length = "dec.max_steps"  # the cluster phase: a constant learning rate
+    elif method == "deepcluster":
+        length = "optim.epochs"  # a constant learning rate
+    elif method == "jule":
+        length = "optim.max_epochs" if optim.get("lr_schedule") != "cosine" else None
+    elif method == "odc":
+        length = "optim.epochs" if optim.get("lr_decay_factor") == 1.0 else None
+    elif method in ("deepclusterv2", "swav", "nmm"):
+        length = "optim.epochs" if optim.get("lr_schedule") == "constant" else None
+    else:
+        length = None
+    return RESUMABLE_KEYS | ({length} if length else set())
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Raises a ConfigError unless ``path`` is, or can be created as, a writable directory.
+
+    Checked before anything is written, so that a bad path fails without leaving anything behind.
+
+    Args:
+      path: the directory.
+      what: how the message names it, e.g. "--workdir".
+    """
+    if not path:
+        raise ConfigError(f"{what} is empty; give a directory (it is created if absent)")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{what}={path} is a file, not a directory; give a directory "
+                              "(it is created if absent)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what}={path} is not writable; give a directory you can write to")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{what}={path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}={path} cannot be created: {parent} is not writable; give a "
+                          "directory you can write to")
 
 
 def check_ranges(config: ml_collections.ConfigDict, checks: Mapping[str, bool],
@@ -155,19 +224,48 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
       The (locked) ConfigDict.
     """
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} is not a file; give a .py file defining "
+                          "get_config(arg)")
     module_spec = importlib.util.spec_from_file_location("_jclust_config", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    # A config file is the user's code: whatever it raises is a fault in that file, reported with
+    # its type, message and line (nothing of it is hidden), not a traceback into jclust.
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"config file {path} has a syntax error at line {err.lineno}: "
+                          f"{err.msg}; fix the file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - see above
+        raise ConfigError(f"config file {path} failed to load: {_user_code_error(err, path)}; "
+                          "fix the file") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config file {path!r} has no get_config(arg) function")
     try:
         config = module.get_config(arg) if arg else module.get_config()
     except ValueError as err:  # e.g. an unknown config argument
         raise ConfigError(f"{path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - the user's code, as above
+        raise ConfigError(f"get_config({arg!r}) of {path} failed: "
+                          f"{_user_code_error(err, path)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config({arg!r}) of {path} returned a {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
     config.lock()
     return config
+
+
+def _user_code_error(err: Exception, path: str) -> str:
+    """``Type: message (line N)``, N being the last line of ``path`` the error passed through."""
+    lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    where = f" (line {lines[-1]})" if lines else ""
+    text = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {text}{where}"
 
 
 def load_sibling(config_file: str, name: str, arg: str = "") -> ml_collections.ConfigDict:

@@ -80,22 +80,35 @@ def _main(argv):
 
 
 def check_argv(argv) -> None:
-    """Exits with a one-line error if a ``--config.*`` override names an unknown key or bad value."""
+    """Exits with a one-line error if the config file cannot be loaded, a ``--config.*`` override
+    names an unknown key or bad value, or ``--workdir`` cannot be a directory (all before JAX is
+    imported, so the answer is immediate)."""
     spec = config_lib.config_spec_from_argv(argv)
-    if spec is None:
-        return  # absl reports the missing flag
+    workdir = config_lib.config_spec_from_argv(argv, flag="workdir")
     try:
-        config = config_lib.load_config(spec)
-        config_lib.apply_overrides(config, config_lib.cli_overrides(argv))
+        if spec is not None:  # else absl reports the missing flag
+            config = config_lib.load_config(spec)
+            config_lib.apply_overrides(config, config_lib.cli_overrides(argv))
+        if workdir is not None:
+            config_lib.check_output_dir(workdir, "--workdir")
     except config_lib.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a flag error (a missing or unknown flag) as one ``error:`` line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {' '.join(str(err).split()).rstrip('.')}; see --helpshort", file=sys.stderr)
         sys.exit(2)
 
 
 def run():
     """Entry point of ``python -m jclust.main``."""
     check_argv(sys.argv[1:])
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

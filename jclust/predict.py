@@ -24,6 +24,7 @@ the pictures of :mod:`jclust.viz`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -37,6 +38,7 @@ from typing import NamedTuple
 import ml_collections
 import numpy as np
 
+from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
 from jclust import metrics as jmetrics
@@ -196,6 +198,10 @@ def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
       A :class:`Prediction`.
     """
     say = lambda text: print(text, file=stdout or sys.stdout, flush=True)  # noqa: E731
+    if limit < 0:
+        raise config_lib.ConfigError(f"limit must be >= 0 (0: all examples), got {limit}")
+    if out is not None:
+        config_lib.check_output_dir(out, "out")  # before the work, so that a bad path costs none
     predictor = predictor or Predictor.from_workdir(workdir)
     dataset, messages = load_data(predictor, data, limit=limit)
     for message in messages:
@@ -297,10 +303,17 @@ def write_pictures(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
     return paths
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one ``error:`` line (not the usage text, then the error)."""
+
+    def error(self, message: str):
+        print(f"error: {message.rstrip('.')}; see --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
     """``python -m jclust.predict --workdir=DIR --data=SOURCE --out=OUT [--limit=N] [--no-pictures]``."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m jclust.predict", description=(
+    parser = _Parser(prog="python -m jclust.predict", description=(
         "Assign the examples of a data source to the clusters of a trained jclust run."))
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     parser.add_argument("--data", required=True, help="data source, e.g. digits, fashion_mnist, "
@@ -312,7 +325,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         predict(args.workdir, args.data, args.out, limit=args.limit, pictures=args.pictures)
-    except (config_lib.ConfigError, jdata.DataError, FileNotFoundError) as err:
+    except (config_lib.ConfigError, jdata.DataError, checkpointing.CheckpointError,
+            FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

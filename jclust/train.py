@@ -84,7 +84,8 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
     """
     image_shape = tuple(config.data.image_shape)
     if config.data.encoder_workdir:
-        image_shape = tuple(read_run_info(config.data.encoder_workdir)["data_spec"]["input_shape"])
+        encoder = _encoder_run_info(config.data.encoder_workdir)
+        image_shape = tuple(encoder["data_spec"]["input_shape"])
     dataset = jdata.load(config.data.source, image_shape=image_shape,
                          data_dir=config.data.data_dir or None)
     if config.data.limit and config.data.limit < dataset.num_examples:
@@ -92,7 +93,11 @@ def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None
     if config.data.encoder_workdir:
         cached = os.path.join(cache_dir, ENCODED_FEATURES) if cache_dir else None
         if cached and os.path.exists(cached):
-            features = np.load(cached)
+            try:
+                features = np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                raise jdata.DataError(f"{cached} is damaged ({type(err).__name__}: {err}); move "
+                                      "it away to encode the data again") from None
             if features.shape[0] != dataset.num_examples:
                 raise jdata.DataError(f"{cached} holds {features.shape[0]} encoded examples but the "
                                       f"data has {dataset.num_examples}; use a new workdir")
@@ -425,13 +430,118 @@ def last_recluster_step(method: jmethods.Method, bounds, step: int) -> int:
 # Run bookkeeping
 
 
+RUN_INFO = "run.json"
+_DATA_SPEC_TYPES = {"num_examples": int, "input_shape": list, "is_image": bool}
+
+
 def read_run_info(workdir: str) -> dict:
-    """Reads ``WORKDIR/run.json`` (config and data spec of a run), with a clear error if absent."""
-    path = os.path.join(workdir, "run.json")
+    """Reads ``WORKDIR/run.json`` (config and data spec of a run).
+
+    Raises:
+      FileNotFoundError: there is no run.json.
+      ConfigError: it is unreadable, not JSON, or lacks the config or a data spec entry.
+    """
+    path = os.path.join(workdir, RUN_INFO)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{workdir} is not a jclust workdir (no run.json); train there first")
-    with open(path) as f:
-        return json.load(f)
+    fix = "restore it from a copy, or train in a new workdir"
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as err:  # ValueError: not JSON (a truncated file), not UTF-8
+        raise config_lib.ConfigError(f"{path} is damaged or unreadable ({type(err).__name__}: "
+                                     f"{err}); {fix}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise config_lib.ConfigError(f"{path} holds no config; {fix}")
+    spec = info.get("data_spec")
+    bad = [key for key, kind in _DATA_SPEC_TYPES.items()
+           if not isinstance(spec, dict) or not isinstance(spec.get(key), kind)]
+    if bad:
+        raise config_lib.ConfigError(f"{path} lacks a valid data_spec ({', '.join(bad)}); {fix}")
+    return info
+
+
+def _encoder_run_info(encoder_workdir: str) -> dict:
+    try:
+        return read_run_info(encoder_workdir)
+    except (FileNotFoundError, config_lib.ConfigError) as err:
+        raise jdata.DataError(f"config.data.encoder_workdir={encoder_workdir!r}: {err}") from None
+
+
+def _data_spec_from_info(info: dict) -> jmethods.DataSpec:
+    spec = info["data_spec"]
+    return jmethods.DataSpec(num_examples=spec["num_examples"],
+                             input_shape=tuple(spec["input_shape"]), is_image=spec["is_image"])
+
+
+def _jsonable(config: ml_collections.ConfigDict) -> dict:
+    """The config as run.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is None else json.dumps(value)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[str], dict | None]:
+    """Compares ``config`` with the one ``WORKDIR/run.json`` records, before anything is restored.
+
+    Only the keys of :func:`jclust.config_lib.resumable_keys` may differ from the config the
+    workdir's checkpoints were trained with; a workdir without checkpoints starts over anyway.
+
+    Returns:
+      (the keys that changed, all resumable; the data spec the checkpoints were trained on, or
+      None when there is nothing to resume).
+
+    Raises:
+      ConfigError: another key changed (naming the keys and their values), or run.json is damaged.
+    """
+    if not os.path.exists(os.path.join(workdir, RUN_INFO)):
+        return [], None
+    if not checkpointing.steps_on_disk(os.path.join(workdir, "checkpoints")):
+        return [], None
+    info = read_run_info(workdir)
+    old, new = info["config"], _jsonable(config)
+    changed = _config_diff(old, new)
+    resumable = config_lib.resumable_keys(config)
+    unsafe = sorted((k for k in changed if k not in resumable), key=lambda k: k != "method")
+    if unsafe:
+        values = "; ".join(f"{k}: {_shown(_get_dotted(old, k))} -> {_shown(_get_dotted(new, k))}"
+                           for k in unsafe[:4])
+        values += f"; and {len(unsafe) - 4} more" if len(unsafe) > 4 else ""
+        newer = any(_get_dotted(old, k) is None for k in unsafe)
+        raise config_lib.ConfigError(
+            f"{workdir} holds checkpoints of another config ({values}); a resume may change only "
+            f"logging, checkpointing, evaluation and the last phase's length: use a new workdir, "
+            f"or restore the old values"
+            + (" (a key absent from run.json is newer than the jclust that wrote it: add it there "
+               "with the value the run was trained with)" if newer else ""))
+    return changed, info["data_spec"]
+
+
+def check_same_data(recorded: dict | None, spec: jmethods.DataSpec, workdir: str) -> None:
+    """Raises a DataError when the data differs from what the workdir's checkpoints were trained
+    on (``recorded``: run.json's data spec, None for nothing to resume)."""
+    if recorded is None:
+        return
+    before = (recorded["num_examples"], tuple(recorded["input_shape"]), recorded["is_image"])
+    now = (spec.num_examples, tuple(spec.input_shape), spec.is_image)
+    if before != now:
+        raise jdata.DataError(f"the data ({_describe_spec(*now)}) is not what {workdir} was "
+                              f"trained on ({_describe_spec(*before)}); use a new workdir, or the "
+                              "old data")
+
+
+def _describe_spec(num_examples: int, input_shape: tuple, is_image: bool) -> str:
+    return f"{num_examples} {'images' if is_image else 'feature vectors'} of shape {input_shape}"
+
+
+def _get_dotted(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
 
 
 def load_run(workdir: str):
@@ -445,9 +555,7 @@ def load_run(workdir: str):
     """
     info = read_run_info(workdir)
     config = ml_collections.ConfigDict(info["config"])
-    spec = jmethods.DataSpec(num_examples=info["data_spec"]["num_examples"],
-                             input_shape=tuple(info["data_spec"]["input_shape"]),
-                             is_image=info["data_spec"]["is_image"])
+    spec = _data_spec_from_info(info)
     try:
         method = jmethods.make(config, spec)
     except AttributeError as err:
@@ -484,7 +592,10 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
     Returns:
       The same examples with ``inputs`` = features [N, D] float32.
     """
-    _, method, state, spec = load_run(encoder_workdir)
+    try:
+        _, method, state, spec = load_run(encoder_workdir)
+    except (FileNotFoundError, config_lib.ConfigError, checkpointing.CheckpointError) as err:
+        raise jdata.DataError(f"config.data.encoder_workdir={encoder_workdir!r}: {err}") from None
     if tuple(dataset.input_shape) != tuple(spec.input_shape):
         raise jdata.DataError(f"images of shape {tuple(dataset.input_shape)} do not match the shape "
                               f"the encoder in {encoder_workdir} was trained on ({spec.input_shape})")
@@ -591,6 +702,14 @@ def write_pictures(workdir: str, config: ml_collections.ConfigDict, dataset: jda
 # The loop
 
 
+def _kept_checkpoint(last_saved: int, workdir: str) -> str:
+    """What a run stopped by a non-finite value leaves to resume from."""
+    if last_saved < 0:
+        return ("No checkpoint was written yet, so there is nothing to resume: fix the cause "
+                "(e.g. a lower learning rate, the data) and start again")
+    return f"The last good checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints"
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts."""
     keys = []
@@ -628,8 +747,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             print(text, file=out, flush=True)
 
     config_lib.validate(config)
+    config_lib.check_output_dir(workdir, "workdir")
+    changed, trained_on = check_resume(config, workdir)  # before any restore or write
     dataset = load_dataset(config, cache_dir=workdir)
     spec = data_spec_of(dataset)
+    check_same_data(trained_on, spec, workdir)
     mesh = make_mesh()
     if config.batch_size % mesh.size:
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
@@ -649,11 +771,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     distributed.barrier("jclust:workdir")
     run_info = json.loads(json.dumps({"config": config.to_dict(), "data_spec": spec._asdict(),
                                       "version": VERSION, "source": dataset.source}, default=list))
-    info_path = os.path.join(workdir, "run.json")
-    changed = []
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            changed = _config_diff(json.load(f).get("config", {}), run_info["config"])
+    info_path = os.path.join(workdir, RUN_INFO)
     encoded_path = os.path.join(workdir, ENCODED_FEATURES)
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -663,8 +781,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     except checkpointing.CheckpointError as err:
         if changed:
             raise checkpointing.CheckpointError(
-                f"{err}. The config differs from the one this workdir was trained with in: "
-                f"{', '.join(changed)}; use a new workdir for a different model or data") from err
+                f"{err}. Config keys changed since this workdir was started: "
+                f"{', '.join(changed)}") from err
+        if not os.path.exists(info_path):
+            raise checkpointing.CheckpointError(
+                f"{err}. The workdir has no run.json to say which config its checkpoints were "
+                "trained with; if not with this one, use a new workdir") from err
         raise
     # run.json describes what the checkpoints hold: write it only once they are known to match.
     if primary:
@@ -718,8 +840,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                 if not np.all(np.isfinite(value)):
                     raise NonFiniteLossError(
                         f"{key} became {float(value)} at step {s + 1} (phase "
-                        f"{method.phases[phase_at(bounds, s)].name}); stopped. The last good "
-                        f"checkpoint (step {last_saved}) is left intact in {workdir}/checkpoints")
+                        f"{method.phases[phase_at(bounds, s)].name}); stopped. "
+                        + _kept_checkpoint(last_saved, workdir))
         fetched.extend(values)
 
     def log_means():
@@ -833,8 +955,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)
                      if jnp.issubdtype(x.dtype, jnp.floating))
         if not finite:
-            raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. The "
-                                     f"last good checkpoint (step {last_saved}) is left intact")
+            raise NonFiniteLossError(f"parameters became non-finite by step {step}; stopped. "
+                                     + _kept_checkpoint(last_saved, workdir))
         ckpt.save(step, state, meta_for(step))
         writer.flush()
         last_saved = step

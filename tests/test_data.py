@@ -300,6 +300,18 @@ def test_npz_bad_files(tmp_path):
     np.savez(tmp_path / "obj.npz", image=np.array([object()] * 2, dtype=object))
     with pytest.raises(DataError, match="cannot read"):
         load(f"npz:{tmp_path / 'obj.npz'}")
+    # Half-written (no central directory), and a damaged compressed member (bad CRC or deflate).
+    np.savez_compressed(tmp_path / "full.npz",
+                        image=np.arange(4096, dtype=np.uint8).reshape(64, 8, 8))
+    whole = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "half.npz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match="cannot read npz file .*BadZipFile"):
+        load(f"npz:{tmp_path / 'half.npz'}")
+    damaged = bytearray(whole)
+    damaged[100:140] = b"x" * 40
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="cannot read npz file"):
+        load(f"npz:{tmp_path / 'damaged.npz'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +394,25 @@ def test_folder_errors(tmp_path):
     save_image(tmp_path / "b_full" / "ok.png", (3, 3), (0, 0, 0))
     with pytest.warns(DataWarning), pytest.raises(DataError, match="without any decodable image: a_empty"):
         load(f"folder:{tmp_path}", image_shape=(8, 8, 1))
+
+
+def test_unlistable_folders_are_data_errors(tmp_path, monkeypatch):
+    save_image(tmp_path / "imgs" / "cat" / "a.png", (3, 3), (0, 0, 0))
+    write_idx_pair(tmp_path, "train", images_with_values(0, 2))
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", refuse)  # chmod would not stop root
+    with pytest.raises(DataError, match="cannot list image folder .*Permission denied"):
+        load(f"folder:{tmp_path / 'imgs'}", image_shape=(8, 8, 1))
+    with pytest.raises(DataError, match="cannot list IDX folder .*Permission denied"):
+        load(f"idx:{tmp_path}")
+    monkeypatch.undo()
+    monkeypatch.setattr(sources.os, "walk", lambda folder, onerror: onerror(
+        PermissionError(13, "Permission denied", str(folder))))
+    with pytest.raises(DataError, match="cannot list image folder .*Permission denied"):
+        load(f"folder:{tmp_path / 'imgs'}", image_shape=(8, 8, 1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -284,7 +284,11 @@ def _read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
 def _find_idx_files(folder: pathlib.Path, pattern: re.Pattern) -> dict[str, pathlib.Path]:
     """prefix → file for the names matching `pattern`; an uncompressed copy wins over its .gz."""
     found: dict[str, pathlib.Path] = {}
-    for path in sorted(folder.iterdir()):
+    try:
+        paths = sorted(folder.iterdir())
+    except OSError as e:  # e.g. no read permission
+        raise DataError(f"cannot list IDX folder {folder}: {e}") from e
+    for path in paths:
         match = pattern.match(path.name)
         if match and path.is_file() and (match["prefix"] not in found or not match["gz"]):
             found[match["prefix"]] = path
@@ -469,19 +473,27 @@ def _load_tfds(name: str, split: str | None, data_dir: str | None) -> Dataset:
 
 def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz archive (object arrays are refused: no pickle)."""
+    if path.is_dir():
+        raise DataError(f"npz:{path} is a folder; name an .npz file (or use folder:{path})")
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
+    # A half-written archive fails as BadZipFile (its central directory is at the end), a damaged
+    # member as BadZipFile (CRC) or zlib.error, pickled object arrays as ValueError.
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read npz file {path}: {e}") from e
+    except unreadable as e:
+        raise DataError(f"cannot read npz file {path} ({type(e).__name__}: {e}); is it complete? "
+                        "Write it again with numpy.savez") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} is a single .npy array, not an .npz archive")
+        raise DataError(f"{path} is a single .npy array, not an .npz archive; write it with "
+                        "numpy.savez(path, image=...) or numpy.savez(path, feature=...)")
     with archive:
         try:
             return {key: archive[key] for key in archive.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # e.g. pickled object arrays
-            raise DataError(f"cannot read npz file {path}: {e}") from e
+        except unreadable as e:
+            raise DataError(f"cannot read npz file {path} ({type(e).__name__}: {e}); is it "
+                            "complete? Write it again with numpy.savez") from e
 
 
 def _npz_inputs(arrays: dict[str, np.ndarray], what: str) -> np.ndarray:
@@ -530,7 +542,11 @@ def _load_npz(path: pathlib.Path) -> Dataset:
 def _visible_files(folder: pathlib.Path) -> list[pathlib.Path]:
     """Every non-hidden file under `folder` (hidden folders pruned), sorted by path components."""
     files = []
-    for root, dirs, names in os.walk(folder):
+
+    def fail(error: OSError):
+        raise error  # os.walk would skip an unreadable folder without a word
+
+    for root, dirs, names in os.walk(folder, onerror=fail):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(pathlib.Path(root, n) for n in names if not n.startswith("."))
     return sorted(files, key=lambda p: p.relative_to(folder).parts)
@@ -575,7 +591,10 @@ def _load_folder(folder: pathlib.Path, shape: tuple[int, int, int]) -> Dataset:
     what = f"folder:{folder}"
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist or is not a directory")
-    files, class_names = _folder_files(folder)
+    try:
+        files, class_names = _folder_files(folder)
+    except OSError as e:  # e.g. a folder without read permission
+        raise DataError(f"cannot list image folder {folder}: {e}") from e
     if not files:
         raise DataError(f"image folder {folder} holds no files")
     images = np.empty((len(files), *shape), np.uint8)
