@@ -1,5 +1,6 @@
 """Shared helpers: a tiny DEC config on real data (digits) and subprocess runners."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,15 +51,69 @@ TINY_CLI = {
 def run(args, env_extra=None, **kwargs):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
+    env.pop("JAX_ENABLE_X64", None)
     env.update(env_extra or {})
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
 
 
-def final_params(workdir):
-    """Flat list of numpy arrays of the newest checkpoint's params."""
+X64_ENV = {"JAX_ENABLE_X64": "1"}  # jclust computes in float64 (jclust/precision.py)
+
+
+@contextlib.contextmanager
+def x64_mode(enabled: bool = True):
+    """JAX's x64 mode inside the block (to read a float64 run's checkpoints), as it was after."""
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def final_params(workdir, x64=False):
+    """Flat list of numpy arrays of the newest checkpoint's params, and the whole state (host
+    arrays). ``x64``: the run trained in float64 (its checkpoints are read in x64 mode)."""
     from jclust import train
-    _, _, state, _ = train.load_run(workdir)
+    with x64_mode(x64):
+        _, _, state, _ = train.load_run(workdir)
+        state = jax.device_get(state)
     return [np.asarray(x) for x in jax.tree.leaves(state.params)], state
+
+
+# How far the float64 state of a run on 1 device may be from the same run on 8 devices (or on
+# 2 processes): they differ only in the order of their reductions. Measured on the tiny runs of
+# every method (DEC, DeepCluster, DeepCluster-v2, ODC, SwAV, JULE, NMM; 24-64 steps with their
+# reclusterings; AMD EPYC, 2026-12-03, leaves of magnitude <= ~10): largest |difference| 2.3e-12
+# (SwAV, whose exp(scores / epsilon) amplifies rounding ~2x a step), 2e-16..1.4e-13 for the
+# others. The same runs in float32 differ by 1e-7 (DEC) up to flipped discrete decisions (1.6 %
+# of SwAV's prototype labels, JULE's evaluation centroids): no float32 tolerance separates
+# rounding from a bug there, and the drift depends on the CPU's kernels. 1e-9 is ~400x the
+# largest float64 drift and ~1e-7 of the state's scale: a real difference (a gradient or a
+# statistic that misses the other devices' rows) moves values by >= 1e-3.
+X64_TOLERANCE = {"rtol": 1e-9, "atol": 1e-9}
+
+
+def assert_same_state(ours, ref, skip=()):
+    """Every leaf of two float64 TrainStates equal within :data:`X64_TOLERANCE` (integer and
+    boolean leaves exactly); ``skip``: key paths (``jax.tree_util.keystr``) left out, each with
+    its reason at the call."""
+    ours_leaves = jax.tree_util.tree_leaves_with_path(ours)
+    ref_leaves = jax.tree_util.tree_leaves_with_path(ref)
+    assert len(ours_leaves) == len(ref_leaves)
+    checked = 0
+    for (path, a), (ref_path, b) in zip(ours_leaves, ref_leaves):
+        name = jax.tree_util.keystr(path)
+        assert name == jax.tree_util.keystr(ref_path)
+        if name in skip:
+            continue
+        a, b = np.asarray(a), np.asarray(b)
+        if np.issubdtype(a.dtype, np.floating):
+            assert a.dtype == np.float64, (name, a.dtype)  # the control really ran in float64
+            np.testing.assert_allclose(a, b, err_msg=name, **X64_TOLERANCE)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        checked += 1
+    assert checked > 0 and set(skip) <= {jax.tree_util.keystr(p) for p, _ in ours_leaves}, skip
 
 
 @pytest.fixture
@@ -90,16 +145,15 @@ def assert_resume_matches(ref_dir, workdir, cut, config):
     return state
 
 
-def run_on_devices(overrides, workdir, config_file, count=8, sharded=()):
+def run_on_devices(overrides, workdir, config_file, count=8, sharded=(), x64=False):
     """Trains through the CLI on ``count`` simulated CPU devices; returns (params leaves, state).
 
     ``sharded``: names of per-example clustering-state leaves that the run must report as sharded
-    along the data axis."""
+    along the data axis. ``x64``: train in float64 (JAX's x64 mode)."""
     flags = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
              for k, v in overrides.items()}
-    result = run(cli_args(flags, workdir, config_file=config_file),
-                 env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"},
-                 timeout=300)
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", **(X64_ENV if x64 else {})}
+    result = run(cli_args(flags, workdir, config_file=config_file), env_extra=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{count} device(s)" in result.stdout
     if sharded:
@@ -107,4 +161,78 @@ def run_on_devices(overrides, workdir, config_file, count=8, sharded=()):
                      if l.startswith("per-example clustering state sharded along data")), "")
         for name in sharded:
             assert f".{name} [" in line, (name, result.stdout[-2000:])
-    return final_params(workdir)
+    return final_params(workdir, x64=x64)
+
+
+def assert_eight_devices_match_one(overrides, config_file, tmp_path, sharded=(), skip=()):
+    """The device-count equivalence of a whole run, in float64: the CLI on 1 and on 8 simulated
+    devices ends with the same state within :data:`X64_TOLERANCE` (integer state, e.g.
+    pseudo-labels, exactly), the 8-device run with ``sharded`` split along the data axis.
+    Returns both final states (8 devices, 1 device)."""
+    _, one = run_on_devices(overrides, str(tmp_path / "one_x64"), config_file, count=1, x64=True)
+    _, eight = run_on_devices(overrides, str(tmp_path / "eight_x64"), config_file, count=8,
+                              sharded=sharded, x64=True)
+    assert int(eight.step) == int(one.step) > 0
+    assert_same_state(eight, one, skip=skip)
+    from jclust import writers
+    evals = [writers.read_jsonl(os.path.join(tmp_path, d, writers.METRICS))
+             for d in ("eight_x64", "one_x64")]
+    assert [r["step"] for r in evals[0]] == [r["step"] for r in evals[1]]
+    for a, b in zip(*evals):
+        for key in ("acc", "nmi", "ari", "clusters_used", "mean_confidence"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (key, a["step"])
+    return eight, one
+
+
+# A float32 result is "the float64 result up to float32 rounding" when it is no farther from the
+# float64 result than the same computation's other float32 path is, up to this factor, plus
+# this many float32 ulps of the leaf's scale (for leaves where the other path happens to round
+# exactly). Measured on the train steps of SwAV and NMM (the 8-device path's distance to the
+# float64 step over the 1-device path's, plus an ulp; AMD EPYC, 2026-12-03): at most 1.0 (SwAV)
+# and 1.6 (NMM) after one step, 1.8 and 2.4 after three; the median leaf 1.0.
+FLOAT32_PATH_FACTOR = 8.0
+FLOAT32_ULPS = 8.0
+
+
+def float32_excess(ours32, ref32, truth64) -> float:
+    """How far ``ours32`` is from ``truth64`` relative to how far ``ref32`` is (float32 leaves of
+    the same computation by two paths, and the float64 computation): <= 1 when within
+    :data:`FLOAT32_PATH_FACTOR` times the reference path's rounding plus :data:`FLOAT32_ULPS`."""
+    truth = np.asarray(truth64, np.float64)
+    ulp = float(np.spacing(np.float32(np.max(np.abs(truth), initial=0.0))))
+    ours_err = float(np.max(np.abs(np.asarray(ours32, np.float64) - truth), initial=0.0))
+    ref_err = float(np.max(np.abs(np.asarray(ref32, np.float64) - truth), initial=0.0))
+    return ours_err / (FLOAT32_PATH_FACTOR * ref_err + FLOAT32_ULPS * ulp + 1e-300)
+
+
+def assert_sharded_steps_match(script: str, tmp_path, devices: int = 8) -> None:
+    """Runs ``script`` on ``devices`` simulated devices twice, in float64 and in float32. The
+    script trains a few steps from one state on 1 device and on all devices and saves every
+    state leaf as ``{one,all}/{step}/{leaf}`` to the .npz named by ``sys.argv[1]``.
+
+    Checks: in float64 every step's states agree within :data:`X64_TOLERANCE` (integer leaves
+    exactly); in float32 the first step's all-device state is the float64 step up to float32
+    rounding (:func:`float32_excess`), which no fixed float32 tolerance can say on every CPU."""
+    saved = {}
+    for mode, extra in (("x64", X64_ENV), ("f32", {})):
+        out = str(tmp_path / f"steps_{mode}.npz")
+        result = run([sys.executable, "-c", script, out],
+                     env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                                **extra}, timeout=300)
+        assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+        saved[mode] = dict(np.load(out))
+    f64, f32 = saved["x64"], saved["f32"]
+    pairs = [(k, "one/" + k[len("all/"):]) for k in sorted(f64) if k.startswith("all/")]
+    assert pairs and all(f64[k].dtype != np.float32 for k, _ in pairs)
+    for ours, ref in pairs:
+        if np.issubdtype(f64[ref].dtype, np.floating):
+            np.testing.assert_allclose(f64[ours], f64[ref], err_msg=ours, **X64_TOLERANCE)
+        else:
+            np.testing.assert_array_equal(f64[ours], f64[ref], err_msg=ours)
+    for ours, ref in pairs:
+        if not ours.startswith("all/1/"):
+            continue
+        if np.issubdtype(f64[ref].dtype, np.floating):  # discrete leaves: float64 above
+            excess = float32_excess(f32[ours], f32[ref], f64[ref])
+            assert excess <= 1.0, (ours, excess)

@@ -17,7 +17,8 @@ from jclust import cluster as jcluster
 from jclust import config_lib, methods, metrics, train
 from jclust.config_lib import ConfigError
 from jclust.methods import jule
-from tests.conftest import ROOT, assert_resume_matches, final_params, run_on_devices
+from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
+                            final_params, run_on_devices)
 
 CONFIG = os.path.join(ROOT, "configs", "jule.py:digits")
 TINY = {
@@ -183,18 +184,11 @@ def test_resume_with_grouped_batches_in_a_period_s_second_epoch(grouped_run, tmp
 
 
 @pytest.mark.slow
-def test_eight_devices_give_the_same_numbers_as_one(grouped_run, tmp_path):
-    ours, state = run_on_devices({**TINY, **GROUPED}, str(tmp_path / "eight"),
-                                 "configs/jule.py:digits", sharded=("labels",))
-    ref, ref_state = final_params(grouped_run)
-    assert int(state.step) == int(ref_state.step)
-    # The same batches and merges; the sharded reductions round differently and the 32 SGD steps
-    # with momentum carry it to ~1.2e-4 on weights of size up to ~0.7 (measured; 1.3e-4 with
-    # random batches, so not the grouping). The memberships, i.e. every merge, must be equal.
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
-    np.testing.assert_array_equal(state.cluster.labels, ref_state.cluster.labels)
-    assert int(state.cluster.period) == int(ref_state.cluster.period)
+def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
+    """The same batches, merges (memberships exactly) and weights on 8 devices as on 1 (float64)."""
+    eight, _ = assert_eight_devices_match_one({**TINY, **GROUPED}, "configs/jule.py:digits",
+                                              tmp_path, sharded=("labels",))
+    assert int(eight.cluster.period) > 0
 
 
 def test_period_eta_sets_the_merges_of_the_first_passes():

@@ -27,6 +27,13 @@ TINY_ODC = {
 }
 
 
+# State two equivalent runs need not share: the evaluation PCA's projection and its centroids.
+# On the tiny runs' features it whitens components of eigenvalue ~0, whose directions the data
+# do not fix (entries ~1e4 that differ by as much between two float64 runs, measured); the
+# evaluations they make are compared through their metrics and assignments instead.
+EVAL_UNDETERMINED = (".cluster.eval_projection", ".cluster.eval_centroids")
+
+
 def odc_config(**overrides):
     config = config_lib.load_config(os.path.join(ROOT, "configs", "odc.py:digits"))
     return config_lib.apply_overrides(config, {**TINY_ODC, **overrides})
@@ -296,17 +303,11 @@ def test_digits_end_to_end_checkpoints_memories_and_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
     """The per-step memory updates and splits see the whole (sharded) batch: 8 simulated devices
-    end with the same parameters and memories as 1."""
-    from tests.conftest import run_on_devices
-    one = str(tmp_path / "one")
-    train.train_and_evaluate(odc_config(), one)
-    ours, state = run_on_devices(TINY_ODC, str(tmp_path / "eight"), "configs/odc.py:digits",
-                                 sharded=("features", "labels", "recluster_labels"))
-    ref, ref_state = final_params(one)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(state.cluster.features, ref_state.cluster.features, atol=1e-4)
-    np.testing.assert_array_equal(state.cluster.labels, ref_state.cluster.labels)
+    end with the same parameters, memories and labels as 1 (float64)."""
+    from tests.conftest import assert_eight_devices_match_one
+    assert_eight_devices_match_one(TINY_ODC, "configs/odc.py:digits", tmp_path,
+                                   sharded=("features", "labels", "recluster_labels"),
+                                   skip=EVAL_UNDETERMINED)
 
 
 @pytest.mark.parametrize("pca_dim", [0, 3])

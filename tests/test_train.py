@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from jclust import checkpointing, config_lib, data, metrics, train
-from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run, tiny_config
+from tests.conftest import (ROOT, TINY_CLI, assert_eight_devices_match_one, cli_args, final_params,
+                            run, tiny_config)
 
 
 def _records(workdir):
@@ -144,20 +145,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
-def test_eight_devices_give_the_same_numbers_as_one(reference_run, tmp_path):
-    ref_dir, ref_final = reference_run
-    workdir = str(tmp_path / "eight")
-    result = run(cli_args(TINY_CLI, workdir) + ["--config.log_every_steps=64"],
-                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "8 device(s)" in result.stdout
-    assert ("per-example clustering state sharded along data over 8 devices: .target [256, 10], "
-            ".labels [256]") in result.stdout
-    ours, _ = final_params(workdir)
-    ref, _ = final_params(ref_dir)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-    assert _records(workdir)[-1]["acc"] == pytest.approx(ref_final["acc"], abs=0.01)
+def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
+    """Pretraining, k-means, target updates and evaluations on 8 devices end where 1 device ends
+    (in float64: conftest.X64_TOLERANCE says why not float32)."""
+    eight, _ = assert_eight_devices_match_one(TINY_CLI, "configs/dec.py:digits", tmp_path,
+                                              sharded=("target", "labels"))
+    assert eight.cluster.target.shape == (256, 10)
 
 
 def test_unlabelled_folder_trains_and_skips_label_metrics(tmp_path, capsys):

@@ -57,7 +57,7 @@ from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import cross_entropy, fit_whitening, whiten
-from jclust.precision import float_dtype
+from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
                    "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
@@ -314,7 +314,7 @@ def make(config, data_spec: DataSpec) -> Method:
     eval_dim = oc.eval_pca_dim or oc.feature_dim
 
     def init_head(key):
-        return head.init(key, jnp.zeros((1, oc.feature_dim)))["params"]
+        return cast_floats(head.init(key, jnp.zeros((1, oc.feature_dim)))["params"])
 
     def init(rng, x):
         k_backbone, k_neck, k_head = jax.random.split(rng, 3)
