@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust import cluster as jcluster
+from tests.conftest import x64_mode
 
 
 def test_two_samples_two_clusters_by_hand():
@@ -37,15 +38,30 @@ def test_responsibilities_match_a_float64_reference_and_survive_tiny_densities()
     top = joint.max(1, keepdims=True)
     ref_ll = top[:, 0] + np.log(np.exp(joint - top).sum(1))
     ref_gamma = np.exp(joint - ref_ll[:, None])
-    out = jcluster.responsibilities(jnp.asarray(log_p, jnp.float32),
-                                    jnp.asarray(np.log(weights), jnp.float32))
-    np.testing.assert_allclose(out.responsibilities, ref_gamma, atol=1e-5)
-    np.testing.assert_allclose(out.log_likelihood, ref_ll, rtol=1e-5)
-    np.testing.assert_allclose(np.sum(out.responsibilities, 1), 1.0, rtol=1e-5)
-    # Unnormalised log-weights are normalised.
-    shifted = jcluster.responsibilities(jnp.asarray(log_p, jnp.float32),
-                                        jnp.asarray(np.log(weights) + 5.0, jnp.float32))
-    np.testing.assert_allclose(shifted.responsibilities, out.responsibilities, atol=1e-6)
+    # gamma = exp(joint - ll) with |joint|, |ll| up to ~315: one rounding of a log-density (or of
+    # ll) moves gamma by up to eps * |joint| relative, and a sum of gammas off 1 by as much. So
+    # every check is held to 4 eps * max|joint| in the dtype computed in: 1.5e-4 in float32
+    # (where one ulp at 200 is already 1.5e-5) and 2.8e-13 in float64 (x64 mode). Measured over
+    # 200 draws like this one (AMD EPYC Zen 3, 2026-12-03), in units of eps * max|joint|: gamma
+    # 0.26 (float32) / 0.32 (float64), log-likelihood 0.63 / 0.49, sum of gamma - 1 0.24 / 0.24,
+    # shifted weights: gamma 0.35 / 0.33, log-likelihood 0.47 / 0.49; 4 is 6x the largest.
+    for dtype in (np.float64, np.float32):
+        tol = 4 * np.finfo(dtype).eps * np.abs(joint).max()
+        with x64_mode(dtype == np.float64):
+            out = jcluster.responsibilities(jnp.asarray(log_p, dtype),
+                                            jnp.asarray(np.log(weights), dtype))
+            # Unnormalised log-weights are normalised.
+            shifted = jcluster.responsibilities(jnp.asarray(log_p, dtype),
+                                                jnp.asarray(np.log(weights) + 5.0, dtype))
+            out, shifted = jax.device_get((out, shifted))
+        assert out.responsibilities.dtype == out.log_likelihood.dtype == dtype
+        np.testing.assert_allclose(out.responsibilities, ref_gamma, rtol=0, atol=tol)
+        np.testing.assert_allclose(out.log_likelihood, ref_ll, rtol=0, atol=tol)
+        np.testing.assert_allclose(np.sum(out.responsibilities, 1), 1.0, rtol=0, atol=tol)
+        np.testing.assert_allclose(shifted.responsibilities, out.responsibilities, rtol=0,
+                                   atol=tol)
+        # (gamma alone would not show it: only the log-likelihood moves with the weights' sum.)
+        np.testing.assert_allclose(shifted.log_likelihood, out.log_likelihood, rtol=0, atol=tol)
 
 
 def test_the_shared_constant_leaves_gamma_unchanged_and_shifts_the_likelihood():

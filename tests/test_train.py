@@ -5,7 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -114,21 +114,30 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     proc = subprocess.Popen(cli_args(dict(TINY_CLI, **overrides), workdir), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_after = None
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        steps = [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()] if os.path.isdir(ckpt_dir) else []
-        if steps and os.path.exists(metrics_path):
-            with open(metrics_path) as f:
-                logged = [json.loads(line)["step"] for line in f if line.endswith("\n")]
-            if steps and logged and max(steps) >= 50 and logged[-1] > max(steps):
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    # Killed on a progress line, not a clock: "[cluster] step 70/" comes after the checkpoint at
+    # step 50 and the evaluation at step 68, 30 steps before the next checkpoint (step 100).
+    # The watchdog only ends a run that hangs; it is as long as the resumed run's timeout.
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[cluster] step 70/"):
                 os.kill(proc.pid, signal.SIGKILL)
-                killed_after = (max(steps), logged[-1])
                 break
-        time.sleep(0.002)
-    proc.wait()
-    assert killed_after is not None, "the run ended before it could be killed mid-phase"
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    assert lines and lines[-1].startswith("[cluster] step 70/"), "".join(lines)[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    steps = [int(s) for s in os.listdir(ckpt_dir) if s.isdigit()]
+    with open(metrics_path) as f:
+        logged = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+    # Mid-phase: a checkpoint after pretraining, and an evaluation newer than it.
+    assert max(steps) == 50 and logged[-1] == 68, (steps, logged)
     result = run(cli_args(dict(TINY_CLI, **overrides), workdir), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from checkpoint step" in result.stdout
