@@ -32,8 +32,7 @@ def cast_floats(tree: Any) -> Any:
     dtype = float_dtype()
 
     def cast(x):
-        if (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-                and x.dtype in (np.float32, np.float64) and x.dtype != dtype):
+        if getattr(x, "dtype", None) in (np.float32, np.float64) and x.dtype != dtype:
             return jnp.asarray(x, dtype)
         return x
 

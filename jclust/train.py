@@ -769,8 +769,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
     distributed.barrier("jclust:workdir")
-    run_info = json.loads(json.dumps({"config": config.to_dict(), "data_spec": spec._asdict(),
-                                      "version": VERSION, "source": dataset.source}, default=list))
+    run_info = {"config": _jsonable(config), "data_spec": json.loads(json.dumps(spec._asdict())),
+                "version": VERSION, "source": dataset.source}
     info_path = os.path.join(workdir, RUN_INFO)
     encoded_path = os.path.join(workdir, ENCODED_FEATURES)
 
