@@ -25,7 +25,9 @@ import jax
 import numpy as np
 from scipy.cluster import hierarchy
 
-from jclust import config_lib, metrics, train
+from jclust import config_lib, metrics
+from jclust import inference
+from jclust import loader
 from jclust.cluster import graph as jgraph
 from jclust.methods import jule
 
@@ -48,7 +50,7 @@ def gdl_merges(graph, labels, count, *, local_weight=1.0):
 
 def pixels(eta: float) -> None:
     config = config_lib.load_config("configs/dec.py")
-    dataset = train.load_dataset(config)
+    dataset = loader.load_dataset(config)
     x = dataset.inputs.reshape(dataset.num_examples, -1).astype(np.float32)
     y = dataset.labels
     graph = jgraph.affinity_graph(x, 20)
@@ -79,14 +81,14 @@ def run_at_step(workdir: str, step: int):
     os.mkdir(os.path.join(view, "checkpoints"))
     os.symlink(os.path.abspath(os.path.join(workdir, "checkpoints", str(step))),
                os.path.join(view, "checkpoints", str(step)))
-    config, method, state, _ = train.load_run(view)
+    config, method, state, _ = inference.load_run(view)
     shutil.rmtree(view)
     return config, method, state
 
 
 def last_pass(workdir: str, step: int) -> None:
     config, method, state = run_at_step(workdir, step)
-    dataset = train.load_dataset(config)
+    dataset = loader.load_dataset(config)
     y = dataset.labels
     embed = jax.jit(method.embed)
     z = np.concatenate([np.asarray(embed(state.params, state.model_state,

@@ -25,7 +25,8 @@ import time
 import jax
 import numpy as np
 
-from jclust import config_lib, metrics, train
+from jclust import config_lib, metrics
+from jclust import loader
 from jclust.cluster import graph as jgraph
 
 
@@ -120,7 +121,7 @@ def main():
     config.data.source = args.source
     if args.source == "digits":
         config.data.image_shape = (8, 8, 1)
-    dataset = train.load_dataset(config)
+    dataset = loader.load_dataset(config)
     x = dataset.inputs.reshape(dataset.num_examples, -1).astype(np.float32)
     rows = []
 

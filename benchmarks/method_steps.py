@@ -7,7 +7,7 @@ feature pass and the clustering step that opens the phase, through the trainer's
   python benchmarks/method_steps.py --methods=dec:digits,odc:digits --steps=5   # a quick check
 
 For each config (``configs/NAME.py``) and each of its phases: the state of a fresh run is built
-(``train.init_state`` on the mesh of all devices), the method's clustering step that opens the
+(``jstate.init_state`` on the mesh of all devices), the method's clustering step that opens the
 phase runs on a feature pass of the whole data set (as training does: k-means for DeepCluster and
 ODC, the 1-NN over-clustering and final agglomeration for JULE, ...), then ``--warmup`` untimed
 steps (the compile) and ``--steps`` timed steps on batches of the config's size drawn in the
@@ -30,7 +30,11 @@ import time
 import jax
 import numpy as np
 
-from jclust import config_lib, methods, train
+from jclust import config_lib, methods
+from jclust import inference
+from jclust import loader
+from jclust import schedule as jschedule
+from jclust import state as jstate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_speed import cpu_model  # noqa: E402
@@ -52,22 +56,22 @@ def time_method(name: str, source: str | None, steps: int, warmup: int, seed: in
                                     + (f":{arg}" if arg else ""))
     if source:
         config.data.source = source
-    dataset = train.load_dataset(config)
-    method = methods.make(config, train.data_spec_of(dataset))
-    mesh = train.make_mesh()
-    runner = train.Runner(method, mesh, config.eval_batch_size, dataset.num_examples)
-    bounds = train.phase_bounds(method)
+    dataset = loader.load_dataset(config)
+    method = methods.make(config, loader.data_spec_of(dataset))
+    mesh = jstate.make_mesh()
+    runner = inference.Runner(method, mesh, config.eval_batch_size, dataset.num_examples)
+    bounds = jschedule.phase_bounds(method)
     rng = np.random.default_rng(seed)
     rows = []
     for index, phase in enumerate(method.phases):
         # A fresh state per phase: the steps donate theirs.
-        state = runner.place(train.init_state(method, seed, dataset.inputs[:config.batch_size]))
+        state = runner.place(jstate.init_state(method, seed, dataset.inputs[:config.batch_size]))
         runner.features(state, dataset.inputs[:config.eval_batch_size])  # compiles
         start = time.perf_counter()
         features = jax.block_until_ready(runner.features(state, dataset.inputs))
         feature_s = time.perf_counter() - start
         recluster_s = None
-        due, first = train.recluster_due(method, bounds, bounds[index][0])
+        due, first = jschedule.recluster_due(method, bounds, bounds[index][0])
         if due:
             start = time.perf_counter()
             more = {"inputs": dataset.inputs} if method.recluster_inputs else {}
@@ -78,13 +82,13 @@ def time_method(name: str, source: str | None, steps: int, warmup: int, seed: in
             recluster_s = time.perf_counter() - start
         table = (None if method.neighbours is None
                  else np.asarray(method.neighbours(jax.device_get(state.cluster))))
-        step_fn = runner.train_steps[index]
+        step_fn = jstate.jit_train_steps(method, mesh, dataset.num_examples)[index]
 
         def one_step(state, step):
             idx = rng.choice(dataset.num_examples, config.batch_size, replace=False)
             batch = {"x": dataset.inputs[idx], "index": idx.astype(np.int32)}
             if table is not None:
-                nbr = train.draw_neighbours(table, idx, seed, step)
+                nbr = jschedule.draw_neighbours(table, idx, seed, step)
                 batch.update(neighbour_x=dataset.inputs[nbr], neighbour_index=nbr)
             state, metrics = step_fn(state, runner.put_batch(batch, config.batch_size))
             return jax.block_until_ready(state), metrics

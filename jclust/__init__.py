@@ -1,7 +1,7 @@
 """jclust: deep clustering in JAX/Flax.
 
 Entry points: ``jclust.train.train_and_evaluate(config, workdir)`` (training, evaluation, resume),
-``jclust.train.load_run(workdir)`` (a trained run), ``jclust.cluster`` (k-means, PCA),
+``jclust.inference.load_run(workdir)`` (a trained run), ``jclust.predict`` (assign new data), ``jclust.cluster`` (k-means, PCA),
 ``jclust.metrics`` (ACC, NMI, ARI, purity), ``jclust.data.load`` (data sources).
 """
 

@@ -107,6 +107,18 @@ def same_on_all(tree):
     return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
+def host_side(tree):
+    """The inputs of a host-driven step (a recluster): as they are with one process; with several,
+    whole host copies on every process (per-example leaves span all processes)."""
+    return fetch(tree) if multiprocess() else tree
+
+
+def agreed(tree):
+    """Process 0's result of a host-driven step, on every process, so that replicated state cannot
+    drift apart between processes (identity with one process)."""
+    return same_on_all(fetch(tree)) if multiprocess() else tree
+
+
 def barrier(name: str) -> None:
     """Waits until every process has reached the barrier ``name`` (no-op with one process)."""
     if multiprocess():

@@ -56,7 +56,7 @@ def _main(argv):
         logging.set_verbosity(logging.WARNING)
     import jax  # noqa: E402
     # After flag parsing: faster --help.
-    from jclust import checkpointing, data, preemption, train  # noqa: E402
+    from jclust import checkpointing, data, monitor, preemption, train  # noqa: E402
     try:
         _start_distributed()
         stopped = None
@@ -69,7 +69,7 @@ def _main(argv):
         if stopped is not None:
             sys.exit(stopped.exit_code)  # 0 after SIGTERM, 130 after Ctrl-C
     except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError,
-            train.NonFiniteLossError, FileNotFoundError) as err:
+            monitor.NonFiniteLossError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -41,8 +41,12 @@ import numpy as np
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
+from jclust import methods as jmethods
 from jclust import metrics as jmetrics
-from jclust import train
+from jclust import inference
+from jclust import loader
+from jclust import state as jstate
+from jclust import viz
 
 
 OUTPUTS = frozenset({"assignments.csv", "embeddings.npy", "summary.json", "confusion.csv",
@@ -75,7 +79,7 @@ def _bucket(n: int, cap: int, multiple: int) -> int:
     size = 1
     while size < n and size < cap:
         size *= 2
-    return train._round_up(min(size, cap), multiple)
+    return inference.round_up(min(size, cap), multiple)
 
 
 @dataclasses.dataclass
@@ -92,9 +96,9 @@ class Predictor:
     """
     workdir: str
     config: ml_collections.ConfigDict
-    method: object
-    state: train.TrainState
-    data_spec: object
+    method: jmethods.Method
+    state: jstate.TrainState
+    data_spec: jmethods.DataSpec
     step: int
     _runners: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -105,7 +109,7 @@ class Predictor:
         Raises:
           FileNotFoundError: no run.json or no checkpoint in ``workdir``.
         """
-        config, method, state, spec = train.load_run(workdir)  # restored replicated on the mesh
+        config, method, state, spec = inference.load_run(workdir)  # restored replicated on the mesh
         return cls(workdir=workdir, config=config, method=method, state=state, data_spec=spec,
                    step=int(state.step))
 
@@ -114,12 +118,12 @@ class Predictor:
         """The method's assignment rule, in one sentence."""
         return self.method.assignment_rule
 
-    def _runner(self, n: int) -> train.Runner:
-        mesh = train.make_mesh()
+    def _runner(self, n: int) -> inference.Runner:
+        mesh = jstate.make_mesh()
         size = _bucket(n, self.config.eval_batch_size, mesh.size)
         if size not in self._runners:
-            self._runners[size] = train.Runner(self.method, mesh, size,
-                                                 self.data_spec.num_examples)
+            self._runners[size] = inference.Runner(self.method, mesh, size,
+                                                     self.data_spec.num_examples)
         return self._runners[size]
 
     def check_inputs(self, inputs: np.ndarray) -> np.ndarray:
@@ -176,7 +180,7 @@ def load_data(predictor: Predictor, source: str, *, limit: int = 0) -> tuple[jda
     config.data.limit = limit
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", jdata.DataWarning)
-        dataset = train.load_dataset(config, cache_dir=None)
+        dataset = loader.load_dataset(config, cache_dir=None)
     messages = [str(w.message) for w in caught if issubclass(w.category, jdata.DataWarning)]
     return dataset, messages
 
@@ -215,12 +219,11 @@ def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
                "assignment_rule": predictor.assignment_rule,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(),
                "mean_confidence": float(np.mean(confidence)), "warnings": messages}
-    summary.update(train.cluster_health(labels, k))
+    summary.update(jmetrics.cluster_sizes(labels, k))
     contingency = None
     if dataset.labels is not None:
         summary.update(jmetrics.evaluate(dataset.labels, labels))
         num_classes = int(max(dataset.labels.max() + 1, len(dataset.class_names or ())))
-        from jclust import viz
         contingency = viz.contingency_table(dataset.labels, labels, num_classes, k)
     prediction = Prediction(ids=ids, labels=labels, confidence=confidence, embeddings=embeddings,
                             true_labels=dataset.labels, summary=summary, contingency=contingency)
@@ -260,7 +263,13 @@ def write_outputs(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
         with open(os.path.join(stage, "summary.json"), "w") as f:
             json.dump(prediction.summary, f, indent=1)
         if pictures:
-            write_pictures(stage, prediction, dataset)
+            viz.write_pictures(
+                stage, dataset.inputs if dataset.is_image else None, prediction.labels,
+                prediction.confidence, prediction.embeddings,
+                num_clusters=prediction.summary["num_clusters"],
+                class_labels=prediction.true_labels, class_names=dataset.class_names,
+                title=(f"{prediction.summary['method']} step {prediction.summary['step']} on "
+                       f"{dataset.source}"))
         os.makedirs(out, exist_ok=True)
         written = set(os.listdir(stage))
         for name in sorted(written):
@@ -272,35 +281,6 @@ def write_outputs(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
                 os.remove(os.path.join(out, name))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def write_pictures(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
-                   projection: str = "pca", max_points: int = 5000) -> list[str]:
-    """Cluster grid (images only), confusion matrix (labels only) and 2-D projection PNGs.
-
-    Returns:
-      The paths written.
-    """
-    from jclust import viz
-    k = prediction.summary["num_clusters"]
-    title = f"{prediction.summary['method']} step {prediction.summary['step']} on {dataset.source}"
-    paths = []
-    if dataset.is_image:
-        path = os.path.join(out, "clusters.png")
-        viz.cluster_grid(dataset.inputs, prediction.labels, prediction.confidence, path,
-                         num_clusters=k, class_labels=prediction.true_labels,
-                         class_names=dataset.class_names, title=title)
-        paths.append(path)
-    if prediction.true_labels is not None:
-        path = os.path.join(out, "confusion.png")
-        viz.confusion_matrix(prediction.true_labels, prediction.labels, path, num_clusters=k,
-                             class_names=dataset.class_names, title=title)
-        paths.append(path)
-    path = os.path.join(out, "embedding.png")
-    viz.embedding_projection(prediction.embeddings, prediction.labels, path, method=projection,
-                             max_points=max_points, title=title)
-    paths.append(path)
-    return paths
 
 
 class _Parser(argparse.ArgumentParser):

@@ -654,3 +654,33 @@ def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict],
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def write_pictures(out: str, inputs: np.ndarray | None, labels: np.ndarray,
+                   confidence: np.ndarray, embeddings: np.ndarray, *, num_clusters: int,
+                   class_labels: np.ndarray | None = None,
+                   class_names: Sequence[str] | None = None, title: str = "",
+                   projection: str = "pca", max_points: int = 5000, seed: int = 0) -> list[str]:
+    """The pictures of one assignment, written into the folder ``out``.
+
+    ``clusters.png`` (the most confident images of each cluster; only when ``inputs`` are images
+    [N, H, W, C]), ``confusion.png`` (only with ``class_labels`` [N]) and ``embedding.png`` (a 2-D
+    ``projection`` of ``embeddings`` [N, D]); ``labels`` [N] and ``confidence`` [N] are the
+    assignment.
+
+    Returns:
+      The paths written.
+    """
+    paths = []
+    if inputs is not None:
+        paths.append(os.path.join(out, "clusters.png"))
+        cluster_grid(inputs, labels, confidence, paths[-1], num_clusters=num_clusters,
+                     class_labels=class_labels, class_names=class_names, title=title)
+    if class_labels is not None:
+        paths.append(os.path.join(out, "confusion.png"))
+        confusion_matrix(class_labels, labels, paths[-1], num_clusters=num_clusters,
+                         class_names=class_names, title=title)
+    paths.append(os.path.join(out, "embedding.png"))
+    embedding_projection(embeddings, labels, paths[-1], method=projection, max_points=max_points,
+                         seed=seed, title=title)
+    return paths

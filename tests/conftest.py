@@ -73,9 +73,9 @@ def x64_mode(enabled: bool = True):
 def final_params(workdir, x64=False):
     """Flat list of numpy arrays of the newest checkpoint's params, and the whole state (host
     arrays). ``x64``: the run trained in float64 (its checkpoints are read in x64 mode)."""
-    from jclust import train
+    from jclust import inference
     with x64_mode(x64):
-        _, _, state, _ = train.load_run(workdir)
+        _, _, state, _ = inference.load_run(workdir)
         state = jax.device_get(state)
     return [np.asarray(x) for x in jax.tree.leaves(state.params)], state
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from jclust import config_lib, methods, models, train
+from jclust import config_lib, methods, models
+from jclust import state as jstate
 
 
 def _resnet_config(widths=(8, 8, 16, 16)):
@@ -131,7 +132,7 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     n = 16
     x = np.random.default_rng(2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     method = methods.make(config, methods.DataSpec(n, (32, 32, 3), True))
-    state = train.init_state(method, 0, x[:2])
+    state = jstate.init_state(method, 0, x[:2])
     assert "batch_stats" in state.model_state["backbone"]
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
     if method.recluster is None:  # SwAV: nothing to recluster, only the evaluation to fit
@@ -143,7 +144,7 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:8]), "index": jnp.arange(8, dtype=jnp.int32)}
-    new_state, metrics = jax.jit(train.make_train_step(method, 0))(state, batch)
+    new_state, metrics = jax.jit(jstate.make_train_step(method, 0))(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
                                                         jax.tree.leaves(before))]
@@ -203,7 +204,7 @@ def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
     base = np.random.default_rng(2).integers(0, 250, (n // 2, 28, 28, 1), dtype=np.uint8)
     x = np.concatenate([base, base + 1]).astype(np.uint8)
     method = methods.make(config, methods.DataSpec(n, (28, 28, 1), True))
-    state = train.init_state(method, 0, x[:2])
+    state = jstate.init_state(method, 0, x[:2])
     assert state.params["head"]["kernel"].shape == (6 * 8 * 8, 8)
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
     params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
@@ -211,7 +212,7 @@ def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:16]), "index": jnp.arange(16, dtype=jnp.int32)}
-    new_state, metrics = jax.jit(train.make_train_step(method, 0))(state, batch)
+    new_state, metrics = jax.jit(jstate.make_train_step(method, 0))(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
                                                         jax.tree.leaves(before)))

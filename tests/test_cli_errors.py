@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jclust import config_lib, train
+from jclust import workdir as jworkdir
 from tests.conftest import ROOT, TINY_CLI, cli_args, run, tiny_config
 
 # A shorter tiny run than TINY_CLI's: its checkpoints are all these tests need.
@@ -227,14 +228,14 @@ def test_keys_a_resume_may_change(tmp_path, config_file, base, overrides, resuma
     workdir = _fake_run(tmp_path, config)
     changed = config_lib.apply_overrides(config, overrides)
     if resumable:
-        keys, _ = train.check_resume(changed, workdir)
+        keys, _ = jworkdir.check_resume(changed, workdir)
         assert keys == sorted(overrides)
     else:
         with pytest.raises(config_lib.ConfigError, match="use a new workdir"):
-            train.check_resume(changed, workdir)
+            jworkdir.check_resume(changed, workdir)
     # Without a checkpoint there is nothing to resume: any config starts over.
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
-    assert train.check_resume(changed, workdir) == ([], None)
+    assert jworkdir.check_resume(changed, workdir) == ([], None)
 
 
 def test_a_key_newer_than_run_json_is_named(tmp_path):
@@ -246,7 +247,7 @@ def test_a_key_newer_than_run_json_is_named(tmp_path):
         json.dump(info, f)
     with pytest.raises(config_lib.ConfigError,
                        match=r"kmeans.space: \(absent\) -> \"whitened\".*absent from run.json"):
-        train.check_resume(config, workdir)
+        jworkdir.check_resume(config, workdir)
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -262,15 +263,15 @@ def test_run_json_without_its_sections(tmp_path, edit, match):
     with open(os.path.join(workdir, "run.json"), "w") as f:
         json.dump(info, f)
     with pytest.raises(config_lib.ConfigError, match=match):
-        train.read_run_info(workdir)
+        jworkdir.read_run_info(workdir)
 
 
 def test_other_data_under_the_same_config_is_refused():
     from jclust import data, methods
     recorded = {"num_examples": 256, "input_shape": [8, 8, 1], "is_image": True}
-    train.check_same_data(recorded, methods.DataSpec(256, (8, 8, 1), True), "w")
+    jworkdir.check_same_data(recorded, methods.DataSpec(256, (8, 8, 1), True), "w")
     with pytest.raises(data.DataError, match=r"300 images .* trained on \(256 images"):
-        train.check_same_data(recorded, methods.DataSpec(300, (8, 8, 1), True), "w")
+        jworkdir.check_same_data(recorded, methods.DataSpec(300, (8, 8, 1), True), "w")
 
 
 def test_predict_checks_its_arguments_before_loading(tmp_path):

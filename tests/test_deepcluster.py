@@ -10,6 +10,7 @@ import pytest
 import sklearn.decomposition
 
 from jclust import config_lib, methods, train
+from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import deepcluster
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
@@ -201,8 +202,8 @@ def test_final_evaluation_refits_on_the_final_features(reference_run):
     workdir, final = reference_run
     _, state = final_params(workdir)
     config = tiny_config()
-    dataset = train.load_dataset(config)
-    method = methods.make(config, train.data_spec_of(dataset))
+    dataset = loader.load_dataset(config)
+    method = methods.make(config, loader.data_spec_of(dataset))
     feats = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(dataset.inputs)))
     mean, projection = np.asarray(state.cluster.pca_mean), np.asarray(state.cluster.pca_projection)
     z = (feats - mean) @ projection

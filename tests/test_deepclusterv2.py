@@ -9,6 +9,7 @@ import pytest
 
 from jclust import cluster as jcluster
 from jclust import config_lib, methods, train
+from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
@@ -88,14 +89,14 @@ def test_train_step_writes_both_views_to_the_memory_and_keeps_prototypes_frozen(
     n = 16
     config, method = _method(n=n, batch_size=4)
     x = _images(n, seed=4)
-    state = train.init_state(method, 0, x[:2])
+    state = jstate.init_state(method, 0, x[:2])
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
     params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
                                           key=jax.random.PRNGKey(5))
     state = state.replace(params=params, cluster=cluster)
     index = np.array([3, 7, 8, 12])
     batch = {"x": jnp.asarray(x[index]), "index": jnp.asarray(index, jnp.int32)}
-    step = jax.jit(train.make_train_step(method, 0))
+    step = jax.jit(jstate.make_train_step(method, 0))
     before = jax.device_get(state)
     after, metrics = step(state, batch)
     memory = np.asarray(after.cluster.memory)

@@ -15,6 +15,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from jclust import cluster as jcluster
 from jclust import config_lib, methods, metrics, train
+from jclust import inference
+from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import jule
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
@@ -119,7 +121,7 @@ def test_run_saved_without_a_newer_key_gives_a_clear_error(reference_run, tmp_pa
     with open(os.path.join(old, "run.json"), "w") as f:
         json.dump(info, f)
     with pytest.raises(ConfigError, match="older jclust.*coarse_linkage"):
-        train.load_run(old)
+        inference.load_run(old)
 
 
 def test_bad_configs_are_config_errors():
@@ -273,7 +275,7 @@ def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_r
     spec = methods.DataSpec(256, (8, 8, 1), True)
     method = methods.make(config, spec)
     feats = np.asarray(method.embed(state.params, state.model_state,
-                                    train.load_dataset(config).inputs))
+                                    loader.load_dataset(config).inputs))
     key = jax.random.PRNGKey(5)
     got = method.fit_evaluation(state.params, state.cluster, feats, key=key).eval_centroids
     labels = jule.spectral_labels(feats, 10, key=key, num_neighbours=6)

@@ -13,6 +13,8 @@ import pytest
 
 from jclust import cluster as jcluster
 from jclust import config_lib, methods, train
+from jclust import schedule as jschedule
+from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import nmm
 from jclust.models import MixtureHead
@@ -136,12 +138,12 @@ def test_mined_neighbours_match_scikit_learn():
 def test_drawn_neighbours_are_valid_reproducible_and_uniform():
     table = np.array([[1, 2, 3], [-1, -1, -1], [0, -1, 4], [2, 2, 2], [0, 1, 2]])
     idx = np.array([0, 1, 2, 3])
-    a = train.draw_neighbours(table, idx, seed=7, step=11)
-    np.testing.assert_array_equal(a, train.draw_neighbours(table, idx, seed=7, step=11))
+    a = jschedule.draw_neighbours(table, idx, seed=7, step=11)
+    np.testing.assert_array_equal(a, jschedule.draw_neighbours(table, idx, seed=7, step=11))
     assert a[0] in (1, 2, 3) and a[1] == 1 and a[2] in (0, 4) and a[3] == 2
-    draws = np.stack([train.draw_neighbours(table, np.zeros(1, int), 0, s) for s in range(3000)])
+    draws = np.stack([jschedule.draw_neighbours(table, np.zeros(1, int), 0, s) for s in range(3000)])
     np.testing.assert_allclose(np.bincount(draws[:, 0], minlength=4)[1:] / 3000, 1 / 3, atol=0.04)
-    draws = np.stack([train.draw_neighbours(table, np.full(1, 2), 0, s) for s in range(2000)])
+    draws = np.stack([jschedule.draw_neighbours(table, np.full(1, 2), 0, s) for s in range(2000)])
     assert set(np.unique(draws)) == {0, 4}
 
 
@@ -161,8 +163,8 @@ def test_one_jitted_step_is_em_plus_consistency():
     config, method = _method(**{"nmm.augment_anchor": False, "nmm.augment_weight": 0.0,
                                 "nmm.num_heads": 1})
     x = np.random.default_rng(0).integers(0, 256, size=(32, 8, 8, 1), dtype=np.uint8)
-    state = train.init_state(method, 0, x)
-    step = jax.jit(train.make_train_step(method, 0))
+    state = jstate.init_state(method, 0, x)
+    step = jax.jit(jstate.make_train_step(method, 0))
     batch = {"x": x, "index": np.arange(32, dtype=np.int32), "neighbour_x": x,
              "neighbour_index": np.arange(32, dtype=np.int32)}
     new, metrics = step(state, jax.tree.map(jnp.asarray, batch))
@@ -240,23 +242,27 @@ SHARDED_STEPS = """
 import sys
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh
-from jclust import methods, train
+from jclust import inference
+from jclust import loader
+from jclust import methods
+from jclust import schedule as jschedule
+from jclust import state as jstate
 from tests.test_nmm import tiny_config
 assert jax.device_count() == 8
 config = tiny_config(**{"nmm.num_heads": 2})
-dataset = train.load_dataset(config)
-method = methods.make(config, train.data_spec_of(dataset))
-state = train.init_state(method, 0, dataset.inputs[:32])
+dataset = loader.load_dataset(config)
+method = methods.make(config, loader.data_spec_of(dataset))
+state = jstate.init_state(method, 0, dataset.inputs[:32])
 mesh = Mesh(np.array(jax.devices()), ("data",))
-runner = train.Runner(method, mesh, 128, dataset.num_examples)
-one = jax.jit(train.make_train_step(method, 0))
-eight = runner.train_steps[0]
+runner = inference.Runner(method, mesh, 128, dataset.num_examples)
+one = jax.jit(jstate.make_train_step(method, 0))
+eight = jstate.jit_train_steps(method, mesh, dataset.num_examples)[0]
 a, b = state, runner.place(state)
 table = np.random.default_rng(0).integers(0, 256, size=(256, 5))
 saved = {}
 for i in range(1, 4):
     idx = np.arange((i - 1) * 32, i * 32).astype(np.int32)
-    nbr = train.draw_neighbours(table, idx, 0, i)
+    nbr = jschedule.draw_neighbours(table, idx, 0, i)
     batch = {"x": dataset.inputs[idx], "index": idx, "neighbour_x": dataset.inputs[nbr],
              "neighbour_index": nbr}
     a, ma = one(a, jax.tree.map(jnp.asarray, batch))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jclust import config_lib, methods, train
+from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import odc
 from tests.conftest import ROOT, final_params, tiny_config
@@ -194,7 +195,7 @@ def test_loss_is_class_weighted_cross_entropy_of_the_memory_labels():
 def test_one_jitted_train_step_updates_params_and_memories():
     _, method = small_method()
     x = np.random.default_rng(1).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
-    state = train.init_state(method, 0, x[:8])
+    state = jstate.init_state(method, 0, x[:8])
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
     params, cluster, info = method.recluster(state.params, state.cluster, feats, phase=0,
                                              first=True, key=jax.random.PRNGKey(2))
@@ -202,7 +203,7 @@ def test_one_jitted_train_step_updates_params_and_memories():
     np.testing.assert_allclose(cluster.features, feats, rtol=1e-6)  # embed is already unit
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state)
-    step = jax.jit(train.make_train_step(method, 0))
+    step = jax.jit(jstate.make_train_step(method, 0))
     index = np.arange(8, 16)
     state, metrics = step(state, {"x": jnp.asarray(x[index]), "index": jnp.asarray(index, jnp.int32)})
     for key in ("loss", "grad_norm", "pseudo_label_acc", "memory_label_change", "small_clusters",
@@ -250,9 +251,9 @@ def test_phases_without_cluster_update_leave_the_cluster_state_alone():
     method = methods.make(config, methods.DataSpec(64, (8, 8, 1), True))
     assert all(phase.cluster_update is None for phase in method.phases)
     x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
-    state = train.init_state(method, 0, x[:4])
+    state = jstate.init_state(method, 0, x[:4])
     before = jax.device_get(state.cluster)
-    new, metrics = jax.jit(train.make_train_step(method, 1))(
+    new, metrics = jax.jit(jstate.make_train_step(method, 1))(
         state, {"x": jnp.asarray(x[:4]), "index": jnp.arange(4, dtype=jnp.int32)})
     assert set(metrics) == {"loss", "grad_norm", "kl"}
     for a, b in zip(jax.tree.leaves(new.cluster), jax.tree.leaves(before)):

@@ -28,7 +28,9 @@ def test_float_dtype_follows_the_x64_mode_and_cast_floats_only_touches_floats():
 # the jitted step.
 STABLE_DTYPES = """
 import importlib, jax, jax.numpy as jnp, numpy as np
-from jclust import methods, train
+from jclust import loader
+from jclust import methods
+from jclust import state as jstate
 from tests.conftest import tiny_config
 assert jax.config.jax_enable_x64
 
@@ -45,9 +47,9 @@ def dtypes(tree):
 
 for name in ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm"):
     c = config(name)
-    data = train.load_dataset(c)
-    method = methods.make(c, train.data_spec_of(data))
-    state = train.init_state(method, 0, data.inputs[:c.batch_size])
+    data = loader.load_dataset(c)
+    method = methods.make(c, loader.data_spec_of(data))
+    state = jstate.init_state(method, 0, data.inputs[:c.batch_size])
     floats = {d for _, d in dtypes(state) if np.issubdtype(d, np.floating)}
     assert floats == {np.dtype(np.float64)}, (name, floats)
     features = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(data.inputs)))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from jclust import data, predict, train, writers
+from jclust import workdir as jworkdir
 from tests.conftest import ROOT, run, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +42,7 @@ def test_training_writes_pictures_assignments_and_logs(trained):
     for name in ("clusters.png", "confusion.png", "embedding.png", "curves.png"):
         with open(os.path.join(workdir, "pictures", name), "rb") as f:
             assert f.read(8) == PNG_SIGNATURE, name
-    saved = np.load(os.path.join(workdir, train.ASSIGNMENTS))
+    saved = np.load(os.path.join(workdir, jworkdir.ASSIGNMENTS))
     assert int(saved["step"]) == final["step"] and saved["labels"].shape == (256,)
     train_log = writers.read_jsonl(os.path.join(workdir, writers.TRAIN_LOG))
     steps = [r["step"] for r in train_log]
@@ -78,7 +79,7 @@ def test_predict_reproduces_the_training_evaluation(trained, tmp_path):
     workdir, final = trained
     out = str(tmp_path / "out")
     result = predict.predict(workdir, "digits", out, limit=256)
-    saved = np.load(os.path.join(workdir, train.ASSIGNMENTS))
+    saved = np.load(os.path.join(workdir, jworkdir.ASSIGNMENTS))
     np.testing.assert_array_equal(result.labels, saved["labels"])
     np.testing.assert_allclose(result.confidence, saved["confidence"], rtol=1e-6)
     for key in ("acc", "nmi", "ari"):

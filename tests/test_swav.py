@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jclust import config_lib, methods, models, train
+from jclust import state as jstate
 from jclust.cluster import sinkhorn_knopp
 from jclust.config_lib import ConfigError
 from jclust.methods import swav
@@ -80,7 +81,7 @@ def test_queue_starts_at_its_epoch_and_is_used_once_full():
     n = 64  # 2 steps an epoch at batch 32; queue of 64 from epoch 1 (step 2), full after step 3
     config, method = _method(n=n)
     update = method.phases[0].cluster_update
-    state = train.init_state(method, 0, _images(2))
+    state = jstate.init_state(method, 0, _images(2))
     cluster = state.cluster
     z = [jnp.full((2, 32, 8), float(i + 1)) for i in range(4)]
     counts, fronts = [], []
@@ -98,7 +99,7 @@ def test_queue_starts_at_its_epoch_and_is_used_once_full():
 def test_codes_with_a_full_queue_are_the_batch_rows_of_sinkhorn_over_queue_and_batch():
     n = 64
     config, method = _method(n=n, **{"swav.num_small_crops": 0})
-    state = train.init_state(method, 0, _images(2))
+    state = jstate.init_state(method, 0, _images(2))
     queue = swav.jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 8)), jnp.float32)
     queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
     cluster = state.cluster._replace(queue=queue, queue_count=jnp.array(64, jnp.int32))
@@ -130,9 +131,9 @@ def test_train_step_normalises_and_freezes_prototypes_then_trains_them():
     n = 64
     config, method = _method(n=n, **{"swav.freeze_prototypes_steps": 1})
     x = _images(n, seed=4)
-    state = train.init_state(method, 0, x[:2])
+    state = jstate.init_state(method, 0, x[:2])
     state = state.replace(params={**state.params, "prototypes": state.params["prototypes"] * 3.0})
-    step = jax.jit(train.make_train_step(method, 0))
+    step = jax.jit(jstate.make_train_step(method, 0))
     batch = {"x": jnp.asarray(x[:32]), "index": jnp.arange(32, dtype=jnp.int32)}
     first, metrics = step(state, batch)
     # Step 1: frozen, so the prototypes are exactly the re-normalised ones.
@@ -151,7 +152,7 @@ def test_train_step_normalises_and_freezes_prototypes_then_trains_them():
 def test_prototype_assignment_rule_with_k_equal_to_num_clusters():
     config, method = _method(n=64, **{"swav.prototypes": 10})
     assert method.assignment_rule == swav.PROTOTYPES_RULE and method.training_labels is None
-    state = train.init_state(method, 0, _images(2))
+    state = jstate.init_state(method, 0, _images(2))
     feats = method.embed(state.params, state.model_state, jnp.asarray(_images(20, seed=5)))
     labels, confidence = method.assign(state.params, state.cluster, feats)
     scores = swav.l2_normalize(feats) @ swav.l2_normalize(state.params["prototypes"]).T
@@ -165,7 +166,7 @@ def test_backbone_assignment_rule_is_deepcluster_v1s_on_the_backbone_features():
     from jclust import cluster as jcluster
     config, method = _method(n=64, **{"swav.assignment": "backbone", "swav.eval_pca_dim": 4})
     assert method.assignment_rule == swav.BACKBONE_RULE
-    state = train.init_state(method, 0, _images(2))
+    state = jstate.init_state(method, 0, _images(2))
     feats = np.asarray(method.embed(state.params, state.model_state,
                                     jnp.asarray(_images(64, seed=5))))
     h = np.asarray(models.make_backbone(config.model).apply(
@@ -236,17 +237,20 @@ SHARDED_STEPS = """
 import sys
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jclust import config_lib, methods, train
+from jclust import config_lib, methods
+from jclust import inference
+from jclust import loader
+from jclust import state as jstate
 from tests.test_swav import tiny_config
 assert jax.device_count() == 8
 config = tiny_config(**{"swav.queue_start_epoch": 0, "swav.freeze_prototypes_steps": 1})
-dataset = train.load_dataset(config)
-method = methods.make(config, train.data_spec_of(dataset))
-state = train.init_state(method, 0, dataset.inputs[:32])
+dataset = loader.load_dataset(config)
+method = methods.make(config, loader.data_spec_of(dataset))
+state = jstate.init_state(method, 0, dataset.inputs[:32])
 mesh = Mesh(np.array(jax.devices()), ("data",))
-runner = train.Runner(method, mesh, 128, dataset.num_examples)
-one = jax.jit(train.make_train_step(method, 0))
-eight = runner.train_steps[0]
+runner = inference.Runner(method, mesh, 128, dataset.num_examples)
+one = jax.jit(jstate.make_train_step(method, 0))
+eight = jstate.jit_train_steps(method, mesh, dataset.num_examples)[0]
 a, b = state, runner.place(state)
 saved = {}
 for i in range(1, 4):  # the queue is full from step 2 on: codes over queue + sharded batch

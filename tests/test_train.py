@@ -7,13 +7,19 @@ import signal
 import subprocess
 import threading
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from jclust import checkpointing, config_lib, data, metrics, train
+from jclust import checkpointing, config_lib, data, metrics, monitor, train
+from jclust import inference
+from jclust import loader
+from jclust import schedule as jschedule
+from jclust import state as jstate
+from jclust import workdir as jworkdir
 from tests.conftest import (ROOT, TINY_CLI, assert_eight_devices_match_one, cli_args, final_params,
                             run, tiny_config)
 
@@ -42,11 +48,11 @@ def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
     assert 0.3 < final["acc"] <= 1.0  # 10 digit classes: far above chance (0.1)
     assert any("delta_label" in r for r in records)
     assert [r["step"] for r in records] == sorted(r["step"] for r in records)
-    config, method, state, spec = train.load_run(workdir)
+    config, method, state, spec = inference.load_run(workdir)
     assert int(state.step) == 64 and spec.num_examples == 256
     # The assignment rule used by the evaluation gives the logged ACC again.
-    runner = train.Runner(method, train.make_mesh(), 128, spec.num_examples)
-    dataset = train.load_dataset(config)
+    runner = inference.Runner(method, jstate.make_mesh(), 128, spec.num_examples)
+    dataset = loader.load_dataset(config)
     labels, confidence = runner.assign(state, runner.features(state, dataset.inputs))
     assert np.isclose(metrics.accuracy(dataset.labels, labels), final["acc"])
     assert np.all((confidence > 0) & (confidence <= 1))
@@ -162,6 +168,21 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
     assert eight.cluster.target.shape == (256, 10)
 
 
+def test_each_phase_step_is_traced_once_in_a_whole_run(tmp_path, monkeypatch):
+    """No silent recompiles: across a whole run (pretraining, the k-means that starts the
+    clustering phase, target updates every 10 steps, checkpoints, evaluations) each phase's train
+    step is traced once; a clustering state that changed shape or dtype would retrace it."""
+    make_train_step, made = jstate.make_train_step, []
+
+    def traced_once(method, phase_index):
+        made.append(phase_index)
+        return chex.assert_max_traces(make_train_step(method, phase_index), n=1)
+
+    monkeypatch.setattr(jstate, "make_train_step", traced_once)
+    train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+    assert made == [0, 1]
+
+
 def test_unlabelled_folder_trains_and_skips_label_metrics(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -270,7 +291,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path)
                             "checkpoint_every_steps": 5, "data.limit": 0})
     workdir = str(tmp_path / "run")
     # Example 200 is in batch 200 // 32 = 6 (0-based), i.e. the 7th step.
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 7 .*step 5\) is left intact"):
+    with pytest.raises(monitor.NonFiniteLossError, match=r"at step 7 .*step 5\) is left intact"):
         train.train_and_evaluate(config, workdir)
     _, state = final_params(workdir)
     assert int(state.step) == 5
@@ -309,8 +330,8 @@ def test_out_of_range_method_values_are_config_errors(tmp_path, overrides, match
 
 def test_phase_params_are_exported_and_initialise_another_run(reference_run, tmp_path, capsys):
     ref_dir, _ = reference_run
-    pretrained = train.phase_params_path(ref_dir, "pretrain")
-    assert os.path.exists(train.phase_params_path(ref_dir, "cluster"))
+    pretrained = jworkdir.phase_params_path(ref_dir, "pretrain")
+    assert os.path.exists(jworkdir.phase_params_path(ref_dir, "cluster"))
     # IDEC on DEC's pretrained autoencoder, as IDEC's reference code does with --ae_weights; with
     # a zero learning rate the autoencoder must come out exactly as it was loaded.
     workdir = str(tmp_path / "idec")
@@ -318,9 +339,9 @@ def test_phase_params_are_exported_and_initialise_another_run(reference_run, tmp
         "pretrain.epochs": 0, "dec.learning_rate": 0.0, "dec.max_steps": 10})
     train.train_and_evaluate(config, workdir)
     assert f"parameters initialised from {pretrained}" in capsys.readouterr().out
-    like = train.load_run(workdir)[2].params
-    exported = train.import_params(pretrained, like)
-    _, _, state, _ = train.load_run(workdir)
+    like = inference.load_run(workdir)[2].params
+    exported = jworkdir.import_params(pretrained, like)
+    _, _, state, _ = inference.load_run(workdir)
     for a, b in zip(jax.tree.leaves(exported["autoencoder"]),
                     jax.tree.leaves(state.params["autoencoder"])):
         np.testing.assert_array_equal(a, np.asarray(b))
@@ -332,7 +353,7 @@ def test_phase_params_are_exported_and_initialise_another_run(reference_run, tmp
 ])
 def test_bad_init_params_fail_before_writing(reference_run, tmp_path, overrides, match):
     ref_dir, _ = reference_run
-    overrides = {"init_params": train.phase_params_path(ref_dir, "pretrain"), **overrides}
+    overrides = {"init_params": jworkdir.phase_params_path(ref_dir, "pretrain"), **overrides}
     workdir = str(tmp_path / "run")
     with pytest.raises(config_lib.ConfigError, match=match):
         train.train_and_evaluate(tiny_config(**overrides), workdir)
@@ -340,7 +361,7 @@ def test_bad_init_params_fail_before_writing(reference_run, tmp_path, overrides,
 
 
 def test_method_order_is_used_as_given_then_reshuffled_in_later_epochs():
-    schedule = train.BatchSchedule(num_examples=12, batch_size=4, seed=3, shuffle=True)
+    schedule = jschedule.BatchSchedule(num_examples=12, batch_size=4, seed=3, shuffle=True)
     order = np.array([5, 5, 7, 7, 1, 1, 2, 2, 9, 9, 0, 0])  # a uniform-sampling multiset
     schedule.set_order(order, epoch=2)
     epoch = lambda e: np.concatenate([schedule.indices(e * 3 + b) for b in range(3)])
@@ -348,23 +369,23 @@ def test_method_order_is_used_as_given_then_reshuffled_in_later_epochs():
     later = [epoch(3), epoch(4)]
     for e, got in zip((3, 4), later):
         # Same examples, in that epoch's seeded permutation, and reproducible after a resume.
-        np.testing.assert_array_equal(got, order[train.epoch_order(12, e, 3, True)])
+        np.testing.assert_array_equal(got, order[jschedule.epoch_order(12, e, 3, True)])
         np.testing.assert_array_equal(np.sort(got), np.sort(order))
     assert not np.array_equal(later[0], later[1]) and not np.array_equal(later[0], order)
     schedule.set_order(None)
-    np.testing.assert_array_equal(epoch(5), train.epoch_order(12, 5, 3, True))
+    np.testing.assert_array_equal(epoch(5), jschedule.epoch_order(12, 5, 3, True))
 
 
 def test_order_of_several_epochs_is_read_a_slice_an_epoch_then_reshuffled():
     # 14 examples, batches of 4: an epoch is 3 batches (12 indices; the last 2 are dropped).
-    schedule = train.BatchSchedule(num_examples=14, batch_size=4, seed=3, shuffle=True)
+    schedule = jschedule.BatchSchedule(num_examples=14, batch_size=4, seed=3, shuffle=True)
     order = np.arange(24)[::-1] % 14  # two epochs' worth
     schedule.set_order(order, epoch=1)
     epoch = lambda e: np.concatenate([schedule.indices(e * 3 + b) for b in range(3)])
     np.testing.assert_array_equal(epoch(1), order[:12])
     np.testing.assert_array_equal(epoch(2), order[12:])
     # Past its end the order is read through each epoch's seeded permutation, as a one-epoch one.
-    np.testing.assert_array_equal(epoch(3), order[train.epoch_order(24, 3, 3, True)][:12])
+    np.testing.assert_array_equal(epoch(3), order[jschedule.epoch_order(24, 3, 3, True)][:12])
     with pytest.raises(ValueError, match="shorter than an epoch"):
         schedule.set_order(order[:11])
 
@@ -372,11 +393,11 @@ def test_order_of_several_epochs_is_read_a_slice_an_epoch_then_reshuffled():
 def test_last_recluster_step_finds_the_recluster_a_resume_must_follow():
     from jclust import methods as jmethods
     method = jmethods.make(tiny_config(), jmethods.DataSpec(256, (8, 8, 1), True))
-    bounds = train.phase_bounds(method)
-    due = [s for s in range(bounds[-1][1]) if train.recluster_due(method, bounds, s)[0]]
+    bounds = jschedule.phase_bounds(method)
+    due = [s for s in range(bounds[-1][1]) if jschedule.recluster_due(method, bounds, s)[0]]
     assert len(due) >= 2
     for step in range(bounds[-1][1]):
-        assert train.last_recluster_step(method, bounds, step) == max(
+        assert jschedule.last_recluster_step(method, bounds, step) == max(
             [s for s in due if s <= step], default=0)
 
 

@@ -88,7 +88,7 @@ class Method(NamedTuple):
       example_order: ``(cluster) -> int [M]`` (M >= steps per epoch x batch), or None. When set,
         every epoch visits the examples in this order instead of a seeded permutation (e.g.
         DeepCluster's uniform sampling over pseudo-labels); an order of several epochs' length
-        is read an epoch-long slice at a time (``train.BatchSchedule.set_order``). It must be a
+        is read an epoch-long slice at a time (``schedule.BatchSchedule.set_order``). It must be a
         function of the clustering state (so that a resumed run sees the same order) and may
         change only at recluster steps.
       training_labels: ``(cluster) -> int [N]``, or None: the labels the method trains on when

@@ -1,0 +1,107 @@
+"""The training-time evaluation: the method's assignment rule on a feature pass, and its record.
+
+A record holds ``step``, ``phase``, ACC/NMI/ARI (when the data has labels), the cluster sizes of
+:func:`jclust.metrics.cluster_sizes`, the mean confidence, the NMI with the previous evaluation's
+assignment, the purity and NMI of the method's own pseudo-labels (when it has them) and whatever
+the recluster that preceded it reported. Records go to ``metrics.jsonl``; the assignment to
+``assignments.npz``; pictures to ``pictures/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from jclust import data as jdata
+from jclust import distributed
+from jclust import inference
+from jclust import methods as jmethods
+from jclust import metrics as jmetrics
+from jclust import state as jstate
+from jclust import viz
+from jclust import workdir as jworkdir
+from jclust import writers
+
+
+class ClusterEvaluator:
+    """Evaluates a run's states in order, remembering the previous assignment.
+
+    Args:
+      method: the run's method (its assignment rule and pseudo-labels).
+      runner: the run's compiled passes.
+      dataset: the training data (labels, when present, are used for ACC/NMI/ARI only).
+      workdir: where ``assignments.npz`` and ``pictures/`` go (None: nowhere).
+      writer: the run's metrics writer.
+      num_clusters: K.
+      pictures_every: write pictures every this many evaluations and at the last (0: never).
+      projection, max_points, seed: of the embedding picture.
+      title: of the pictures.
+    """
+
+    def __init__(self, method: jmethods.Method, runner: inference.Runner, dataset: jdata.Dataset,
+                 workdir: str | None, writer: writers.RunWriter, *, num_clusters: int,
+                 pictures_every: int = 0, projection: str = "pca", max_points: int = 5000,
+                 seed: int = 0, title: str = ""):
+        self.method, self.runner, self.dataset = method, runner, dataset
+        self.workdir, self.writer, self.num_clusters = workdir, writer, num_clusters
+        self.pictures_every, self.title = pictures_every, title
+        self.projection, self.max_points, self.seed = projection, max_points, seed
+        self.previous_labels: np.ndarray | None = None
+        self.evals_done = 0
+
+    def __call__(self, state: jstate.TrainState, step: int, features: np.ndarray, *,
+                 phase: str, extra: dict, final: bool) -> dict:
+        """Evaluates ``state`` at ``step`` from its feature pass ``features`` [N, D]; records
+        ``extra`` (the preceding recluster's report) with it; ``final``: the run's last
+        evaluation (pictures are always drawn then). Returns the record."""
+        labels, confidence = self.runner.assign(state, features)
+        record = {"step": step, "phase": phase}
+        true_labels = self.dataset.labels
+        if true_labels is not None:
+            record.update(jmetrics.evaluate(true_labels, labels))
+        if true_labels is not None and self.method.training_labels is not None:
+            pseudo = distributed.fetch(self.method.training_labels(state.cluster))
+            if pseudo.min() >= 0:
+                record["pseudo_purity"] = float(jmetrics.purity(true_labels, pseudo))
+                record["pseudo_nmi"] = float(jmetrics.nmi(true_labels, pseudo))
+        record.update(jmetrics.cluster_sizes(labels, self.num_clusters))
+        record["mean_confidence"] = float(np.mean(confidence))
+        if self.previous_labels is not None:
+            record["nmi_previous"] = float(jmetrics.nmi(self.previous_labels, labels))
+        self.previous_labels = labels
+        record.update(extra)
+        record["time"] = time.time()
+        self.writer.write_eval(record)
+        self.evals_done += 1
+        if self.workdir is not None:
+            jworkdir.save_assignments(self.workdir, step, labels, confidence)
+            if self.pictures_every and (final or self.evals_done % self.pictures_every == 0):
+                self.write_pictures(step, features, labels, confidence)
+        return record
+
+    def write_pictures(self, step: int, features: np.ndarray, labels: np.ndarray,
+                       confidence: np.ndarray) -> None:
+        """Overwrites ``WORKDIR/pictures/*.png``: the assignment's pictures
+        (:func:`jclust.viz.write_pictures`) and ``curves.png`` (losses and metrics so far)."""
+        out = os.path.join(self.workdir, jworkdir.PICTURES)
+        data = self.dataset
+        viz.write_pictures(out, data.inputs if data.is_image else None, labels, confidence,
+                           features, num_clusters=self.num_clusters, class_labels=data.labels,
+                           class_names=data.class_names, title=f"{self.title}, step {step}",
+                           projection=self.projection, max_points=self.max_points, seed=self.seed)
+        viz.training_curves(self.writer.evals, self.writer.train_records,
+                            os.path.join(out, "curves.png"), title=self.title)
+
+
+def eval_line(record: dict, num_clusters: int) -> str:
+    """An evaluation record as one log line."""
+    shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
+    return (f"  eval step {record['step']}: {shown}{', ' if shown else ''}clusters used "
+            f"{record['clusters_used']}/{num_clusters} ({record['empty_clusters']} empty), "
+            f"sizes {record['cluster_size_min']}..{record['cluster_size_max']}, size entropy "
+            f"{record['size_entropy']:.3f}"
+            + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else "")
+            + (f"; pseudo-labels: purity {record['pseudo_purity']:.4f}, NMI {record['pseudo_nmi']:.4f}"
+               if "pseudo_purity" in record else ""))
