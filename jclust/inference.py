@@ -97,8 +97,8 @@ class Runner:
         return np.concatenate(labels), np.concatenate(confidence)
 
 
-
-def load_run(workdir: str):
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, jmethods.Method, jstate.TrainState,
+                                   jmethods.DataSpec]:
     """Restores a trained run for inference.
 
     Returns:
@@ -121,7 +121,8 @@ def load_run(workdir: str):
             f"this version reads; add the key to {workdir}/run.json or train again") from None
     sample = np.zeros((1,) + spec.input_shape, np.uint8 if spec.is_image else np.float32)
     abstract = jax.eval_shape(lambda: jstate.init_state(method, config.seed, sample))
-    shardings = jax.tree.broadcast(jstate.state_sharding(method, jstate.make_mesh(), spec.num_examples), abstract)
+    sharding = jstate.state_sharding(method, jstate.make_mesh(), spec.num_examples)
+    shardings = jax.tree.broadcast(sharding, abstract)
     target = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                    sharding=sharding),
                           abstract, shardings)
