@@ -18,8 +18,9 @@ from tests.test_odc import EVAL_UNDETERMINED, TINY_ODC
 
 # Fewer steps than the other DEC tests: every step of a 2-process run crosses gloo.
 DEC_CLI = {**TINY_CLI, "pretrain.epochs": 1, "dec.max_steps": 20}
-ODC_CLI = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-           for k, v in TINY_ODC.items()}
+ODC_CLI = {**{k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
+              for k, v in TINY_ODC.items()},
+           "optim.epochs": 2}  # 16 steps: the recluster and evaluation at 8 and 16
 
 
 def free_port() -> int:
@@ -103,13 +104,13 @@ def test_odc_two_processes_equal_one_process_and_resume(tmp_path):
     run_on_devices(ODC_CLI, single, "configs/odc.py:digits", count=4, x64=True)
     state_multi, _ = assert_same_run(multi, single, skip=EVAL_UNDETERMINED)
 
-    # Killed right after the step-16 checkpoint: the 2 processes resume from it together and end
+    # Killed right after the step-8 checkpoint: the 2 processes resume from it together and end
     # bit-equal to their uninterrupted run, memories and labels included.
     resumed = str(tmp_path / "resumed")
     shutil.copytree(multi, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "24"))
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "16"))
     outputs = run_processes(ODC_CLI, resumed, "configs/odc.py:digits", x64=True)
-    assert "resumed from checkpoint step 16" in outputs[0]
+    assert "resumed from checkpoint step 8" in outputs[0]
     params_resumed, state_resumed = final_params(resumed, x64=True)
     params_ref, _ = final_params(multi, x64=True)
     for a, b in zip(params_resumed, params_ref):
@@ -117,4 +118,4 @@ def test_odc_two_processes_equal_one_process_and_resume(tmp_path):
     for a, b in zip(state_resumed.cluster, state_multi.cluster):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     steps = [r["step"] for r in writers.read_jsonl(os.path.join(resumed, writers.METRICS))]
-    assert steps == sorted(set(steps))  # records after step 16 were dropped before the rerun
+    assert steps == sorted(set(steps))  # records after step 8 were dropped before the rerun
