@@ -134,7 +134,7 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     method = methods.make(config, methods.DataSpec(n, (32, 32, 3), True))
     state = jstate.init_state(method, 0, x[:2])
     assert "batch_stats" in state.model_state["backbone"]
-    feats = method.embed(state.params, state.model_state, jnp.asarray(x))
+    feats = jax.jit(method.embed)(state.params, state.model_state, jnp.asarray(x))
     if method.recluster is None:  # SwAV: nothing to recluster, only the evaluation to fit
         params = state.params
         cluster = method.fit_evaluation(params, state.cluster, feats, key=jax.random.PRNGKey(3))
@@ -169,16 +169,19 @@ def test_bfloat16_compute_keeps_parameters_and_features_float32(name):
     params_mixed, state_mixed = mixed.init(jax.random.PRNGKey(0), jnp.asarray(x))
     for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((params_mixed, state_mixed))):
         assert b.dtype == jnp.float32 and a.shape == b.shape
-    ref, _ = full.apply(params, state, jnp.asarray(x), False)
-    got, new_state = mixed.apply(params, state, jnp.asarray(x), True)
-    got_eval, _ = mixed.apply(params, state, jnp.asarray(x), False)
+    # Jitted: ResNet-18's ops one by one compile one at a time, slower than the whole.
+    full_apply = jax.jit(full.apply, static_argnums=3)
+    mixed_apply = jax.jit(mixed.apply, static_argnums=3)
+    ref, _ = full_apply(params, state, jnp.asarray(x), False)
+    got, new_state = mixed_apply(params, state, jnp.asarray(x), True)
+    got_eval, _ = mixed_apply(params, state, jnp.asarray(x), False)
     assert got.dtype == jnp.float32 and got_eval.dtype == jnp.float32
     assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(new_state))
     # bf16 keeps 8 significant bits: agreement to a few per cent of the feature scale.
     scale = float(jnp.max(jnp.abs(ref)))
     assert float(jnp.max(jnp.abs(got_eval - ref))) < 0.05 * scale
     assert float(jnp.max(jnp.abs(got_eval - ref))) > 0  # it really computed in bf16
-    grads = jax.grad(lambda p: jnp.sum(mixed.apply(p, state, jnp.asarray(x), True)[0] ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(mixed.apply(p, state, jnp.asarray(x), True)[0] ** 2)))(params)
     assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
                for g in jax.tree.leaves(grads))
 
