@@ -271,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             projection=config.pictures.projection, max_points=config.pictures.max_points,
             seed=config.seed, title=f"{config.method} on {dataset.source}"),
         metrics=monitor.StepMetrics(lambda s: method.phases[jschedule.phase_at(bounds, s)].name,
-                            checkpoints.kept),
+                                    checkpoints.kept),
         checkpoints=checkpoints, writer=writer, say=say)
     _banner(run, state)
     try:

@@ -14,7 +14,7 @@ from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import deepcluster
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
-                            final_params, run, run_on_devices)
+                            final_params, run)
 
 CONFIG = os.path.join(ROOT, "configs", "deepcluster.py:digits")
 TINY = {

@@ -12,8 +12,7 @@ from jclust import config_lib, methods, train
 from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
-from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
-                            final_params, run_on_devices)
+from tests.conftest import ROOT, assert_eight_devices_match_one, assert_resume_matches
 
 CONFIG = os.path.join(ROOT, "configs", "deepclusterv2.py:digits")
 TINY = {

@@ -19,8 +19,7 @@ from jclust import inference
 from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import jule
-from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
-                            final_params, run_on_devices)
+from tests.conftest import ROOT, assert_eight_devices_match_one, assert_resume_matches, final_params
 
 CONFIG = os.path.join(ROOT, "configs", "jule.py:digits")
 TINY = {

@@ -3,7 +3,6 @@ consistency terms by formula, neighbour mining and drawing, one jitted step, res
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from jclust.config_lib import ConfigError
 from jclust.methods import nmm
 from jclust.models import MixtureHead
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
-                            assert_sharded_steps_match, final_params, run_on_devices)
+                            assert_sharded_steps_match, final_params)
 
 CONFIG = os.path.join(ROOT, "configs", "nmm.py:digits")
 TINY = {

@@ -4,7 +4,6 @@ simulated CPU devices."""
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT, TINY_CLI

@@ -12,7 +12,7 @@ from PIL import Image
 
 from jclust import data, predict, train, writers
 from jclust import workdir as jworkdir
-from tests.conftest import ROOT, run, tiny_config
+from tests.conftest import run, tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -2,7 +2,6 @@
 warning, resume and devices."""
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ from jclust.cluster import sinkhorn_knopp
 from jclust.config_lib import ConfigError
 from jclust.methods import swav
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
-                            assert_sharded_steps_match, final_params, run_on_devices)
+                            assert_sharded_steps_match, final_params)
 
 CONFIG = os.path.join(ROOT, "configs", "swav.py:digits")
 TINY = {

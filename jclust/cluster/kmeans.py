@@ -387,7 +387,6 @@ def _fit(x, init, tol, key, split_eps, *, max_iter, spherical, chunk, empty_poli
       KMeansOutput.
     """
     n, d = x.shape
-    k = init.shape[0]
     if spherical:
         x, centroids, shift = _normalize(x), _normalize(init), jnp.zeros((d,), x.dtype)
     else:

@@ -26,7 +26,6 @@ is that cosine similarity.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
