@@ -35,6 +35,7 @@ from jclust import inference
 from jclust import loader
 from jclust import schedule as jschedule
 from jclust import state as jstate
+from jclust.methods import ReclusterContext
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_speed import cpu_model  # noqa: E402
@@ -74,14 +75,14 @@ def time_method(name: str, source: str | None, steps: int, warmup: int, seed: in
         due, first = jschedule.recluster_due(method, bounds, bounds[index][0])
         if due:
             start = time.perf_counter()
-            more = {"inputs": dataset.inputs} if method.recluster_inputs else {}
-            params, cluster, _ = method.recluster(
-                jax.device_get(state.params), jax.device_get(state.cluster), features,
-                phase=index, first=first, key=jax.random.key(seed), **more)
+            context = ReclusterContext(features, jax.random.key(seed), phase=index, first=first,
+                                       inputs=dataset.inputs)
+            params, cluster, _ = method.recluster(*jax.device_get((state.params, state.cluster)),
+                                                  context)
             state = runner.place(state.replace(params=params, cluster=cluster))
             recluster_s = time.perf_counter() - start
-        table = (None if method.neighbours is None
-                 else np.asarray(method.neighbours(jax.device_get(state.cluster))))
+        plan = None if method.sampler is None else method.sampler(jax.device_get(state.cluster))
+        table = None if plan is None or plan.neighbours is None else np.asarray(plan.neighbours)
         step_fn = jstate.jit_train_steps(method, mesh, dataset.num_examples)[index]
 
         def one_step(state, step):

@@ -3,7 +3,7 @@ checked for NaN and infinity, and the durations in its progress lines."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -47,6 +47,20 @@ class StepMetrics:
         if not fetched:
             return {}
         return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in fetched[-1]}
+
+
+# A step metric whose name starts with this is a warning (``methods.Method.warnings``).
+WARNING_PREFIX = "warn_"
+
+
+def new_warnings(means: dict, texts: Mapping[str, str], printed: frozenset[str]
+                 ) -> tuple[list[str], frozenset[str]]:
+    """(the lines to print, the warnings printed so far): one line for each warning metric whose
+    mean is > 0 and that was not printed yet, with the method's text for it."""
+    raised = [name for name in sorted(means)
+              if name.startswith(WARNING_PREFIX) and means[name] > 0 and name not in printed]
+    lines = [texts.get(name, f"{name}={means[name]:.3g}") for name in raised]
+    return lines, printed | frozenset(raised)
 
 
 def format_duration(seconds: float) -> str:

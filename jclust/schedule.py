@@ -131,27 +131,36 @@ def last_recluster_step(method: jmethods.Method, bounds, step: int) -> int:
 
 class Sampler:
     """The examples of every train step: the schedule's batch and, for a method with a
-    neighbour table, one neighbour of each example, following the example order and the table
-    that the method's reclusterings set."""
+    neighbour table, one neighbour of each example, following the method's ``SamplePlan``, which
+    its reclusterings set."""
 
     def __init__(self, method: jmethods.Method, schedule: BatchSchedule, seed: int, cluster):
         self.method, self.schedule, self.seed = method, schedule, seed
-        # Read from the state from the start (all -1 before any mining: each example its own
+        # The neighbour table from the start (all -1 before any mining: each example its own
         # neighbour), so that every batch has the same structure and the step compiles once.
-        self.neighbour_table = (None if method.neighbours is None
-                                else distributed.fetch(method.neighbours(cluster)))
+        plan = self._plan(cluster)
+        self.neighbour_table = (None if plan is None or plan.neighbours is None
+                                else distributed.fetch(plan.neighbours))
+
+    def _plan(self, cluster) -> jmethods.SamplePlan | None:
+        if self.method.sampler is None:
+            return None
+        # Host copies first: a plan may be computed with numpy from per-example leaves (JULE's
+        # grouped batches), which several processes each hold only a part of.
+        return self.method.sampler(distributed.fetch(cluster) if distributed.multiprocess()
+                                   else cluster)
 
     def follow(self, cluster, set_at: int) -> None:
-        """Reads the method's example order and neighbours from ``cluster``, the clustering state
-        the recluster at step ``set_at`` produced."""
-        if self.method.example_order is not None:
-            # Host copies first: an order may be computed with numpy from per-example leaves
-            # (JULE's grouped batches), which several processes each hold only a part of.
-            host = distributed.fetch(cluster) if distributed.multiprocess() else cluster
-            self.schedule.set_order(distributed.fetch(self.method.example_order(host)),
+        """Reads the method's sample plan from ``cluster``, the clustering state the recluster at
+        step ``set_at`` produced."""
+        plan = self._plan(cluster)
+        if plan is None:
+            return
+        if plan.order is not None:
+            self.schedule.set_order(distributed.fetch(plan.order),
                                     epoch=self.schedule.position(set_at)[0])
-        if self.method.neighbours is not None:
-            self.neighbour_table = distributed.fetch(self.method.neighbours(cluster))
+        if plan.neighbours is not None:
+            self.neighbour_table = distributed.fetch(plan.neighbours)
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(example indices [B], one drawn neighbour of each [B] or None) of train step ``step``."""

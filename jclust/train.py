@@ -115,12 +115,11 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
     features = run.runner.features(state, run.dataset.inputs)
     extra = {}
     if due:
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED)
-        more = {"inputs": run.dataset.inputs} if method.recluster_inputs else {}
+        context = jmethods.ReclusterContext(
+            features=features, key=jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED),
+            phase=jschedule.phase_at(bounds, step), first=first, inputs=run.dataset.inputs)
         params, cluster = distributed.host_side((state.params, state.cluster))
-        params, cluster, extra = method.recluster(
-            params, cluster, features, phase=jschedule.phase_at(bounds, step), first=first,
-            key=key, **more)
+        params, cluster, extra = method.recluster(params, cluster, context)
         params, cluster = distributed.agreed((params, cluster))
         state = run.runner.place(state.replace(params=params, cluster=cluster))
         run.sampler.follow(state.cluster, step)
@@ -301,7 +300,7 @@ def _train(run: _Run, state: jstate.TrainState, resumed: bool, initial_params,
     t_log, step_log = time.time(), step
     t_start, step_start = t_log, step
     done = method.done(state.cluster)
-    warned = False  # whether the method's step warning was printed (once a run: it persists)
+    warned = frozenset()  # the warning metrics already printed (once a run: they persist)
     # A stop signal is honoured where a checkpoint of `step` is complete: here (one that arrived
     # during start-up or the initial recluster) and at the end of every iteration.
     stop = preemption.active()
@@ -339,9 +338,8 @@ def _train(run: _Run, state: jstate.TrainState, resumed: bool, initial_params,
                                     "time": now})
             say(monitor.progress_line(phase, step, run.total_steps, means, rate, overall,
                                       config.batch_size))
-            warning = method.step_warning(means) if method.step_warning and means else None
-            if warning and not warned:
-                warned = True
+            warnings, warned = monitor.new_warnings(means, method.warnings, warned)
+            for warning in warnings:
                 say(f"warning at step {step}: {warning}")
             t_log, step_log = now, step
         if step % config.checkpoint_every_steps == 0 or phase_end or done:

@@ -10,6 +10,7 @@ import scipy.ndimage
 
 from jclust import config_lib, methods, models
 from jclust import state as jstate
+from jclust.methods import ReclusterContext
 
 
 def _resnet_config(widths=(8, 8, 16, 16)):
@@ -139,8 +140,8 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
         params = state.params
         cluster = method.fit_evaluation(params, state.cluster, feats, key=jax.random.PRNGKey(3))
     else:
-        params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0,
-                                              first=True, key=jax.random.PRNGKey(3))
+        context = ReclusterContext(feats, jax.random.PRNGKey(3))
+        params, cluster, _ = method.recluster(state.params, state.cluster, context)
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:8]), "index": jnp.arange(8, dtype=jnp.int32)}
@@ -210,8 +211,8 @@ def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
     state = jstate.init_state(method, 0, x[:2])
     assert state.params["head"]["kernel"].shape == (6 * 8 * 8, 8)
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
-    params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
-                                          key=jax.random.PRNGKey(3))
+    context = ReclusterContext(feats, jax.random.PRNGKey(3))
+    params, cluster, _ = method.recluster(state.params, state.cluster, context)
     state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:16]), "index": jnp.arange(16, dtype=jnp.int32)}

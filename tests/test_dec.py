@@ -12,6 +12,7 @@ from jclust import cluster as jcluster
 from jclust import methods, metrics
 from jclust.config_lib import ConfigError
 from jclust.methods import dec
+from jclust.methods import ReclusterContext
 
 
 def test_soft_assignment_hand_computed():
@@ -65,8 +66,8 @@ def test_cluster_loss_matches_formula(tiny, method_name):
     x = np.random.default_rng(1).integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
     features = method.embed(params, model_state, jnp.asarray(x))
-    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=True,
-                                             key=jax.random.PRNGKey(1))
+    context = ReclusterContext(features, jax.random.PRNGKey(1), phase=1, first=True)
+    params, cluster, info = method.recluster(params, cluster, context)
     # Move the centroids away from where P was computed so that KL(P||Q) is far from zero.
     params = {**params, "centroids": params["centroids"] + jax.random.normal(
         jax.random.PRNGKey(5), params["centroids"].shape)}
@@ -102,8 +103,8 @@ def test_recluster_sets_centroids_target_and_stops_on_tolerance(tiny):
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
     assert not method.done(cluster)
     features = method.embed(params, model_state, jnp.asarray(x))
-    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=True,
-                                             key=jax.random.PRNGKey(1))
+    context = ReclusterContext(features, jax.random.PRNGKey(1), phase=1, first=True)
+    params, cluster, info = method.recluster(params, cluster, context)
     q = dec.soft_assignment(features, params["centroids"])
     np.testing.assert_allclose(cluster.target, dec.target_distribution(q), rtol=1e-6)
     np.testing.assert_array_equal(cluster.labels, np.argmax(q, axis=1))
@@ -113,8 +114,8 @@ def test_recluster_sets_centroids_target_and_stops_on_tolerance(tiny):
     config.dec.tol = 0.001
     config.lock()
     method = methods.make(config, methods.DataSpec(6, (8, 8, 1), True))  # closes over the new tol
-    params, cluster, info = method.recluster(params, cluster, features, phase=1, first=False,
-                                             key=jax.random.PRNGKey(1))
+    context = ReclusterContext(features, jax.random.PRNGKey(1), phase=1, first=False)
+    params, cluster, info = method.recluster(params, cluster, context)
     assert info["delta_label"] == 0.0 and method.done(cluster)
 
 
@@ -222,8 +223,8 @@ def test_spectral_recluster_on_fewer_examples_than_graph_neighbours(tiny):
     x = np.random.default_rng(2).integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
     features = method.embed(params, model_state, jnp.asarray(x))
-    params, cluster, _ = method.recluster(params, cluster, features, phase=1, first=True,
-                                          key=jax.random.PRNGKey(1))
+    context = ReclusterContext(features, jax.random.PRNGKey(1), phase=1, first=True)
+    params, cluster, _ = method.recluster(params, cluster, context)
     assert np.all(np.isfinite(np.asarray(params["centroids"])))
     assert sorted(set(np.asarray(cluster.labels).tolist())) == [0, 1, 2]
 

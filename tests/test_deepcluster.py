@@ -13,6 +13,7 @@ from jclust import config_lib, methods, train
 from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import deepcluster
+from jclust.methods import ReclusterContext
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
                             final_params, run)
 
@@ -45,8 +46,8 @@ def test_whitening_matches_sklearn_pca():
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(_images(2)))
     feats = np.random.default_rng(1).normal(size=(60, 32)).astype(np.float32) * np.linspace(
         0.1, 3.0, 32, dtype=np.float32)
-    _, cluster, _ = method.recluster(params, cluster, jnp.asarray(feats), phase=0, first=True,
-                                     key=jax.random.PRNGKey(2))
+    context = ReclusterContext(jnp.asarray(feats), jax.random.PRNGKey(2))
+    _, cluster, _ = method.recluster(params, cluster, context)
     ours = np.asarray(deepcluster.whiten(jnp.asarray(feats), cluster.pca_mean,
                                          cluster.pca_projection))
     ref = sklearn.decomposition.PCA(8, whiten=True, svd_solver="full").fit_transform(feats)
@@ -69,9 +70,8 @@ def test_recluster_labels_reinitialises_head_and_samples_uniformly():
     feats = np.concatenate([c + rng.normal(size=(s, 32)) for c, s in zip(centres, sizes)])
     trained_head = jax.tree.map(lambda a: a + 1.0, params["head"])
     params = {**params, "head": trained_head}
-    new_params, new_cluster, info = method.recluster(
-        params, cluster, jnp.asarray(feats, jnp.float32), phase=0, first=True,
-        key=jax.random.PRNGKey(4))
+    context = ReclusterContext(jnp.asarray(feats, jnp.float32), jax.random.PRNGKey(4))
+    new_params, new_cluster, info = method.recluster(params, cluster, context)
     labels = np.asarray(new_cluster.pseudo_labels)
     assert labels.shape == (n,) and labels.min() >= 0 and labels.max() < 12
     assert info["pseudo_clusters_used"] == len(np.unique(labels))
@@ -135,8 +135,8 @@ def test_collapse_warns_with_the_count():
     # faiss-style splitting cannot separate identical points, so nearly everything collapses.
     feats = np.ones((n, 32), np.float32)
     feats[:, 0] = np.r_[np.zeros(n - 1), 1.0]
-    _, cluster, info = method.recluster(params, cluster, jnp.asarray(feats), phase=0, first=True,
-                                        key=jax.random.PRNGKey(1))
+    context = ReclusterContext(jnp.asarray(feats), jax.random.PRNGKey(1))
+    _, cluster, info = method.recluster(params, cluster, context)
     assert info["pseudo_size_max"] >= n - 1
     assert "warning" in info and "collapse" in info["warning"] and str(info["pseudo_size_max"]) in info["warning"]
 

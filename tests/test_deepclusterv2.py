@@ -12,6 +12,7 @@ from jclust import config_lib, methods, train
 from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
+from jclust.methods import ReclusterContext
 from tests.conftest import ROOT, assert_eight_devices_match_one, assert_resume_matches
 
 CONFIG = os.path.join(ROOT, "configs", "deepclusterv2.py:digits")
@@ -61,7 +62,7 @@ def test_recluster_sets_prototypes_to_spherical_centroids_of_the_memory():
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(_images(2)))
     feats = dcv2.l2_normalize(jax.random.normal(jax.random.PRNGKey(1), (n, 8)))
     key = jax.random.PRNGKey(2)
-    params1, cluster1, info = method.recluster(params, cluster, feats, phase=0, first=True, key=key)
+    params1, cluster1, info = method.recluster(params, cluster, ReclusterContext(feats, key))
     # First time: both memory slots hold the clean features.
     np.testing.assert_array_equal(cluster1.memory, np.stack([feats, feats], axis=1))
     keys = jax.random.split(key, 3)
@@ -75,8 +76,8 @@ def test_recluster_sets_prototypes_to_spherical_centroids_of_the_memory():
     # Later reclusterings read the memory, not the features handed in.
     memory = cluster1.memory.at[:, 1].set(dcv2.l2_normalize(
         jax.random.normal(jax.random.PRNGKey(3), (n, 8))))
-    _, cluster2, info2 = method.recluster(params1, cluster1._replace(memory=memory), feats,
-                                          phase=0, first=False, key=key)
+    context = ReclusterContext(feats, key, first=False)
+    _, cluster2, info2 = method.recluster(params1, cluster1._replace(memory=memory), context)
     np.testing.assert_array_equal(cluster2.memory, memory)
     ref = jcluster.kmeans(memory[:, 1], 12, key=keys[1], init="random", max_iter=10, tol=0.0,
                           spherical=True, empty_policy="keep")
@@ -90,8 +91,8 @@ def test_train_step_writes_both_views_to_the_memory_and_keeps_prototypes_frozen(
     x = _images(n, seed=4)
     state = jstate.init_state(method, 0, x[:2])
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
-    params, cluster, _ = method.recluster(state.params, state.cluster, feats, phase=0, first=True,
-                                          key=jax.random.PRNGKey(5))
+    context = ReclusterContext(feats, jax.random.PRNGKey(5))
+    params, cluster, _ = method.recluster(state.params, state.cluster, context)
     state = state.replace(params=params, cluster=cluster)
     index = np.array([3, 7, 8, 12])
     batch = {"x": jnp.asarray(x[index]), "index": jnp.asarray(index, jnp.int32)}

@@ -19,6 +19,7 @@ from jclust import inference
 from jclust import loader
 from jclust.config_lib import ConfigError
 from jclust.methods import jule
+from jclust.methods import ReclusterContext
 from tests.conftest import ROOT, assert_eight_devices_match_one, assert_resume_matches, final_params
 
 CONFIG = os.path.join(ROOT, "configs", "jule.py:digits")
@@ -146,11 +147,11 @@ def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():
     method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
     feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
     params, _, cluster = method.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.uint8))
-    _, cluster, info = method.recluster(params, cluster, feats, phase=0, first=True,
-                                        key=jax.random.PRNGKey(1))
+    context = ReclusterContext(feats, jax.random.PRNGKey(1))
+    _, cluster, info = method.recluster(params, cluster, context)
     labels = np.asarray(cluster.labels)
     assert info["clusters"] > n // 8  # many small clusters: where random batches hold no pairs
-    order = np.asarray(method.example_order(cluster))
+    order = np.asarray(method.sampler(cluster).order)
     assert order.shape == (2 * n,)  # the period's two epochs
     pairs = lambda idx: sum(np.sum(np.triu(np.equal.outer(labels[b], labels[b]), 1))
                             for b in idx.reshape(-1, batch))
@@ -159,11 +160,11 @@ def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():
         np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
         assert pairs(epoch) > 3 * pairs(random_order)
     assert not np.array_equal(order[:n], order[n:])
-    np.testing.assert_array_equal(method.example_order(cluster), order)  # a function of the state
-    _, later, _ = method.recluster(params, cluster, feats, phase=0, first=False,
-                                   key=jax.random.PRNGKey(1))
-    assert not np.array_equal(method.example_order(later)[:n], order[:n])
-    assert methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True)).example_order is None
+    np.testing.assert_array_equal(method.sampler(cluster).order, order)  # a function of the state
+    context = ReclusterContext(feats, jax.random.PRNGKey(1), first=False)
+    _, later, _ = method.recluster(params, cluster, context)
+    assert not np.array_equal(method.sampler(later).order[:n], order[:n])
+    assert methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True)).sampler is None
     with pytest.raises(ConfigError, match="batch_groups"):
         methods.make(tiny_config(**{"jule.batch_groups": 1}), methods.DataSpec(n, (8, 8, 1), True))
 
@@ -201,8 +202,8 @@ def test_period_eta_sets_the_merges_of_the_first_passes():
     key = jax.random.PRNGKey(1)
     counts = []
     for first in (True, False, False):
-        params, cluster, info = method.recluster(params, cluster, feats, phase=0, first=first,
-                                                 key=key)
+        context = ReclusterContext(feats, key, first=first)
+        params, cluster, info = method.recluster(params, cluster, context)
         counts.append(info["clusters"])
         assert info.get("eta", None) == {0: None, 1: 0.25, 2: 0.6}[len(counts) - 1]
     c0, c1, c2 = counts
@@ -216,13 +217,12 @@ def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs()
     n = 64
     config = tiny_config(**{"jule.initial_space": "pixels"})
     method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
-    assert method.recluster_inputs
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, 256, size=(n, 8, 8, 1)).astype(np.uint8)
     feats = rng.normal(size=(n, 16)).astype(np.float32)
     params, _, cluster = method.init(jax.random.PRNGKey(0), inputs[:1])
-    _, cluster, info = method.recluster(params, cluster, feats, phase=0, first=True,
-                                        key=jax.random.PRNGKey(1), inputs=inputs)
+    context = ReclusterContext(feats, jax.random.PRNGKey(1), first=True, inputs=inputs)
+    _, cluster, info = method.recluster(params, cluster, context)
     # 1-NN of the L2-normalised pixels by scikit-learn, chained into connected components.
     x = inputs.reshape(n, -1).astype(np.float64)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -235,8 +235,9 @@ def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs()
     assert len(set(zip(got.tolist(), expected.tolist()))) == expected.max() + 1
     # The untrained network's embeddings give another partition (not a renumbering of it).
     embedding = methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True))
-    _, other, _ = embedding.recluster(params, cluster._replace(labels=cluster.labels * 0 - 1),
-                                      feats, phase=0, first=True, key=jax.random.PRNGKey(1))
+    unlabelled = cluster._replace(labels=cluster.labels * 0 - 1)
+    _, other, _ = embedding.recluster(params, unlabelled,
+                                      ReclusterContext(feats, jax.random.PRNGKey(1)))
     assert metrics.ari(got, np.asarray(other.labels)) < 1.0
     with pytest.raises(ConfigError, match="initial_space"):
         methods.make(tiny_config(**{"jule.initial_space": "raw"}),

@@ -15,6 +15,7 @@ from jclust import config_lib, methods, train
 from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import odc
+from jclust.methods import ReclusterContext
 from tests.conftest import ROOT, final_params, tiny_config
 
 TINY_ODC = {
@@ -197,8 +198,8 @@ def test_one_jitted_train_step_updates_params_and_memories():
     x = np.random.default_rng(1).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
     state = jstate.init_state(method, 0, x[:8])
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))
-    params, cluster, info = method.recluster(state.params, state.cluster, feats, phase=0,
-                                             first=True, key=jax.random.PRNGKey(2))
+    context = ReclusterContext(feats, jax.random.PRNGKey(2))
+    params, cluster, info = method.recluster(state.params, state.cluster, context)
     assert info["memory_clusters_used"] == 6 and "warning" not in info
     np.testing.assert_allclose(cluster.features, feats, rtol=1e-6)  # embed is already unit
     state = state.replace(params=params, cluster=cluster)
@@ -223,8 +224,7 @@ def test_collapsed_features_warn():
     _, method = small_method()
     params, _, cluster = method.init(jax.random.PRNGKey(0), jnp.zeros((8, 8, 8, 1), jnp.uint8))
     same = np.tile(np.array([[0.0, 1.0] + [0.0] * 30], np.float32), (40, 1))
-    _, _, info = method.recluster(params, cluster, same, phase=0, first=True,
-                                  key=jax.random.PRNGKey(1))
+    _, _, info = method.recluster(params, cluster, ReclusterContext(same, jax.random.PRNGKey(1)))
     assert "collapse" in info["warning"]
 
 

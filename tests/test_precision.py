@@ -58,9 +58,8 @@ for name in ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule
     for phase in range(len(method.phases)):
         if method.recluster is None:
             break
-        more = {"inputs": data.inputs} if method.recluster_inputs else {}
-        params, cluster, _ = method.recluster(state.params, state.cluster, features, phase=phase,
-                                              first=True, key=key, **more)
+        context = methods.ReclusterContext(features, key, phase=phase, inputs=data.inputs)
+        params, cluster, _ = method.recluster(state.params, state.cluster, context)
         assert dtypes((params, cluster)) == dtypes((state.params, state.cluster)), (name, phase)
         state = state.replace(params=params, cluster=cluster)
     if method.fit_evaluation is not None:

@@ -2,7 +2,7 @@
 
 import importlib
 
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import DataSpec, Method, Phase, ReclusterContext, SamplePlan
 
 
 def make(config, data_spec: DataSpec) -> Method:
@@ -16,4 +16,4 @@ def make(config, data_spec: DataSpec) -> Method:
     return module.make(config, data_spec)
 
 
-__all__ = ["DataSpec", "Method", "Phase", "make"]
+__all__ = ["DataSpec", "Method", "Phase", "ReclusterContext", "SamplePlan", "make"]

@@ -261,7 +261,8 @@ def make(config, data_spec: DataSpec) -> Method:
         delta = jnp.mean((labels != old_labels).astype(float_dtype()))
         return target_distribution(q), labels, delta
 
-    def recluster(params, cluster, features, *, phase, first, key):
+    def recluster(params, cluster, context):
+        features, first, key = context.features, context.first, context.key
         info = {}
         if first:
             centroids, km = initial_centroids(features, k, key=key, space=config.kmeans.space,

@@ -38,7 +38,7 @@ from jclust import metrics as jmetrics
 from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("features whitened and L2-normalised by the PCA of the latest evaluation, then "
@@ -170,7 +170,8 @@ def make(config, data_spec: DataSpec) -> Method:
         return cluster._replace(pca_mean=mean, pca_projection=projection,
                                 eval_centroids=evaluation.centroids)
 
-    def recluster(params, cluster, feats, *, phase, first, key):
+    def recluster(params, cluster, context):
+        feats, key = context.features, context.key
         k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(key, 5)
         mean, projection, z = whitening(feats)
         km = jcluster.kmeans(z, k_train, key=k_train_km, init="random", max_iter=dc.kmeans_iters,
@@ -222,7 +223,7 @@ def make(config, data_spec: DataSpec) -> Method:
                     recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  example_order=lambda cluster: cluster.order,
+                  sampler=lambda cluster: SamplePlan(order=cluster.order),
                   training_labels=lambda cluster: cluster.pseudo_labels,
                   fit_evaluation=fit_evaluation,
                   example_axes=DeepClusterState(pseudo_labels=0, class_weights=None, order=None,

@@ -167,7 +167,8 @@ def make(config, data_spec: DataSpec) -> Method:
         sims = l2_normalize(feats) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
-    def recluster(params, cluster, feats, *, phase, first, key):
+    def recluster(params, cluster, context):
+        feats, first, key = context.features, context.first, context.key
         feats = jnp.asarray(feats)
         memory = cluster.memory
         if first and int(jnp.max(cluster.assignments)) < 0:

@@ -64,7 +64,7 @@ from jclust.cluster import graph as jgraph
 from jclust.cluster import linkage
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.jule_loss import triplet_loss
 from jclust.models.neck import l2_normalize
 from jclust.optim import make_schedule
@@ -305,8 +305,8 @@ def make(config, data_spec: DataSpec) -> Method:
                                          num_neighbours=jc.spectral_neighbours)
         return cluster_centroids(feats, labels, target)
 
-    def recluster(params, cluster, feats, *, phase, first, key, inputs=None):
-        del phase
+    def recluster(params, cluster, context):
+        feats, key, inputs = context.features, context.key, context.inputs
         feats = np.asarray(feats)
         current = np.asarray(cluster.labels)
         start = time.perf_counter()
@@ -354,7 +354,7 @@ def make(config, data_spec: DataSpec) -> Method:
                   done=lambda cluster: 0 < int(cluster.num_clusters) <= target,
                   assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
                   fit_evaluation=fit_evaluation,
-                  example_order=grouped_order if jc.batch_groups else None,
-                  recluster_inputs=jc.initial_space == "pixels",
+                  sampler=(lambda cluster: SamplePlan(order=grouped_order(cluster)))
+                  if jc.batch_groups else None,
                   example_axes=JuleState(labels=0, num_clusters=None, period=None,
                                          eval_centroids=None))

@@ -58,7 +58,7 @@ from jclust import models
 from jclust.cluster import graph as jgraph
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.models.neck import MixtureHead, l2_normalize
 from jclust.optim import make_optimizer
 from jclust.precision import float_dtype
@@ -288,8 +288,8 @@ def make(config, data_spec: DataSpec) -> Method:
         labels = jnp.argmax(log_densities, -1).astype(jnp.int32)
         return labels, jnp.take_along_axis(gamma, labels[:, None], axis=1)[:, 0]
 
-    def recluster(params, cluster, feats, *, phase, first, key, inputs=None):
-        del phase, key
+    def recluster(params, cluster, context):
+        feats, first, inputs = context.features, context.first, context.inputs
         if nm.neighbour_space == "pixels":
             if not first:
                 return params, cluster, {}
@@ -315,5 +315,5 @@ def make(config, data_spec: DataSpec) -> Method:
                   assignment_rule=ASSIGNMENT_RULE,
                   example_axes=NMMState(log_weights=None, head_losses=None, neighbours=0,
                                         iteration=None),
-                  neighbours=(lambda cluster: cluster.neighbours) if use_neighbours else None,
-                  recluster_inputs=use_neighbours and nm.neighbour_space == "pixels")
+                  sampler=(lambda cluster: SamplePlan(neighbours=cluster.neighbours))
+                  if use_neighbours else None)

@@ -394,7 +394,8 @@ def make(config, data_spec: DataSpec) -> Method:
                                    eval_centroids=evaluation.centroids)
         return cluster, evaluation.labels
 
-    def recluster(params, cluster, feats, *, phase, first, key):
+    def recluster(params, cluster, context):
+        feats, first, key = context.features, context.first, context.key
         k_init, k_eval_km, k_head = jax.random.split(key, 3)
         z = normalize_rows(jnp.asarray(feats, float_dtype()))
         info = {}

@@ -20,8 +20,8 @@ Diagnostics every step: the loss over ln K (1 = uniform predictions: the collaps
 describes), the codes' mean row entropy, the number of prototypes that win at least one example of
 the batch (codes' argmax), and the features' std over the batch (0 when z collapses to a point).
 When the loss sits at >= 0.99 ln K or fewer than ``collapse_prototype_fraction`` of the
-prototypes are in use for ``collapse_patience_steps`` consecutive steps, one warning names the
-remedies that exist as config keys.
+prototypes are in use for ``collapse_patience_steps`` consecutive steps, the step metric
+``warn_collapse`` is 1 and the trainer prints, once, the remedies that exist as config keys.
 
 Assignment rule (``swav.assignment``): "prototypes" (the default when K = num_clusters): the
 prototype of largest cosine with z, confidence = its softmax probability at the temperature;
@@ -114,6 +114,14 @@ def push_queue(queue: jax.Array, z: jax.Array) -> jax.Array:
     """FIFO push: the batch's rows at the front, the oldest rows dropped. [L, F], [B, F] -> [L, F]."""
     length = queue.shape[0]
     return jnp.concatenate([z, queue], axis=0)[:length]
+
+
+def collapse_warning(patience: int) -> str:
+    return (f"SwAV looks collapsed for {patience}+ steps (loss/ln K >= 0.99 or too few "
+            "prototypes in use: see loss_over_log_k, prototypes_used and feature_std above). "
+            "Remedies (config keys): a smaller swav.epsilon (e.g. 0.03), a longer "
+            "swav.freeze_prototypes_steps, swav.hard_codes=True, a later swav.queue_start_epoch or "
+            "shorter swav.queue_length, another swav.temperature, a lower optim.learning_rate")
 
 
 def make(config, data_spec: DataSpec) -> Method:
@@ -273,18 +281,9 @@ def make(config, data_spec: DataSpec) -> Method:
         collapse_steps = jnp.where(outputs["collapsed"], cluster.collapse_steps + 1, 0)
         cluster = cluster._replace(queue=queue, queue_count=count,
                                    iteration=cluster.iteration + 1, collapse_steps=collapse_steps)
-        return cluster, {"collapse_steps": collapse_steps.astype(float_dtype())}
-
-    def step_warning(means):
-        if means.get("collapse_steps", 0.0) < sw.collapse_patience_steps:
-            return None
-        return (f"SwAV looks collapsed for {sw.collapse_patience_steps}+ steps: loss/ln K = "
-                f"{means.get('loss_over_log_k', float('nan')):.3f}, "
-                f"{means.get('prototypes_used', float('nan')):.0f} of {k} prototypes in use, "
-                f"feature std {means.get('feature_std', float('nan')):.4f}. Remedies (config "
-                "keys): a smaller swav.epsilon (e.g. 0.03), a longer swav.freeze_prototypes_steps, "
-                "swav.hard_codes=True, a later swav.queue_start_epoch or shorter swav.queue_length, "
-                "another swav.temperature, a lower optim.learning_rate")
+        return cluster, {"collapse_steps": collapse_steps.astype(float_dtype()),
+                         "warn_collapse": (collapse_steps >= sw.collapse_patience_steps
+                                           ).astype(float_dtype())}
 
     def embed(params, model_state, x):
         if assignment != "backbone":
@@ -342,7 +341,8 @@ def make(config, data_spec: DataSpec) -> Method:
                   assignment_rule={"prototypes": PROTOTYPES_RULE, "kmeans": KMEANS_RULE,
                                    "backbone": BACKBONE_RULE}[assignment],
                   training_labels=(lambda cluster: cluster.prototype_labels) if k != k_eval else None,
-                  fit_evaluation=fit_evaluation, step_warning=step_warning,
+                  fit_evaluation=fit_evaluation,
+                  warnings={"warn_collapse": collapse_warning(sw.collapse_patience_steps)},
                   example_axes=SwAVState(queue=None, queue_count=None, iteration=None,
                                          collapse_steps=None, eval_mean=None,
                                          eval_projection=None, eval_centroids=None,
