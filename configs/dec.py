@@ -71,8 +71,7 @@ def get_config(arg: str = ""):
     config.method = "dec"
     dec_sections(config)
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
+        config_lib.use_digits(config)
         config.pretrain.epochs = 300
         config.dec.update_interval = 30
         config.dec.max_steps = 3000

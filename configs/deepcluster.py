@@ -43,8 +43,8 @@ def get_config(arg: str = ""):
     config.deepcluster.sobel = False  # grayscale + Sobel gradients before the network (colour data)
 
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
+
+        config_lib.use_digits(config)
         config.deepcluster.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)
         config.model.pool_first = False

@@ -43,8 +43,8 @@ def get_config(arg: str = ""):
     config.deepclusterv2.eval_n_init = 10
 
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
+
+        config_lib.use_digits(config)
         config.deepclusterv2.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)
         config.model.pool_first = False

@@ -76,9 +76,7 @@ def get_config(arg: str = ""):
         config.model = config_lib.small_cnn_model(pool_first=True)
         config.jule.evaluation = "final_pass"
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
-        config.model.widths = (32, 64)
+        config_lib.use_digits(config)
         config.model.pool_first = False
         config.optim.max_epochs = 40
         config.jule.epochs_per_period = 5

@@ -68,16 +68,14 @@ def get_config(arg: str = ""):
     config.nmm.crop_scale = (0.4, 1.0)
     config.nmm.flip = True
     config.nmm.max_degrees = 0.0
-    config.eval_every_steps = 1092  # every 4 epochs
+    config.eval_every_epochs = 4.0
 
     if "em" in args:  # EM alone: no consistency fusion (its entropy term included)
         config.nmm.augment_weight = 0.0
         config.nmm.neighbour_weight = 0.0
         config.nmm.entropy_weight = 0.0
     if "digits" in args:
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
-        config.model.widths = (32, 64)
+        config_lib.use_digits(config)
         config.model.pool_first = False
         config.batch_size = 64
         config.optim.epochs = 30
@@ -86,7 +84,7 @@ def get_config(arg: str = ""):
         config.nmm.neighbour_pca_dim = 0
         if "em" not in args:
             config.nmm.entropy_weight = 1.0  # the value of the digits sweep (nmm.sigmoid_scale)
-        config.eval_every_steps = 140
+        config.eval_every_epochs = 5.0
         config.log_every_steps = 100
         config.pictures.every_evals = 5
     return config_lib.finalize(config)

@@ -62,9 +62,8 @@ def get_config(arg: str = ""):
     config.odc.rotation_degrees = 0.0  # reference ±2°: under half a pixel at 28x28
 
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
-        config.model.widths = (32, 64)
+
+        config_lib.use_digits(config)
         # 30 epochs (22 s of training) ended with the loss and ACC still improving.
         config.optim.epochs = 100
         config.batch_size = 64

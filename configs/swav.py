@@ -49,7 +49,10 @@ def get_config(arg: str = ""):
     # Same codes as the reference's multiplicative updates, but finite for any epsilon.
     config.swav.sinkhorn_log_domain = True
     config.swav.hard_codes = False
-    config.swav.freeze_prototypes_steps = 273  # one epoch, as the reference's 4096-batch runs
+    # No prototype update for this long (steps or epochs: config_lib.steps), as the reference's
+    # 4096-batch runs.
+    config.swav.freeze_prototypes_steps = -1
+    config.swav.freeze_prototypes_epochs = 1.0
     # Batch 256 against 100 prototypes needs no queue (the reference uses one when the batch is
     # much smaller than K); 0 turns it off.
     config.swav.queue_length = 0
@@ -70,12 +73,11 @@ def get_config(arg: str = ""):
     config.swav.eval_n_init = 10
     config.swav.collapse_prototype_fraction = 0.1
     config.swav.collapse_patience_steps = 200
-    config.eval_every_steps = 546  # every 2 epochs (each costs a feature pass, ~30 s)
+    config.eval_every_epochs = 2.0  # each costs a feature pass, ~30 s
 
     if arg == "digits":
-        config.data.source = "digits"
-        config.data.image_shape = (8, 8, 1)
-        config.model.widths = (32, 64)
+
+        config_lib.use_digits(config)
         config.model.pool_first = False
         config.batch_size = 64
         config.optim.epochs = 20
@@ -89,11 +91,10 @@ def get_config(arg: str = ""):
         config.swav.large_crop_scale = (0.5, 1.0)
         config.swav.small_crop_scale = (0.3, 0.7)
         config.swav.flip = False  # a mirrored digit is not the same digit
-        config.swav.freeze_prototypes_steps = 28
         config.swav.queue_length = 256  # batch 64 against 30 prototypes: the queue helps here
         config.swav.queue_start_epoch = 5
         config.swav.collapse_patience_steps = 100
-        config.eval_every_steps = 140
+        config.eval_every_epochs = 5.0
         config.log_every_steps = 100
         config.pictures.every_evals = 5
     elif arg == "cifar10":
@@ -105,13 +106,13 @@ def get_config(arg: str = ""):
         config.swav.projection_hidden = 2048
         config.swav.queue_length = 3840
         config.swav.queue_start_epoch = 50
-        config.swav.freeze_prototypes_steps = 2 * 234  # two epochs, as solo-learn
+        config.swav.freeze_prototypes_epochs = 2.0  # as solo-learn
         config.swav.num_small_crops = 6
         config.swav.small_crop_size = (18, 18)  # solo-learn's CIFAR multi-crop: 2x32 + 6x18
         config.swav.large_crop_scale = (0.2, 1.0)
         config.swav.eval_pca_dim = 128  # as DeepCluster's CIFAR-10 rule
         config.swav.small_crop_scale = (0.08, 0.5)
-        config.eval_every_steps = 10 * 234
+        config.eval_every_epochs = 10.0
     elif arg:
         raise config_lib.ConfigError(f"unknown config argument {arg!r}; use '', 'digits' or 'cifar10'")
     return config_lib.finalize(config)

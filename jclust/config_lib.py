@@ -58,7 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 2048
 
     c.log_every_steps = 200
-    c.eval_every_steps = 0  # 0: evaluate at phase ends, at every recluster and at the end
+    # Also evaluate every this many steps, or epochs (-1: not set; see steps(); neither: only at
+    # phase ends, at every recluster and at the end).
+    c.eval_every_steps = -1
+    c.eval_every_epochs = -1.0
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
     c.tensorboard = True  # also write WORKDIR/tensorboard/ events (tensorboardX, no TensorFlow)
@@ -79,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
 # init_params, which a resume ignores. Any other key (model, data, seed, batch size, optimiser,
 # schedule, clustering...) makes a different run, which needs a new workdir.
 RESUMABLE_KEYS = frozenset({
-    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "log_every_steps", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+    "keep_checkpoints",
     "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
     "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
     "jule.evaluation", "jule.spectral_neighbours", "deepcluster.eval_n_init",
@@ -109,6 +113,31 @@ def resumable_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
     else:
         length = None
     return RESUMABLE_KEYS | ({length} if length else set())
+
+
+def steps(config: ml_collections.ConfigDict, name: str, steps_per_epoch: int,
+          default: int | None = None) -> int:
+    """The number of steps that ``config.<name>_steps`` or ``config.<name>_epochs`` sets (``name``
+    dotted, e.g. ``"swav.freeze_prototypes"``), as big_vision's ``utils.steps``: a config gives a
+    duration in whichever unit it means, and a change of batch size or data keeps an epoch an
+    epoch. A key that is absent or negative is not set; ``_steps``, when set, wins (so that
+    ``--config.<name>_steps=N`` overrides a config file's epochs); epochs may be fractional
+    (their steps round down).
+
+    Raises:
+      ConfigError when neither is set and there is no ``default``.
+    """
+    *sections, leaf = name.split(".")
+    node = config
+    for part in sections:
+        node = node[part]
+    for unit, per_unit in (("steps", 1), ("epochs", steps_per_epoch)):
+        value = node.get(f"{leaf}_{unit}", -1)
+        if value >= 0:
+            return int(value * per_unit)
+    if default is None:
+        raise ConfigError(f"set config.{name}_steps or config.{name}_epochs (>= 0)")
+    return default
 
 
 def check_output_dir(path: str, what: str) -> None:
@@ -187,6 +216,15 @@ def jule_cnn_model() -> ml_collections.ConfigDict:
     model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
     model.compute_dtype = "float32"
     return model
+
+
+def use_digits(config: ml_collections.ConfigDict) -> None:
+    """Switches a config to scikit-learn's 8x8 digits (the ``:digits`` variants: 1,797 images
+    shipped with scikit-learn, a run in a minute), with a small CNN's widths for 8x8 inputs."""
+    config.data.source = "digits"
+    config.data.image_shape = (8, 8, 1)
+    if "widths" in config.get("model", {}):
+        config.model.widths = (32, 64)
 
 
 def use_cifar10(config: ml_collections.ConfigDict) -> None:
@@ -409,8 +447,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in positive:
         if config[key] <= 0:
             raise ConfigError(f"config.{key} must be positive, got {config[key]}")
-    if config.eval_every_steps < 0:
-        raise ConfigError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
     if config.data.limit < 0:
         raise ConfigError(f"config.data.limit must be >= 0, got {config.data.limit}")
     if config.pictures.every_evals < 0 or config.pictures.max_points < 2:

@@ -98,6 +98,11 @@ class _Run(NamedTuple):
     def phase_name(self, step: int) -> str:
         return self.method.phases[jschedule.phase_at(self.bounds, step)].name
 
+    @property
+    def eval_every(self) -> int:
+        """Steps between periodic evaluations (0: none)."""
+        return config_lib.steps(self.config, "eval_every", self.batches.steps_per_epoch, default=0)
+
 
 def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, force_eval: bool,
                            allow_recluster: bool = True) -> tuple[jstate.TrainState, dict | None]:
@@ -107,7 +112,7 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
                   else (False, False))
     # An evaluation needs a usable assignment rule: not in phases without one (pretraining).
     can_eval = method.phases[jschedule.phase_at(bounds, step)].evaluate or step >= run.total_steps
-    eval_every = run.config.eval_every_steps
+    eval_every = run.eval_every
     eval_due = can_eval and (force_eval or due or (eval_every and step % eval_every == 0))
     if not (due or eval_due):
         return state, None

@@ -229,7 +229,7 @@ def test_collapse_warning_is_printed_once_with_the_remedies(tmp_path, capsys):
     train.train_and_evaluate(config, str(tmp_path / "run"))
     out = capsys.readouterr().out
     assert out.count("SwAV looks collapsed") == 1
-    assert "swav.epsilon" in out and "swav.freeze_prototypes_steps" in out
+    assert "swav.epsilon" in out and "swav.freeze_prototypes_epochs" in out
 
 
 SHARDED_STEPS = """

@@ -12,7 +12,8 @@ Every step, for a batch of images:
      queue is full (only the batch's rows are kept); ``hard_codes`` rounds them to one-hot;
   3. loss = mean over s of the mean over every other crop v of the cross-entropy between q_s and
      softmax(scores of crop v / temperature) (the swapped prediction);
-  4. the prototypes get no update during the first ``freeze_prototypes_steps`` steps;
+  4. the prototypes get no update during the first ``freeze_prototypes_steps`` (or ``_epochs``)
+     steps;
   5. after the optimiser step, the queue (if any, from ``queue_start_epoch``) takes the batch's z of
      the assignment crops at its front and drops as many of its oldest rows (``cluster_update``).
 
@@ -44,6 +45,7 @@ import optax
 
 from jclust import cluster as jcluster
 from jclust import models
+from jclust import config_lib
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
@@ -120,7 +122,7 @@ def collapse_warning(patience: int) -> str:
     return (f"SwAV looks collapsed for {patience}+ steps (loss/ln K >= 0.99 or too few "
             "prototypes in use: see loss_over_log_k, prototypes_used and feature_std above). "
             "Remedies (config keys): a smaller swav.epsilon (e.g. 0.03), a longer "
-            "swav.freeze_prototypes_steps, swav.hard_codes=True, a later swav.queue_start_epoch or "
+            "swav.freeze_prototypes_epochs, swav.hard_codes=True, a later swav.queue_start_epoch or "
             "shorter swav.queue_length, another swav.temperature, a lower optim.learning_rate")
 
 
@@ -147,7 +149,6 @@ def make(config, data_spec: DataSpec) -> Method:
                          "swav.num_small_crops": num_small >= 0,
                          "swav.queue_length": sw.queue_length >= 0,
                          "swav.queue_start_epoch": sw.queue_start_epoch >= 0,
-                         "swav.freeze_prototypes_steps": sw.freeze_prototypes_steps >= 0,
                          "swav.collapse_prototype_fraction": 0 <= sw.collapse_prototype_fraction <= 1,
                          "swav.collapse_patience_steps": sw.collapse_patience_steps >= 1,
                          "swav.eval_pca_dim": sw.eval_pca_dim >= 1,
@@ -178,6 +179,7 @@ def make(config, data_spec: DataSpec) -> Method:
     height, width = data_spec.input_shape[:2]
     large_size = (height, width)
     small_size = tuple(int(s) for s in sw.small_crop_size)
+    freeze_steps = config_lib.steps(config, "swav.freeze_prototypes", steps_per_epoch)
     queue_start_step = int(sw.queue_start_epoch) * steps_per_epoch
     min_prototypes = sw.collapse_prototype_fraction * min(k, config.batch_size)
     log_k = math.log(k)
@@ -328,7 +330,7 @@ def make(config, data_spec: DataSpec) -> Method:
     trainable = sgd()
     # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
     # where their gradients are set to None.
-    prototypes_tx = optax.conditionally_mask(sgd(), lambda count: count >= sw.freeze_prototypes_steps)
+    prototypes_tx = optax.conditionally_mask(sgd(), lambda count: count >= freeze_steps)
     tx = optax.multi_transform(
         {"train": trainable, "prototypes": prototypes_tx},
         lambda params: {part: jax.tree.map(lambda _: "prototypes" if part == "prototypes" else "train",
