@@ -26,6 +26,11 @@ from contextlib import redirect_stdout
 import jax
 import numpy as np
 
+# Fingerprint the jclust of the tree this file is in, not whichever one the interpreter has
+# installed (a venv shared by two git worktrees imports the other tree's code).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
 METHODS = ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm")
 
 
