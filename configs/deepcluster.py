@@ -43,7 +43,6 @@ def get_config(arg: str = ""):
     config.deepcluster.sobel = False  # grayscale + Sobel gradients before the network (colour data)
 
     if arg == "digits":
-
         config_lib.use_digits(config)
         config.deepcluster.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)

@@ -43,7 +43,6 @@ def get_config(arg: str = ""):
     config.deepclusterv2.eval_n_init = 10
 
     if arg == "digits":
-
         config_lib.use_digits(config)
         config.deepclusterv2.flip = False  # a mirrored digit is not the same digit
         config.model.widths = (32, 64)

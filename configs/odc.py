@@ -62,7 +62,6 @@ def get_config(arg: str = ""):
     config.odc.rotation_degrees = 0.0  # reference ±2°: under half a pixel at 28x28
 
     if arg == "digits":
-
         config_lib.use_digits(config)
         # 30 epochs (22 s of training) ended with the loss and ACC still improving.
         config.optim.epochs = 100

@@ -76,7 +76,6 @@ def get_config(arg: str = ""):
     config.eval_every_epochs = 2.0  # each costs a feature pass, ~30 s
 
     if arg == "digits":
-
         config_lib.use_digits(config)
         config.model.pool_first = False
         config.batch_size = 64

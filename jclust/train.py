@@ -82,6 +82,7 @@ class _Run(NamedTuple):
     method: jmethods.Method
     bounds: list[tuple[int, int]]
     batches: jschedule.BatchSchedule
+    eval_every: int  # steps between periodic evaluations (0: none)
     sampler: jschedule.Sampler
     runner: inference.Runner
     train_steps: list[jstate.TrainStep]
@@ -98,11 +99,6 @@ class _Run(NamedTuple):
     def phase_name(self, step: int) -> str:
         return self.method.phases[jschedule.phase_at(self.bounds, step)].name
 
-    @property
-    def eval_every(self) -> int:
-        """Steps between periodic evaluations (0: none)."""
-        return config_lib.steps(self.config, "eval_every", self.batches.steps_per_epoch, default=0)
-
 
 def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, force_eval: bool,
                            allow_recluster: bool = True) -> tuple[jstate.TrainState, dict | None]:
@@ -112,8 +108,8 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
                   else (False, False))
     # An evaluation needs a usable assignment rule: not in phases without one (pretraining).
     can_eval = method.phases[jschedule.phase_at(bounds, step)].evaluate or step >= run.total_steps
-    eval_every = run.eval_every
-    eval_due = can_eval and (force_eval or due or (eval_every and step % eval_every == 0))
+    eval_due = can_eval and (force_eval or due
+                             or (run.eval_every and step % run.eval_every == 0))
     if not (due or eval_due):
         return state, None
     run.metrics.flush()  # never cluster or evaluate parameters that already went NaN
@@ -267,7 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
                                       config.data.shuffle)
     run = _Run(
         config=config, workdir=workdir, dataset=dataset, method=method, bounds=bounds,
-        batches=batches, sampler=jschedule.Sampler(method, batches, config.seed, state.cluster),
+        batches=batches,
+        eval_every=config_lib.steps(config, "eval_every", batches.steps_per_epoch, default=0),
+        sampler=jschedule.Sampler(method, batches, config.seed, state.cluster),
         runner=runner, train_steps=jstate.jit_train_steps(method, runner.mesh, dataset.num_examples),
         evaluate=evaluators.ClusterEvaluator(
             method, runner, dataset, workdir if primary else None, writer,

@@ -175,7 +175,7 @@ class Method(NamedTuple):
       fit_evaluation: see :class:`FitEvaluation`, or None: refits what ``assign`` reads (e.g.
         evaluation centroids fitted by k-means on the features) on the current features. The
         trainer calls it before every evaluation that does not come with a recluster at the same
-        step (the final one, ``eval_every_steps``), so that no evaluation applies centroids
+        step (the final one, ``eval_every_*``), so that no evaluation applies centroids
         fitted on features that have changed since.
       warnings: for each warning metric (a step metric named ``warn_<what>``), the text the
         trainer prints the first time the metric's mean over a log interval is > 0 (once a run):

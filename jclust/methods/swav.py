@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import optax
 
 from jclust import cluster as jcluster
-from jclust import models
 from jclust import config_lib
+from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
