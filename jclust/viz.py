@@ -16,16 +16,17 @@ import math
 import os
 from typing import Any, Sequence
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PatchCollection
-from matplotlib.colors import hsv_to_rgb
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported inside the functions that draw: importing it costs ~0.6 s, which every
+# training process would otherwise pay at start-up whether or not it draws a picture.
 
 _DPI = 100
 # Keys of a training log line that are bookkeeping, not losses.
@@ -131,6 +132,8 @@ def matched_order(true_labels, pred_labels, num_clusters: int, num_classes: int)
 
 def _cluster_colors(num_clusters: int) -> np.ndarray:
     """RGBA [K, 4], distinct colours: tab10 up to 10 clusters, tab20 up to 20, else spread hues."""
+    import matplotlib
+    from matplotlib.colors import hsv_to_rgb
     if num_clusters <= 10:
         return matplotlib.colormaps["tab10"](np.arange(num_clusters))
     if num_clusters <= 20:
@@ -255,6 +258,7 @@ def _is_number(value: Any) -> bool:
 
 def _save(fig: Figure, path: str, dpi: int = _DPI) -> None:
     """Writes ``fig`` as a PNG at ``path`` atomically, creating the parent folders."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -327,6 +331,9 @@ def cluster_grid(images, labels, confidence, path, *, num_clusters: int, per_clu
     Returns:
       The K index arrays shown (``top_per_cluster``'s result).
     """
+    from matplotlib.collections import PatchCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
     images = _as_images(images)
     labels = _check_ids(labels, num_clusters, "labels")
     if images.shape[0] != labels.size:
@@ -428,6 +435,9 @@ def confusion_matrix(true_labels, pred_labels, path, *, num_clusters: int,
       int64 [C, K] contingency matrix in the original cluster order: entry [i, j] counts the
       examples of class i in cluster j.
     """
+    from matplotlib.collections import PatchCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
     true_labels = np.asarray(true_labels)
     if num_classes is None:
         num_classes = (len(class_names) if class_names is not None
@@ -508,6 +518,7 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
       (coords, indices): float64 [M, 2] plotted coordinates, int64 [M] their rows in
       ``embeddings`` (ascending), M = min(N, max_points).
     """
+    from matplotlib import figure, patheffects
     if method not in ("pca", "tsne"):
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}.")
     x = np.asarray(embeddings)  # cast after subsampling: a float64 copy of all N can be large
@@ -536,7 +547,7 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
                 coords, axis_name = _tsne_2d(sub, seed), "t-SNE"
 
     colors = _cluster_colors(num_clusters)
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    fig = figure.Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
     marker = float(np.clip(25000.0 / m, 4.0, 30.0))
     # Shuffle the drawing order so no cluster is systematically painted over the others.
@@ -581,6 +592,7 @@ def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict],
     Panels without data are left out (e.g. ACC/NMI/ARI on unlabelled data); with no data at all
     the figure says "no data yet". Dotted vertical lines mark phase changes.
     """
+    from matplotlib.figure import Figure
     eval_records = list(eval_records or [])
     train_records = list(train_records or [])
     # "loss" (the total) first, then the parts alphabetically.

@@ -2,6 +2,7 @@
 
 import gzip
 import pathlib
+import subprocess
 import sys
 import warnings
 
@@ -231,6 +232,14 @@ def test_digits():
     np.testing.assert_array_equal(ds.inputs[raw == 16], 255)
     np.testing.assert_array_equal(ds.inputs[raw == 8], 128)
     np.testing.assert_array_equal(ds.labels, load_digits().target)
+    # Read from scikit-learn's CSV without importing scikit-learn; the same table as its loader.
+    pixels, target = sources._digits_table()
+    np.testing.assert_array_equal(pixels, load_digits().data)
+    np.testing.assert_array_equal(target, load_digits().target)
+    code = ("import sys; from jclust import data; data.load('digits', image_shape=(8, 8, 1)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
     assert ds.labels.dtype == np.int32 and ds.class_names == tuple("0123456789")
     mismatch = r"images of shape \(8, 8, 1\) do not match the expected shape \(28, 28, 1\)"
     with pytest.raises(DataError, match=mismatch):

@@ -1,7 +1,10 @@
-"""Multi-host JAX with real processes: `python -m jclust.main` as 2 cooperating processes on
-localhost (JAX's distributed runtime, CPU collectives over gloo, 2 simulated devices each) ends
-where a 1-process run on the same 4-device mesh ends, and a 2-process run killed after a
-checkpoint resumes bit-exactly, with its sharded clustering state."""
+"""Device-count and process-count equivalence of whole runs, in float64 (conftest.X64_TOLERANCE):
+`python -m jclust.main` on 8 simulated devices, and as 2 cooperating processes on localhost (JAX's
+distributed runtime, CPU collectives over gloo, 2 simulated devices each), ends where the run on
+1 device ends; a 2-process run killed after a checkpoint resumes bit-exactly, with its sharded
+clustering state. DEC and ODC (its memories and splits see the whole sharded batch); each
+method's own file holds its 8-device test (conftest.assert_eight_devices_match_one). The runs of
+one method share their 1-device reference, so they are one test."""
 
 import os
 import shutil
@@ -56,24 +59,26 @@ def run_processes(overrides, workdir, config_file, num_processes=2, devices_each
     return [out for _, out, _ in outputs]
 
 
-def assert_same_run(multi_dir, single_dir, skip=()):
-    """Two float64 runs (several processes, one process) with the same evaluations and
-    assignments, and the same state within X64_TOLERANCE (they sum over the 4 devices in
-    different orders; float32 would hold them to nothing a CPU-independent tolerance can say)."""
-    evals_multi = writers.read_jsonl(os.path.join(multi_dir, writers.METRICS))
-    evals_single = writers.read_jsonl(os.path.join(single_dir, writers.METRICS))
-    assert [r["step"] for r in evals_multi] == [r["step"] for r in evals_single]
-    for a, b in zip(evals_multi, evals_single):
-        for key in ("acc", "nmi", "ari", "clusters_used"):
-            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (key, a["step"])
-    labels_multi = np.load(os.path.join(multi_dir, "assignments.npz"))["labels"]
-    labels_single = np.load(os.path.join(single_dir, "assignments.npz"))["labels"]
-    np.testing.assert_array_equal(labels_multi, labels_single)
-    _, state_multi = final_params(multi_dir, x64=True)
-    _, state_single = final_params(single_dir, x64=True)
-    assert int(state_multi.step) == int(state_single.step) > 0
-    assert_same_state(state_multi, state_single, skip=skip)
-    return state_multi, state_single
+def assert_same_run(ours_dir, ref_dir, skip=()):
+    """Two float64 runs (on several devices or processes, and on 1 device) with the same
+    evaluations and assignments, and the same state within X64_TOLERANCE (they sum over the
+    devices in different orders; float32 would hold them to nothing a CPU-independent tolerance
+    can say). Returns both final states."""
+    evals_ours = writers.read_jsonl(os.path.join(ours_dir, writers.METRICS))
+    evals_ref = writers.read_jsonl(os.path.join(ref_dir, writers.METRICS))
+    assert [r["step"] for r in evals_ours] == [r["step"] for r in evals_ref]
+    for a, b in zip(evals_ours, evals_ref):
+        for key in ("acc", "nmi", "ari", "clusters_used", "mean_confidence"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), (key, a["step"])
+    labels_ours = np.load(os.path.join(ours_dir, "assignments.npz"))["labels"]
+    labels_ref = np.load(os.path.join(ref_dir, "assignments.npz"))["labels"]
+    np.testing.assert_array_equal(labels_ours, labels_ref)
+    _, state_ours = final_params(ours_dir, x64=True)
+    _, state_ref = final_params(ref_dir, x64=True)
+    assert int(state_ours.step) == int(state_ref.step) > 0
+    assert_same_state(state_ours, state_ref, skip=skip)
+    return state_ours, state_ref
 
 
 def check_outputs(outputs, sharded):
@@ -89,20 +94,29 @@ def check_outputs(outputs, sharded):
         assert mark not in secondary, secondary[-500:]
 
 
-def test_dec_two_processes_equal_one_process(tmp_path):
-    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+def test_dec_on_eight_devices_and_on_two_processes_equals_one_device(tmp_path):
+    """Pretraining, k-means, target updates and evaluations."""
+    one, eight, multi = (str(tmp_path / d) for d in ("one", "eight", "multi"))
+    run_on_devices(DEC_CLI, one, "configs/dec.py:digits", count=1, x64=True)
+    _, state = run_on_devices(DEC_CLI, eight, "configs/dec.py:digits", count=8,
+                              sharded=("target", "labels"), x64=True)
+    assert state.cluster.target.shape == (256, 10)
+    assert_same_run(eight, one)
     outputs = run_processes(DEC_CLI, multi, "configs/dec.py:digits", x64=True)
     check_outputs(outputs, sharded=("target", "labels"))
-    run_on_devices(DEC_CLI, single, "configs/dec.py:digits", count=4, x64=True)
-    assert_same_run(multi, single)
+    assert_same_run(multi, one)
 
 
-def test_odc_two_processes_equal_one_process_and_resume(tmp_path):
-    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+def test_odc_on_eight_devices_and_on_two_processes_equals_one_device_and_resumes(tmp_path):
+    """The per-step memory updates and splits see the whole (sharded) batch."""
+    one, eight, multi = (str(tmp_path / d) for d in ("one", "eight", "multi"))
+    run_on_devices(ODC_CLI, one, "configs/odc.py:digits", count=1, x64=True)
+    run_on_devices(ODC_CLI, eight, "configs/odc.py:digits", count=8,
+                   sharded=("features", "labels", "recluster_labels"), x64=True)
+    assert_same_run(eight, one, skip=EVAL_UNDETERMINED)
     outputs = run_processes(ODC_CLI, multi, "configs/odc.py:digits", x64=True)
     check_outputs(outputs, sharded=("features", "labels"))
-    run_on_devices(ODC_CLI, single, "configs/odc.py:digits", count=4, x64=True)
-    state_multi, _ = assert_same_run(multi, single, skip=EVAL_UNDETERMINED)
+    state_multi, _ = assert_same_run(multi, one, skip=EVAL_UNDETERMINED)
 
     # Killed right after the step-8 checkpoint: the 2 processes resume from it together and end
     # bit-equal to their uninterrupted run, memories and labels included.

@@ -301,16 +301,6 @@ def test_digits_end_to_end_checkpoints_memories_and_resumes_exactly(tmp_path):
     assert _records(resumed) == records
 
 
-@pytest.mark.slow
-def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
-    """The per-step memory updates and splits see the whole (sharded) batch: 8 simulated devices
-    end with the same parameters, memories and labels as 1 (float64)."""
-    from tests.conftest import assert_eight_devices_match_one
-    assert_eight_devices_match_one(TINY_ODC, "configs/odc.py:digits", tmp_path,
-                                   sharded=("features", "labels", "recluster_labels"),
-                                   skip=EVAL_UNDETERMINED)
-
-
 @pytest.mark.parametrize("pca_dim", [0, 3])
 def test_evaluation_rule_whitens_then_assigns_like_its_kmeans(pca_dim):
     """fit_evaluation's PCA-whitened, unit features have identity covariance (before the L2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import os
 import pathlib
 import re
@@ -374,12 +375,26 @@ def _load_digits() -> Dataset:
     Pixel values 0..16 are scaled to 0..255 by round(v * 255 / 16) (round half to even; v = 8
     is the only tie and becomes 128).
     """
-    from sklearn.datasets import load_digits
+    pixels, target = _digits_table()
+    images = np.rint(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Dataset(images, target.astype(np.int32), None, tuple(str(d) for d in range(10)),
+                   "digits")
 
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' pixels [1797, 64] (0..16) and labels, read from the CSV that scikit-learn
+    ships without importing scikit-learn: ``sklearn.datasets`` takes ~2 s to import, which every
+    digits run (and the test suite's ~60 subprocesses) would pay for a 1,797-row table. Where that
+    file is not at its place (another scikit-learn layout), ``load_digits`` reads it."""
+    spec = importlib.util.find_spec("sklearn")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(location, "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1], table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # scikit-learn missing: its ImportError says so
     digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int32)
-    return Dataset(images, labels, None, tuple(str(d) for d in range(10)), "digits")
+    return digits.data, digits.target
 
 
 # ---------------------------------------------------------------------------------------------
