@@ -20,6 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# Random draws are float32 in both modes, so that the float64 control draws the same crops, flips,
+# dropout masks and initial prototypes as the float32 run and differs from it only by rounding (a
+# float64 draw from the same key is another number). In float32 mode this is the default dtype.
+RANDOM_DTYPE = np.float32
+
+
 def float_dtype() -> np.dtype:
     """float64 when JAX's x64 mode is on, else float32 (read at call time, not import time)."""
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jclust.precision import float_dtype
+from jclust.precision import RANDOM_DTYPE, float_dtype
 
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
@@ -453,7 +453,7 @@ def _plusplus_indices(x, key, *, k, n_local_trials):
     def body(c, state):
         indices, closest = state
         cum = jnp.cumsum(closest)
-        u = jax.random.uniform(jax.random.fold_in(key_loop, c), (n_local_trials,))
+        u = jax.random.uniform(jax.random.fold_in(key_loop, c), (n_local_trials,), RANDOM_DTYPE)
         # side="right" and the clip keep candidates at points with positive
         # distance (never an already chosen centroid) while any exist.
         cand = jnp.searchsorted(cum, u * cum[-1], side="right").astype(jnp.int32)

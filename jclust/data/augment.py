@@ -23,7 +23,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jclust.precision import float_dtype
+from jclust.precision import RANDOM_DTYPE, float_dtype
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision and PIL's "L" mode
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
@@ -125,7 +125,7 @@ def sample_crop_boxes(key: jax.Array, *, batch_size: int, image_size: tuple[int,
     """
     img_h, img_w = image_size
     # One draw for everything: each jax.random call inlines its own threefry, which compiles slowly.
-    u = jax.random.uniform(key, (batch_size, 2 * _CROP_ATTEMPTS + 2))
+    u = jax.random.uniform(key, (batch_size, 2 * _CROP_ATTEMPTS + 2), RANDOM_DTYPE)
     u_area, u_ratio, u_offset = jnp.split(u, [_CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS], axis=1)
     area = img_h * img_w * _between(u_area, *scale)
     aspect = jnp.exp(_between(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
@@ -216,7 +216,7 @@ def random_flip(images: jax.Array, key: jax.Array, *, p: float = 0.5) -> jax.Arr
       [B, H, W, C] float32 in [0, 1].
     """
     images = to_float(images)
-    flip = jax.random.bernoulli(key, p, (images.shape[0],))
+    flip = jax.random.bernoulli(key, jnp.asarray(p, RANDOM_DTYPE), (images.shape[0],))
     return _where_per_image(flip, images[:, :, ::-1], images)
 
 
@@ -268,7 +268,7 @@ def random_rotation(images: jax.Array, key: jax.Array, *, max_degrees: float) ->
     images = to_float(images)
     if max_degrees <= 0:
         return images
-    degrees = jax.random.uniform(key, (images.shape[0],), minval=-max_degrees, maxval=max_degrees)
+    degrees = jax.random.uniform(key, (images.shape[0],), RANDOM_DTYPE, -max_degrees, max_degrees)
     return rotate(images, jnp.deg2rad(degrees))
 
 
@@ -437,7 +437,7 @@ def color_jitter(images: jax.Array, key: jax.Array, *,
     """
     images = to_float(images)
     channels = _check_channels(images)
-    u = jax.random.uniform(key, (images.shape[0], 5))  # one draw: see sample_crop_boxes
+    u = jax.random.uniform(key, (images.shape[0], 5), RANDOM_DTYPE)  # one draw: see sample_crop_boxes
     out = images
     if brightness:
         out = adjust_brightness(out, _between(u[:, 0], *_jitter_range(brightness)))
@@ -466,7 +466,8 @@ def random_grayscale(images: jax.Array, key: jax.Array, *, p: float = 0.2) -> ja
     if _check_channels(images) == 1:
         return images
     gray = jnp.broadcast_to(rgb_to_grayscale(images), images.shape)
-    return _where_per_image(jax.random.bernoulli(key, p, (images.shape[0],)), gray, images)
+    gray_rows = jax.random.bernoulli(key, jnp.asarray(p, RANDOM_DTYPE), (images.shape[0],))
+    return _where_per_image(gray_rows, gray, images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ def gaussian_blur(images: jax.Array, key: jax.Array, *, p: float = 0.5,
     batch, h, w, _ = images.shape
     if kernel_size is None:
         kernel_size = default_kernel_size(sigma[1], (h, w))
-    u = jax.random.uniform(key, (batch, 2))
+    u = jax.random.uniform(key, (batch, 2), RANDOM_DTYPE)
     blurred = blur(images, _between(u[:, 0], *sigma), kernel_size=kernel_size)
     return _where_per_image(u[:, 1] < p, blurred, images)
 

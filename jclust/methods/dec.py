@@ -39,7 +39,7 @@ from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.optim import make_optimizer
-from jclust.precision import float_dtype
+from jclust.precision import RANDOM_DTYPE, float_dtype
 
 ASSIGNMENT_RULE = ("argmax of the Student-t soft assignment q_ij over centroids (the nearest "
                    "centroid in the embedding); confidence = max_j q_ij")
@@ -223,7 +223,7 @@ def make(config, data_spec: DataSpec) -> Method:
         # loss compares the reconstruction with the clean x.
         if rate <= 0:
             return x
-        keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+        keep = jax.random.bernoulli(rng, jnp.asarray(1.0 - rate, RANDOM_DTYPE), x.shape)
         return jnp.where(keep, x / (1.0 - rate), 0.0)
 
     def pretrain_loss(params, model_state, cluster, batch, rng):

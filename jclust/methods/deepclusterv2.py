@@ -46,7 +46,7 @@ from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
-from jclust.precision import float_dtype
+from jclust.precision import RANDOM_DTYPE, float_dtype
 
 ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
                    "L2-normalised features) of largest cosine similarity; confidence = that cosine "
@@ -126,8 +126,8 @@ def make(config, data_spec: DataSpec) -> Method:
             "backbone": backbone_params,
             "projection": projection.init(k_projection,
                                           jnp.zeros((1, backbone.feature_dim)))["params"],
-            "prototypes": l2_normalize(jax.random.normal(k_prototypes,
-                                                         (num_heads, k_train, dc.feature_dim))),
+            "prototypes": l2_normalize(jax.random.normal(
+                k_prototypes, (num_heads, k_train, dc.feature_dim), RANDOM_DTYPE).astype(float_dtype())),
         }
         state = DeepClusterV2State(
             memory=jnp.zeros((n, 2, dc.feature_dim), float_dtype()),

@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jclust.precision import RANDOM_DTYPE
+
 
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, key: jax.Array, *,
                  num_negatives: int = 20, gamma: float = 1.0,
@@ -38,7 +40,7 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, key: jax.Array, *,
     negative = ~same  # [a, n]
     # Distinct uniform negatives per (a, p): the num_negatives smallest of iid uniform scores
     # among the allowed n.
-    scores = jax.random.uniform(key, (b, b, b))
+    scores = jax.random.uniform(key, (b, b, b), RANDOM_DTYPE)
     scores = jnp.where(negative[:, None, :], scores, jnp.inf)
     k = min(num_negatives, b)
     picked_scores, picked = jax.lax.top_k(-scores, k)  # [a, p, k]

@@ -57,7 +57,7 @@ from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import cross_entropy, fit_whitening, whiten
-from jclust.precision import cast_floats, float_dtype
+from jclust.precision import RANDOM_DTYPE, cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
                    "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
@@ -153,7 +153,7 @@ def centroids_from_memory(memory: jax.Array, labels: jax.Array,
 
 def random_half(member: jax.Array, key: jax.Array) -> jax.Array:
     """A uniformly random ``n - n // 2`` of the n members. member: [N] bool -> [N] bool."""
-    scores = jnp.where(member, jax.random.uniform(key, member.shape), jnp.inf)
+    scores = jnp.where(member, jax.random.uniform(key, member.shape, RANDOM_DTYPE), jnp.inf)
     rank = jnp.argsort(jnp.argsort(scores))
     return member & (rank >= jnp.sum(member) // 2)
 

@@ -52,7 +52,7 @@ from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.deepcluster import fit_whitening, whiten
 from jclust.models.neck import ProjectionHead, l2_normalize
 from jclust.optim import make_schedule
-from jclust.precision import float_dtype
+from jclust.precision import RANDOM_DTYPE, float_dtype
 
 PROTOTYPES_RULE = ("the prototype of largest cosine similarity with the projected, L2-normalised "
                    "features; confidence = its softmax probability at the SwAV temperature")
@@ -199,7 +199,8 @@ def make(config, data_spec: DataSpec) -> Method:
         params = {
             "backbone": backbone_params,
             "projection": projection_vars["params"],
-            "prototypes": l2_normalize(jax.random.normal(k_prototypes, (k, sw.feature_dim))),
+            "prototypes": l2_normalize(jax.random.normal(k_prototypes, (k, sw.feature_dim),
+                                                         RANDOM_DTYPE).astype(float_dtype())),
         }
         state = SwAVState(
             queue=jnp.zeros((2, queue_length, sw.feature_dim), float_dtype()),
