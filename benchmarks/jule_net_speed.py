@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jclust import cluster as jcluster  # noqa: E402
 from jclust import config_lib, models  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def step_seconds(model_config, x, repeats, steps):
 
     def loss(p):
         feats, _ = backbone.apply(p[0], state, x, True)
-        return jnp.sum(models.l2_normalize(feats @ p[1]) ** 2)
+        return jnp.sum(jcluster.l2_normalize(feats @ p[1]) ** 2)
 
     grad = jax.jit(jax.grad(loss))
     jax.block_until_ready(grad((params, head)))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import sklearn.decomposition
 
+from jclust import cluster as jcluster
 from jclust import config_lib, methods, train
 from jclust import loader
 from jclust.config_lib import ConfigError
-from jclust.methods import deepcluster
 from jclust.methods import ReclusterContext
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
                             final_params, run)
@@ -48,7 +48,7 @@ def test_whitening_matches_sklearn_pca():
         0.1, 3.0, 32, dtype=np.float32)
     context = ReclusterContext(jnp.asarray(feats), jax.random.PRNGKey(2))
     _, cluster, _ = method.recluster(params, cluster, context)
-    ours = np.asarray(deepcluster.whiten(jnp.asarray(feats), cluster.pca_mean,
+    ours = np.asarray(jcluster.whiten(jnp.asarray(feats), cluster.pca_mean,
                                          cluster.pca_projection))
     ref = sklearn.decomposition.PCA(8, whiten=True, svd_solver="full").fit_transform(feats)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 MAY_IMPORT = {
     "precision": set(), "config_lib": set(), "distributed": set(), "writers": set(),
     "checkpointing": set(), "preemption": set(), "monitor": set(), "viz": set(),
-    "metrics": set(), "cluster": {"precision"}, "models": {"precision"}, "data": {"precision"},
+    "metrics": set(), "cluster": {"precision"}, "models": {"cluster", "precision"}, "data": {"precision"},
     "optim": {"config_lib"},
     "methods": {"cluster", "config_lib", "data", "metrics", "models", "optim", "precision"},
     "state": {"distributed", "methods", "precision"},

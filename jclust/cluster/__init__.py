@@ -18,10 +18,13 @@ from jclust.cluster.kmeans import kmeans_plusplus
 from jclust.cluster.kmeans import random_init
 from jclust.cluster.linkage import LinkageOutput
 from jclust.cluster.linkage import average_linkage
+from jclust.cluster.norms import l2_normalize
 from jclust.cluster.pca import PCAState
+from jclust.cluster.pca import fit_whitening
 from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
 from jclust.cluster.pca import pca_transform
+from jclust.cluster.pca import whiten
 from jclust.cluster.sinkhorn import SinkhornOutput
 from jclust.cluster.sinkhorn import sinkhorn_knopp
 from jclust.cluster.spectral import SpectralOutput
@@ -44,10 +47,12 @@ __all__ = [
     "SinkhornOutput",
     "SpectralOutput",
     "assign",
+    "fit_whitening",
     "average_linkage",
     "kmeans",
     "kmeans_streamed",
     "kmeans_plusplus",
+    "l2_normalize",
     "pca",
     "pca_fit",
     "pca_transform",
@@ -55,4 +60,5 @@ __all__ = [
     "sinkhorn_knopp",
     "spectral_clustering",
     "spectral_embedding",
+    "whiten",
 ]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jclust.cluster.norms import l2_normalize
 from jclust.precision import float_dtype
 
 
@@ -94,7 +95,7 @@ def affinity_graph(features, k: int, *, chunk_size: int = 1024) -> AffinityGraph
       over the graph's edges.
     """
     x = jnp.asarray(features, float_dtype())
-    x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize(x)
     out = knn(x, k, chunk_size=chunk_size)
     sigma2 = jnp.maximum(jnp.mean(out.sq_distances), 1e-12)
     return AffinityGraph(indices=out.indices, weights=jnp.exp(-out.sq_distances / sigma2),

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jclust.cluster.norms import l2_normalize
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
@@ -148,8 +149,7 @@ def _chunk_rows(n, k, chunk_size, memory_budget_bytes):
 
 def _normalize(x):
     """Rows of x: [m, d] scaled to unit L2 norm (zero rows stay zero)."""
-    norm = jnp.linalg.norm(x, axis=1, keepdims=True)
-    return x / jnp.maximum(norm, jnp.finfo(x.dtype).tiny)
+    return l2_normalize(x, jnp.finfo(x.dtype).tiny)
 
 
 def _to_chunks(x, chunk):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.cluster.norms import l2_normalize
 from jclust.precision import float_dtype
 
 
@@ -49,7 +50,7 @@ def average_linkage(points: jax.Array, num_groups: int) -> LinkageOutput:
     p = points.shape[0]
     if not 1 <= num_groups <= p:
         raise ValueError(f"num_groups must be in [1, {p}], got {num_groups}")
-    unit = points / jnp.maximum(jnp.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    unit = l2_normalize(points)
     distance = jnp.clip(1.0 - unit @ unit.T, 0.0, 2.0).astype(float_dtype())
     slots = jnp.arange(p)
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jclust.cluster import norms
 from jclust.precision import float_dtype
 
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -104,8 +105,7 @@ def _transform(state, x, *, l2_normalize):
     y = jnp.dot(x - state.mean, state.components.T, precision=_PRECISION)
     y = y * state.scale
     if l2_normalize:
-        norm = jnp.linalg.norm(y, axis=1, keepdims=True)
-        y = y / jnp.maximum(norm, jnp.finfo(y.dtype).tiny)
+        y = norms.l2_normalize(y, jnp.finfo(y.dtype).tiny)
     return y
 
 
@@ -142,3 +142,22 @@ def pca(x, n_components, *, whiten=False, l2_normalize=False):
     """
     state = pca_fit(x, n_components, whiten=whiten)
     return state, pca_transform(state, x, l2_normalize=l2_normalize)
+
+
+def fit_whitening(features, dim: int) -> tuple[jax.Array, jax.Array]:
+    """PCA-whitening of features [N, D] to ``dim`` dimensions in folded form, for :func:`whiten`
+    (DeepCluster's, ODC's and SwAV's evaluation and clustering features).
+
+    Returns:
+      (mean [D], projection [D, dim] with the whitening scale folded into the components).
+    """
+    state = pca_fit(features, dim, whiten=True)
+    return state.mean, (state.components * state.scale[:, None]).T
+
+
+def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:
+    """PCA-whitened, L2-normalised features [B, D] -> [B, dim], from :func:`fit_whitening`'s
+    folded projection (one matrix product; :func:`pca_transform` scales after projecting, which
+    rounds differently)."""
+    z = (features - mean) @ projection
+    return norms.l2_normalize(z)

@@ -24,6 +24,7 @@ from jax.experimental.sparse import linalg as sparse_linalg
 
 from jclust.cluster import graph
 from jclust.cluster.kmeans import KMeansOutput, _as_data, _check_k, kmeans
+from jclust.cluster.norms import l2_normalize
 from jclust.precision import float_dtype
 
 # Below this many points the normalised affinity is materialised and diagonalised exactly.
@@ -199,8 +200,7 @@ def spectral_clustering(x, k: int, *, key, num_neighbours: int = 10, n_init: int
     vectors, values, residual = spectral_embedding(
         x, k, key=eig_key, num_neighbours=num_neighbours, max_iter=eig_iter,
         chunk_size=chunk_size, dense_max_points=dense_max_points)
-    norms = jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    embedding = vectors / jnp.maximum(norms, 1e-12)
+    embedding = l2_normalize(vectors)
     km = kmeans(embedding, k, key=km_key, n_init=n_init, max_iter=max_iter)
     return SpectralOutput(labels=km.labels, embedding=embedding, eigenvalues=values,
                           residual=residual, kmeans=km)

@@ -38,6 +38,7 @@ from jclust import metrics as jmetrics
 from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
+from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.precision import cast_floats, float_dtype
 
@@ -65,30 +66,6 @@ class DeepClusterState(NamedTuple):
     pca_mean: jax.Array
     pca_projection: jax.Array
     eval_centroids: jax.Array
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Mean (optionally weighted) softmax cross-entropy. logits [B, K], labels [B] int, weights [B]."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if weights is None:
-        return jnp.mean(losses)
-    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
-
-
-def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:
-    """PCA-whitened, L2-normalised features. features [B, D] -> [B, pca_dim]."""
-    z = (features - mean) @ projection
-    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-
-
-def fit_whitening(features, dim: int) -> tuple[jax.Array, jax.Array]:
-    """PCA-whitening of features [N, D] to ``dim`` dimensions, for :func:`whiten`.
-
-    Returns:
-      (mean [D], projection [D, dim] with the whitening scale folded in).
-    """
-    pca = jcluster.pca_fit(features, dim, whiten=True)
-    return pca.mean, (pca.components * pca.scale[:, None]).T
 
 
 def make(config, data_spec: DataSpec) -> Method:
@@ -148,7 +125,7 @@ def make(config, data_spec: DataSpec) -> Method:
         logits = head.apply({"params": params["head"]}, h)
         labels = cluster.pseudo_labels[batch["index"]]
         weights = cluster.class_weights[labels] if dc.sampling == "reweight" else None
-        loss = cross_entropy(logits, labels, weights)
+        loss = losses.cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, ({"backbone": backbone_state}, {"pseudo_label_acc": accuracy})
 
@@ -157,12 +134,12 @@ def make(config, data_spec: DataSpec) -> Method:
                               train=False)[0]
 
     def assign(params, cluster, feats):
-        sims = whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
+        sims = jcluster.whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def whitening(feats):
-        mean, projection = fit_whitening(feats, dc.pca_dim)
-        return mean, projection, whiten(jnp.asarray(feats), mean, projection)
+        mean, projection = jcluster.fit_whitening(feats, dc.pca_dim)
+        return mean, projection, jcluster.whiten(jnp.asarray(feats), mean, projection)
 
     def fit_evaluation(params, cluster, feats, *, key):
         mean, projection, z = whitening(feats)

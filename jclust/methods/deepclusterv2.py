@@ -41,10 +41,11 @@ import optax
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models
+from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.models.neck import ProjectionHead, l2_normalize
+from jclust.models.neck import ProjectionHead
 from jclust.optim import make_schedule
 from jclust.precision import RANDOM_DTYPE, float_dtype
 

@@ -61,12 +61,12 @@ import optax
 from jclust import cluster as jcluster
 from jclust import models
 from jclust.cluster import graph as jgraph
+from jclust.cluster import l2_normalize
 from jclust.cluster import linkage
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.jule_loss import triplet_loss
-from jclust.models.neck import l2_normalize
 from jclust.optim import make_schedule
 from jclust.precision import float_dtype
 

@@ -56,10 +56,11 @@ import optax
 from jclust import cluster as jcluster
 from jclust import models
 from jclust.cluster import graph as jgraph
+from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
-from jclust.models.neck import MixtureHead, l2_normalize
+from jclust.models.neck import MixtureHead
 from jclust.optim import make_optimizer
 from jclust.precision import float_dtype
 

@@ -55,8 +55,8 @@ from jclust import metrics as jmetrics
 from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
+from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.deepcluster import cross_entropy, fit_whitening, whiten
 from jclust.precision import RANDOM_DTYPE, cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
@@ -352,7 +352,7 @@ def make(config, data_spec: DataSpec) -> Method:
         logits = head.apply({"params": params["head"]}, f)
         labels = cluster.labels[batch["index"]]
         weights = loss_weights(cluster.labels, k_train, oc.reweight_power)[labels]
-        loss = cross_entropy(logits, labels, weights)
+        loss = losses.cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, (model_state, {"pseudo_label_acc": accuracy}, f)
 
@@ -378,17 +378,17 @@ def make(config, data_spec: DataSpec) -> Method:
         return normalize_rows(features(params, model_state, x)[0])
 
     def assign(params, cluster, feats):
-        z = whiten(normalize_rows(feats), cluster.eval_mean, cluster.eval_projection)
+        z = jcluster.whiten(normalize_rows(feats), cluster.eval_mean, cluster.eval_projection)
         sims = jnp.dot(z, cluster.eval_centroids.T, precision=_PRECISION)
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def evaluation_clustering(cluster, z, key):
         """Fits the evaluation rule on unit features z [N, D]; returns (cluster, k-means labels)."""
         if oc.eval_pca_dim:
-            mean, projection = fit_whitening(z, oc.eval_pca_dim)
+            mean, projection = jcluster.fit_whitening(z, oc.eval_pca_dim)
         else:
             mean, projection = cluster.eval_mean, cluster.eval_projection
-        evaluation = jcluster.kmeans(whiten(z, mean, projection), k_eval, key=key,
+        evaluation = jcluster.kmeans(jcluster.whiten(z, mean, projection), k_eval, key=key,
                                      n_init=oc.eval_n_init, spherical=True)
         cluster = cluster._replace(eval_mean=mean, eval_projection=projection,
                                    eval_centroids=evaluation.centroids)

@@ -46,11 +46,11 @@ import optax
 from jclust import cluster as jcluster
 from jclust import config_lib
 from jclust import models
+from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.deepcluster import fit_whitening, whiten
-from jclust.models.neck import ProjectionHead, l2_normalize
+from jclust.models.neck import ProjectionHead
 from jclust.optim import make_schedule
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -298,7 +298,7 @@ def make(config, data_spec: DataSpec) -> Method:
     def evaluation_features(cluster, feats):
         """The rule's unit features: whitened backbone features, or z as it is. [B, P]."""
         if assignment == "backbone":
-            return whiten(feats[:, f_dim:], cluster.eval_mean, cluster.eval_projection)
+            return jcluster.whiten(feats[:, f_dim:], cluster.eval_mean, cluster.eval_projection)
         return l2_normalize(feats[:, :f_dim])
 
     def assign(params, cluster, feats):
@@ -315,7 +315,7 @@ def make(config, data_spec: DataSpec) -> Method:
         labels = jnp.argmax(z @ l2_normalize(params["prototypes"]).T, -1).astype(jnp.int32)
         cluster = cluster._replace(prototype_labels=labels)
         if assignment == "backbone":
-            mean, projection = fit_whitening(feats[:, f_dim:], sw.eval_pca_dim)
+            mean, projection = jcluster.fit_whitening(feats[:, f_dim:], sw.eval_pca_dim)
             cluster = cluster._replace(eval_mean=mean, eval_projection=projection)
         if assignment != "prototypes":
             evaluation = jcluster.kmeans(evaluation_features(cluster, feats), k_eval, key=key,

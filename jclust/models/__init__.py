@@ -7,7 +7,7 @@ from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_fil
 from jclust.models.cnn import JuleCNN, SmallCNN, max_pool_2x2
 from jclust.models.conv import (Conv3x3, ConvValid, conv3x3, conv_valid, im2col3x3, im2col_valid,
                                 resolve_impl)
-from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead, l2_normalize
+from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead
 
 _MODELS = {
     "mlp_autoencoder": MLPAutoencoder,

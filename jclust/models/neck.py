@@ -2,8 +2,9 @@
 without its BatchNorm) and the L2-normalised projection head of DeepCluster-v2 and SwAV."""
 
 import jax
-import jax.numpy as jnp
 import flax.linen as nn
+
+from jclust.cluster.norms import l2_normalize
 
 Array = jax.Array
 
@@ -33,11 +34,6 @@ class NonLinearNeck(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.features, kernel_init=kaiming_normal)(x)
         return nn.relu(x) if self.out_relu else x
-
-
-def l2_normalize(x: Array) -> Array:
-    """Rows scaled to unit norm (zero rows stay zero). [..., D] -> [..., D]."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class ProjectionHead(nn.Module):
