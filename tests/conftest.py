@@ -242,6 +242,30 @@ def float32_excess(ours32, ref32, truth64) -> float:
     return ours_err / (FLOAT32_PATH_FACTOR * ref_err + FLOAT32_ULPS * ulp + 1e-300)
 
 
+def one_step_each_side(method, state, batch, num_examples, sides, sharded_leaf):
+    """For :func:`assert_sharded_steps_match`'s scripts: one train step from ``state`` on each
+    side in ``sides`` ("one": jitted on the default device; "all": the trainer's step on a mesh of
+    every device, with ``sharded_leaf(state)`` checked to be split over them). Returns
+    ``{f"{side}/{leaf}": array}`` over the state's params, model state, clustering state and loss."""
+    import jax.numpy as jnp
+    from jax.sharding import Mesh
+    from jclust import inference
+    from jclust import state as jstate
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    runner = inference.Runner(method, mesh, 128, num_examples)
+    saved = {}
+    for side in sides:
+        if side == "one":
+            s, m = jax.jit(jstate.make_train_step(method, 0))(state, jax.tree.map(jnp.asarray, batch))
+        else:
+            step = jstate.jit_train_steps(method, mesh, num_examples)[0]
+            s, m = step(runner.place(state), runner.put_batch(batch))
+            assert len(sharded_leaf(s).sharding.device_set) == jax.device_count()
+        leaves = jax.tree.leaves((s.params, s.model_state, s.cluster, m["loss"]))
+        saved.update({f"{side}/{j}": np.asarray(x) for j, x in enumerate(leaves)})
+    return saved
+
+
 _STEPS_HARNESS = """
 import sys
 import jax

@@ -238,13 +238,12 @@ def test_backbone_neighbours_are_re_mined_every_epoch(tmp_path):
 
 
 SHARDED_STEPS = """
-import numpy as np, jax, jax.numpy as jnp
-from jax.sharding import Mesh
-from jclust import inference
+import numpy as np
 from jclust import loader
 from jclust import methods
 from jclust import schedule as jschedule
 from jclust import state as jstate
+from tests.conftest import one_step_each_side
 from tests.test_nmm import tiny_config
 
 def first_step(sides):
@@ -252,24 +251,13 @@ def first_step(sides):
     dataset = loader.load_dataset(config)
     method = methods.make(config, loader.data_spec_of(dataset))
     state = jstate.init_state(method, 0, dataset.inputs[:32])
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    runner = inference.Runner(method, mesh, 128, dataset.num_examples)
     table = np.random.default_rng(0).integers(0, 256, size=(256, 5))
     idx = np.arange(32, dtype=np.int32)
     nbr = jschedule.draw_neighbours(table, idx, 0, 1)
     batch = {"x": dataset.inputs[idx], "index": idx, "neighbour_x": dataset.inputs[nbr],
              "neighbour_index": nbr}
-    saved = {}
-    for side in sides:
-        if side == "one":
-            s, m = jax.jit(jstate.make_train_step(method, 0))(state, jax.tree.map(jnp.asarray, batch))
-        else:
-            step = jstate.jit_train_steps(method, mesh, dataset.num_examples)[0]
-            s, m = step(runner.place(state), runner.put_batch(batch))
-            assert len(s.cluster.neighbours.sharding.device_set) == 8
-        leaves = jax.tree.leaves((s.params, s.model_state, s.cluster, m["loss"]))
-        saved.update({f"{side}/{j}": np.asarray(x) for j, x in enumerate(leaves)})
-    return saved
+    return one_step_each_side(method, state, batch, dataset.num_examples, sides,
+                              lambda s: s.cluster.neighbours)
 """
 
 

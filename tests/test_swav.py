@@ -233,12 +233,11 @@ def test_collapse_warning_is_printed_once_with_the_remedies(tmp_path, capsys):
 
 
 SHARDED_STEPS = """
-import numpy as np, jax, jax.numpy as jnp
-from jax.sharding import Mesh
+import numpy as np
 from jclust import loader
 from jclust import methods
-from jclust import inference
 from jclust import state as jstate
+from tests.conftest import one_step_each_side
 from tests.test_swav import tiny_config
 
 def first_step(sides):
@@ -246,21 +245,9 @@ def first_step(sides):
     dataset = loader.load_dataset(config)
     method = methods.make(config, loader.data_spec_of(dataset))
     state = jstate.init_state(method, 0, dataset.inputs[:32])
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    runner = inference.Runner(method, mesh, 128, dataset.num_examples)
     idx = np.arange(32, dtype=np.int32)
-    batch = {"x": dataset.inputs[idx], "index": idx}
-    saved = {}
-    for side in sides:
-        if side == "one":
-            s, m = jax.jit(jstate.make_train_step(method, 0))(state, jax.tree.map(jnp.asarray, batch))
-        else:
-            step = jstate.jit_train_steps(method, mesh, dataset.num_examples)[0]
-            s, m = step(runner.place(state), runner.put_batch(batch))
-            assert len(s.cluster.prototype_labels.sharding.device_set) == 8
-        leaves = jax.tree.leaves((s.params, s.model_state, s.cluster, m["loss"]))
-        saved.update({f"{side}/{j}": np.asarray(x) for j, x in enumerate(leaves)})
-    return saved
+    return one_step_each_side(method, state, {"x": dataset.inputs[idx], "index": idx},
+                              dataset.num_examples, sides, lambda s: s.cluster.prototype_labels)
 """
 
 
