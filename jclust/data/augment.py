@@ -437,7 +437,8 @@ def color_jitter(images: jax.Array, key: jax.Array, *,
     """
     images = to_float(images)
     channels = _check_channels(images)
-    u = jax.random.uniform(key, (images.shape[0], 5), RANDOM_DTYPE)  # one draw: see sample_crop_boxes
+    # One draw: see sample_crop_boxes.
+    u = jax.random.uniform(key, (images.shape[0], 5), RANDOM_DTYPE)
     out = images
     if brightness:
         out = adjust_brightness(out, _between(u[:, 0], *_jitter_range(brightness)))

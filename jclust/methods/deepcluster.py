@@ -134,7 +134,8 @@ def make(config, data_spec: DataSpec) -> Method:
                               train=False)[0]
 
     def assign(params, cluster, feats):
-        sims = jcluster.whiten(feats, cluster.pca_mean, cluster.pca_projection) @ cluster.eval_centroids.T
+        z = jcluster.whiten(feats, cluster.pca_mean, cluster.pca_projection)
+        sims = z @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def whitening(feats):

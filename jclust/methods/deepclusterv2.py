@@ -128,7 +128,8 @@ def make(config, data_spec: DataSpec) -> Method:
             "projection": projection.init(k_projection,
                                           jnp.zeros((1, backbone.feature_dim)))["params"],
             "prototypes": l2_normalize(jax.random.normal(
-                k_prototypes, (num_heads, k_train, dc.feature_dim), RANDOM_DTYPE).astype(float_dtype())),
+                k_prototypes, (num_heads, k_train, dc.feature_dim), RANDOM_DTYPE
+            ).astype(float_dtype())),
         }
         state = DeepClusterV2State(
             memory=jnp.zeros((n, 2, dc.feature_dim), float_dtype()),
