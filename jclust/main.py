@@ -11,7 +11,8 @@ wrong type ends the program with one line naming the key, before anything is wri
 
 SIGTERM (preemption, a scheduler) and Ctrl-C stop a run at the end of the current step with a
 checkpoint of it (jclust/preemption.py): the exit status is 0 after SIGTERM and 130 after Ctrl-C,
-and rerunning the same command resumes.
+and rerunning the same command resumes, bit-exactly (on a GPU too: the program turns on XLA's
+deterministic GPU ops unless XLA_FLAGS sets them; jclust/determinism.py).
 """
 
 import sys
@@ -19,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jclust import config_lib
+from jclust import config_lib, determinism
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Method config file[:arg].",
                                           lock_config=True)
@@ -108,6 +109,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run():
     """Entry point of ``python -m jclust.main``."""
     check_argv(sys.argv[1:])
+    determinism.request_deterministic_gpu_ops()  # bit-exact resume on GPUs too
     app.run(_main, flags_parser=_parse_flags)
 
 

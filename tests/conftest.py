@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jclust import config_lib
+from jclust import config_lib, determinism
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +38,8 @@ if COMPILATION_CACHE_ENV:
     jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE_ENV["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# As the command line does: on a GPU, in-process runs compare bit-equal with CLI runs.
+determinism.request_deterministic_gpu_ops()
 
 
 def tiny_config(**overrides):

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 # Each part of jclust and the parts it may import. The reusable layer (cluster, metrics, models,
 # data, viz) imports nothing above it; inference and predict never import the trainer.
 MAY_IMPORT = {
-    "precision": set(), "config_lib": set(), "distributed": set(), "writers": set(),
+    "precision": set(), "determinism": set(), "config_lib": set(), "distributed": set(), "writers": set(),
     "checkpointing": set(), "preemption": set(), "monitor": set(), "viz": set(),
     "metrics": set(), "cluster": {"precision"}, "models": {"cluster", "precision"}, "data": {"precision"},
     "optim": {"config_lib"},
@@ -26,8 +26,8 @@ MAY_IMPORT = {
     "train": {"checkpointing", "config_lib", "data", "distributed", "evaluators", "inference",
               "loader", "methods", "monitor", "preemption", "schedule", "state", "workdir",
               "writers"},
-    "main": {"checkpointing", "config_lib", "data", "distributed", "monitor", "preemption",
-             "train"},
+    "main": {"checkpointing", "config_lib", "data", "determinism", "distributed", "monitor",
+             "preemption", "train"},
 }
 
 # Modules over MAX_MODULE_LINES, each one algorithm's or one library's worth of small functions.

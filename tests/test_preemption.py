@@ -7,6 +7,7 @@ The runs share a persistent XLA compilation cache: only the first run of each to
 (the reference run, whose executables the resumed runs load and must match bit for bit), which
 keeps the other runs to several seconds each on a 2-core machine."""
 
+import importlib.metadata
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from jclust import preemption, writers
+from jclust import determinism, preemption, writers
 from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run
 
 # One pretraining epoch (8 steps), then 300 cluster steps with a recluster and an evaluation every
@@ -230,3 +231,28 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(cache_env, tm
     assert checkpoint_steps(workdir) == [step]
     _, state = final_params(workdir)  # the cooperative write of both processes restores whole
     assert int(state.step) == step
+
+
+def test_deterministic_gpu_ops_are_asked_for_where_a_gpu_plugin_is(monkeypatch):
+    """The command line adds XLA's deterministic GPU ops where a JAX GPU plugin is installed, so
+    that a resumed GPU run is bit-equal too, and leaves XLA_FLAGS alone elsewhere or where the
+    user set the flag either way."""
+    forced = "--xla_force_host_platform_device_count=2"
+    environ = {"XLA_FLAGS": forced}
+    assert not determinism.request_deterministic_gpu_ops(environ, gpu=False)
+    assert environ == {"XLA_FLAGS": forced}
+    assert determinism.request_deterministic_gpu_ops(environ, gpu=True)
+    assert environ == {"XLA_FLAGS": f"{forced} --xla_gpu_deterministic_ops=true"}
+    assert not determinism.request_deterministic_gpu_ops(environ, gpu=True)  # once only
+    users = {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
+    assert not determinism.request_deterministic_gpu_ops(users, gpu=True)
+    assert users == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"}
+    empty = {}
+    assert determinism.request_deterministic_gpu_ops(empty, gpu=True)
+    assert empty == {"XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
+    # Detection: JAX's CUDA plugins register under the "jax_plugins" entry-point group.
+    if jax.default_backend() == "gpu":
+        assert determinism.gpu_plugin_installed()
+    fake = [importlib.metadata.EntryPoint("xla_cuda13", "jax_cuda13_plugin", "jax_plugins")]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: fake)
+    assert determinism.gpu_plugin_installed()
