@@ -1,10 +1,11 @@
 """Device-count and process-count equivalence of whole runs, in float64 (conftest.X64_TOLERANCE):
-`python -m jclust.main` on 8 simulated devices, and as 2 cooperating processes on localhost (JAX's
-distributed runtime, CPU collectives over gloo, 2 simulated devices each), ends where the run on
-1 device ends; a 2-process run killed after a checkpoint resumes bit-exactly, with its sharded
-clustering state. DEC and ODC (its memories and splits see the whole sharded batch); each
-method's own file holds its 8-device test (conftest.assert_eight_devices_match_one). The runs of
-one method share their 1-device reference, so they are one test."""
+`python -m jclust.main` as 2 cooperating processes on localhost (JAX's distributed runtime, CPU
+collectives over gloo) of 4 simulated devices each, so 8 devices in all, ends where the run on 1
+device ends; a 2-process run killed after a checkpoint resumes bit-exactly, with its sharded
+clustering state. DEC and ODC (its memories and splits see the whole sharded batch). One run
+covers both claims, several devices in a process and several processes, since the device-count
+path of a single process is each method's own 8-device test (conftest.assert_eight_devices_match_one)
+and every process of a distributed run is such a process."""
 
 import os
 import shutil
@@ -32,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(overrides, workdir, config_file, num_processes=2, devices_each=2, x64=False):
+def run_processes(overrides, workdir, config_file, num_processes=2, devices_each=4, x64=False):
     """Runs the CLI as ``num_processes`` processes of one distributed run; returns their stdouts.
     ``x64``: train in float64."""
     port = free_port()
@@ -83,9 +84,9 @@ def assert_same_run(ours_dir, ref_dir, skip=()):
 
 def check_outputs(outputs, sharded):
     primary, secondary = outputs
-    assert "4 device(s)" in primary
+    assert "8 device(s)" in primary
     line = next(l for l in primary.splitlines() if l.startswith("per-example clustering state"))
-    assert line.startswith("per-example clustering state sharded along data over 4 devices"), line
+    assert line.startswith("per-example clustering state sharded along data over 8 devices"), line
     for name in sharded:
         assert f".{name} [" in line
     assert "final (step" in primary
@@ -94,28 +95,22 @@ def check_outputs(outputs, sharded):
         assert mark not in secondary, secondary[-500:]
 
 
-def test_dec_on_eight_devices_and_on_two_processes_equals_one_device(tmp_path):
+def test_dec_on_two_processes_of_four_devices_equals_one_device(tmp_path):
     """Pretraining, k-means, target updates and evaluations."""
-    one, eight, multi = (str(tmp_path / d) for d in ("one", "eight", "multi"))
+    one, multi = str(tmp_path / "one"), str(tmp_path / "multi")
     run_on_devices(DEC_CLI, one, "configs/dec.py:digits", count=1, x64=True)
-    _, state = run_on_devices(DEC_CLI, eight, "configs/dec.py:digits", count=8,
-                              sharded=("target", "labels"), x64=True)
-    assert state.cluster.target.shape == (256, 10)
-    assert_same_run(eight, one)
     outputs = run_processes(DEC_CLI, multi, "configs/dec.py:digits", x64=True)
     check_outputs(outputs, sharded=("target", "labels"))
-    assert_same_run(multi, one)
+    state_multi, _ = assert_same_run(multi, one)
+    assert state_multi.cluster.target.shape == (256, 10)
 
 
-def test_odc_on_eight_devices_and_on_two_processes_equals_one_device_and_resumes(tmp_path):
+def test_odc_on_two_processes_of_four_devices_equals_one_device_and_resumes(tmp_path):
     """The per-step memory updates and splits see the whole (sharded) batch."""
-    one, eight, multi = (str(tmp_path / d) for d in ("one", "eight", "multi"))
+    one, multi = str(tmp_path / "one"), str(tmp_path / "multi")
     run_on_devices(ODC_CLI, one, "configs/odc.py:digits", count=1, x64=True)
-    run_on_devices(ODC_CLI, eight, "configs/odc.py:digits", count=8,
-                   sharded=("features", "labels", "recluster_labels"), x64=True)
-    assert_same_run(eight, one, skip=EVAL_UNDETERMINED)
     outputs = run_processes(ODC_CLI, multi, "configs/odc.py:digits", x64=True)
-    check_outputs(outputs, sharded=("features", "labels"))
+    check_outputs(outputs, sharded=("features", "labels", "recluster_labels"))
     state_multi, _ = assert_same_run(multi, one, skip=EVAL_UNDETERMINED)
 
     # Killed right after the step-8 checkpoint: the 2 processes resume from it together and end

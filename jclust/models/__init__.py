@@ -5,8 +5,8 @@ import flax.linen as nn
 from jclust.models.autoencoder import MLPAutoencoder, dec_kernel_init, flatten_inputs
 from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_filter
 from jclust.models.cnn import JuleCNN, SmallCNN, max_pool_2x2
-from jclust.models.conv import (Conv3x3, ConvValid, conv3x3, conv_valid, im2col3x3, im2col_valid,
-                                resolve_impl)
+from jclust.models.conv import (Conv3x3, ConvValid, conv3x3, conv_valid, drawn_as_matrix, im2col3x3,
+                                im2col_valid, resolve_impl)
 from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead
 
 _MODELS = {
@@ -49,6 +49,7 @@ __all__ = [
     "conv3x3",
     "conv_valid",
     "dec_kernel_init",
+    "drawn_as_matrix",
     "flatten_inputs",
     "get_model",
     "im2col3x3",

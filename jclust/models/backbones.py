@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jclust.models.cnn import JuleCNN, SmallCNN
+from jclust.models.conv import default_kernel_init
 from jclust.precision import float_dtype
 
 Array = jax.Array
@@ -57,7 +58,8 @@ class BasicBlock(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
                                     dtype=self.dtype)
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=default_kernel_init)
         y = conv(self.features, (3, 3), self.strides, padding=1)(x)
         y = nn.relu(norm()(y))
         y = conv(self.features, (3, 3), 1, padding=1)(y)
@@ -82,7 +84,8 @@ class ResNet18(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         if x.dtype == jnp.uint8:
             x = x.astype(float_dtype()) / 255.0
-        x = nn.Conv(self.stage_widths[0], (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype)(x)
+        x = nn.Conv(self.stage_widths[0], (3, 3), 1, padding=1, use_bias=False, dtype=self.dtype,
+                    kernel_init=default_kernel_init)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)(x))
         for stage, width in enumerate(self.stage_widths):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jclust.models.conv import Conv3x3, ConvValid, resolve_impl
+from jclust.models.conv import Conv3x3, ConvValid, drawn_as_matrix, resolve_impl
 from jclust.precision import float_dtype
 
 Array = jax.Array
@@ -140,7 +140,7 @@ class JuleCNN(nn.Module):
             x = x.astype(float_dtype()) / 255.0
         for i, width in enumerate(self.widths):
             x = ConvValid(width, self.size, impl=self.conv_impl,
-                          kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)(x)
+                          kernel_init=drawn_as_matrix(nn.initializers.normal(0.01)), dtype=self.dtype)(x)
             x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                      dtype=self.dtype)(x))
             if i < len(self.widths) - 1:

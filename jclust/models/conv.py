@@ -9,6 +9,7 @@ results. On GPU/TPU the native convolution is fast, so ``impl="auto"`` keeps it
 there.
 """
 
+import math
 from typing import Any
 
 import jax
@@ -19,6 +20,25 @@ from jax import lax
 Array = jax.Array
 
 IMPLS = ("auto", "native", "im2col")
+
+
+def drawn_as_matrix(init: nn.initializers.Initializer) -> nn.initializers.Initializer:
+    """``init`` for a conv kernel [*window, Cin, Cout], drawn as the matrix
+    [prod(window) * Cin, Cout] and reshaped: the same numbers, since JAX's random bits fill an
+    array in row-major order whatever its shape, and the same fan-in. XLA:CPU compiles a normal or
+    truncated-normal draw of a 4-D shape in ~4-5 s and of a 2-D one in ~0.4 s (measured on 2 cores,
+    jax 0.10), and a model's init compiles one draw per kernel shape. Only for inits whose scale
+    depends on the fan-in alone (``lecun_normal``, ``he_normal``, ``normal``): a matrix has
+    another fan-out than the kernel."""
+
+    def init_kernel(key, shape, dtype=jnp.float32):
+        matrix = (math.prod(shape[:-1]), shape[-1])
+        return init(key, matrix, dtype).reshape(shape)
+
+    return init_kernel
+
+
+default_kernel_init = drawn_as_matrix(nn.linear.default_kernel_init)  # nn.Conv's lecun_normal
 
 
 def resolve_impl(impl: str) -> str:
@@ -114,7 +134,7 @@ class Conv3x3(nn.Module):
       use_bias: whether to add a bias.
       impl: ``"auto"`` (im2col on CPU, native on GPU/TPU, chosen at trace
         time), ``"native"`` or ``"im2col"``.
-      kernel_init: kernel initializer (default: ``nn.Conv``'s, lecun_normal).
+      kernel_init: kernel initializer (default: ``nn.Conv``'s, lecun_normal, drawn as a matrix).
       bias_init: bias initializer (default: zeros, as ``nn.Conv``).
       dtype: computation dtype (default: inferred from inputs and params).
       param_dtype: parameter dtype.
@@ -124,7 +144,7 @@ class Conv3x3(nn.Module):
     features: int
     use_bias: bool = True
     impl: str = "auto"
-    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+    kernel_init: nn.initializers.Initializer = default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -205,14 +225,14 @@ class ConvValid(nn.Module):
       features: output channels.
       size: kernel side k.
       impl: ``"auto"``, ``"native"`` or ``"im2col"`` (:func:`resolve_impl`).
-      kernel_init: kernel initializer (default: ``nn.Conv``'s).
+      kernel_init: kernel initializer (default: ``nn.Conv``'s, drawn as a matrix).
       dtype: computation dtype (default: inferred from inputs and params).
     """
 
     features: int
     size: int
     impl: str = "auto"
-    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+    kernel_init: nn.initializers.Initializer = default_kernel_init
     dtype: Any = None
 
     @nn.compact
