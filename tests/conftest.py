@@ -42,20 +42,28 @@ if COMPILATION_CACHE_ENV:
 determinism.request_deterministic_gpu_ops()
 
 
+# DEC on the first 256 digits with a small autoencoder: a few seconds end to end.
+TINY_DEC = {
+    "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
+    "model.hidden": (32, 32), "model.embed_dim": 4,
+    "pretrain.epochs": 3, "pretrain.optimizer": "adam", "pretrain.learning_rate": 1e-3,
+    "dec.max_steps": 40, "dec.update_interval": 10, "dec.tol": 0.0,
+    "kmeans.n_init": 2, "kmeans.max_iter": 50,
+    "log_every_steps": 10, "checkpoint_every_steps": 20,
+    "pictures.every_evals": 0,  # matplotlib costs ~1 s a picture; tests that want them ask
+}
+
+
 def tiny_config(**overrides):
-    """DEC on the first 256 digits with a small autoencoder: a few seconds end to end."""
+    """configs/dec.py:digits with :data:`TINY_DEC` and ``overrides``."""
     config = config_lib.load_config(os.path.join(ROOT, "configs", "dec.py:digits"))
-    base = {
-        "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
-        "model.hidden": (32, 32), "model.embed_dim": 4,
-        "pretrain.epochs": 3, "pretrain.optimizer": "adam", "pretrain.learning_rate": 1e-3,
-        "dec.max_steps": 40, "dec.update_interval": 10, "dec.tol": 0.0,
-        "kmeans.n_init": 2, "kmeans.max_iter": 50,
-        "log_every_steps": 10, "checkpoint_every_steps": 20,
-        "pictures.every_evals": 0,  # matplotlib costs ~1 s a picture; tests that want them ask
-    }
-    base.update(overrides)
-    return config_lib.apply_overrides(config, base)
+    return config_lib.apply_overrides(config, {**TINY_DEC, **overrides})
+
+
+def as_flags(overrides: dict) -> dict:
+    """Config overrides as ``--config.k=v`` values: tuples written ``(a,b)``."""
+    return {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
+            for k, v in overrides.items()}
 
 
 def cli_args(config_overrides: dict, workdir: str, config_file: str = "configs/dec.py:digits"):
@@ -67,13 +75,7 @@ def cli_args(config_overrides: dict, workdir: str, config_file: str = "configs/d
     return args
 
 
-TINY_CLI = {
-    "data.limit": 256, "batch_size": 32, "eval_batch_size": 128, "model.hidden": "(32,32)",
-    "model.embed_dim": 4, "pretrain.epochs": 3, "pretrain.optimizer": "adam",
-    "pretrain.learning_rate": "0.001", "dec.max_steps": 40, "dec.update_interval": 10,
-    "dec.tol": 0.0, "kmeans.n_init": 2, "kmeans.max_iter": 50, "log_every_steps": 10,
-    "checkpoint_every_steps": 20, "pictures.every_evals": 0,
-}
+TINY_CLI = as_flags(TINY_DEC)
 
 
 def run(args, env_extra=None, **kwargs):
@@ -178,8 +180,7 @@ def run_on_devices(overrides, workdir, config_file, count=8, sharded=(), x64=Fal
 
     ``sharded``: names of per-example clustering-state leaves that the run must report as sharded
     along the data axis. ``x64``: train in float64 (JAX's x64 mode)."""
-    flags = {k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-             for k, v in overrides.items()}
+    flags = as_flags(overrides)
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", **(X64_ENV if x64 else {})}
     result = run(cli_args(flags, workdir, config_file=config_file), env_extra=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -192,12 +193,26 @@ def run_on_devices(overrides, workdir, config_file, count=8, sharded=(), x64=Fal
     return final_params(workdir, x64=x64)
 
 
+def train_on_one_device(overrides, workdir, config_file, x64=False):
+    """The run of :func:`run_on_devices` with ``count=1``, in this process when it has one
+    device (a pytest worker does: no process start, no imports again; ~5 s a run): returns
+    (params leaves, state)."""
+    if jax.device_count() != 1:  # pytest itself run on several simulated devices
+        return run_on_devices(overrides, workdir, config_file, count=1, x64=x64)
+    from jclust import train
+    config = config_lib.apply_overrides(config_lib.load_config(os.path.join(ROOT, config_file)),
+                                        dict(overrides))
+    with x64_mode(x64):
+        train.train_and_evaluate(config, workdir)
+    return final_params(workdir, x64=x64)
+
+
 def assert_eight_devices_match_one(overrides, config_file, tmp_path, sharded=(), skip=()):
     """The device-count equivalence of a whole run, in float64: the CLI on 1 and on 8 simulated
     devices ends with the same state within :data:`X64_TOLERANCE` (integer state, e.g.
     pseudo-labels, exactly), the 8-device run with ``sharded`` split along the data axis.
     Returns both final states (8 devices, 1 device)."""
-    _, one = run_on_devices(overrides, str(tmp_path / "one_x64"), config_file, count=1, x64=True)
+    _, one = train_on_one_device(overrides, str(tmp_path / "one_x64"), config_file, x64=True)
     _, eight = run_on_devices(overrides, str(tmp_path / "eight_x64"), config_file, count=8,
                               sharded=sharded, x64=True)
     assert int(eight.step) == int(one.step) > 0

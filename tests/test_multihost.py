@@ -16,15 +16,13 @@ import numpy as np
 import pytest
 
 from jclust import writers
-from tests.conftest import (ROOT, TINY_CLI, X64_ENV, assert_same_state, cli_args, final_params,
-                            run_on_devices)
+from tests.conftest import (ROOT, TINY_DEC, X64_ENV, as_flags, assert_same_state, cli_args,
+                            final_params, train_on_one_device)
 from tests.test_odc import EVAL_UNDETERMINED, TINY_ODC
 
 # Fewer steps than the other DEC tests: every step of a 2-process run crosses gloo.
-DEC_CLI = {**TINY_CLI, "pretrain.epochs": 1, "dec.max_steps": 20}
-ODC_CLI = {**{k: (f"({','.join(map(str, v))})" if isinstance(v, tuple) else v)
-              for k, v in TINY_ODC.items()},
-           "optim.epochs": 2}  # 16 steps: the recluster and evaluation at 8 and 16
+DEC = {**TINY_DEC, "pretrain.epochs": 1, "dec.max_steps": 20}
+ODC = {**TINY_ODC, "optim.epochs": 2}  # 16 steps: the recluster and evaluation at 8 and 16
 
 
 def free_port() -> int:
@@ -98,8 +96,8 @@ def check_outputs(outputs, sharded):
 def test_dec_on_two_processes_of_four_devices_equals_one_device(tmp_path):
     """Pretraining, k-means, target updates and evaluations."""
     one, multi = str(tmp_path / "one"), str(tmp_path / "multi")
-    run_on_devices(DEC_CLI, one, "configs/dec.py:digits", count=1, x64=True)
-    outputs = run_processes(DEC_CLI, multi, "configs/dec.py:digits", x64=True)
+    train_on_one_device(DEC, one, "configs/dec.py:digits", x64=True)
+    outputs = run_processes(as_flags(DEC), multi, "configs/dec.py:digits", x64=True)
     check_outputs(outputs, sharded=("target", "labels"))
     state_multi, _ = assert_same_run(multi, one)
     assert state_multi.cluster.target.shape == (256, 10)
@@ -108,8 +106,8 @@ def test_dec_on_two_processes_of_four_devices_equals_one_device(tmp_path):
 def test_odc_on_two_processes_of_four_devices_equals_one_device_and_resumes(tmp_path):
     """The per-step memory updates and splits see the whole (sharded) batch."""
     one, multi = str(tmp_path / "one"), str(tmp_path / "multi")
-    run_on_devices(ODC_CLI, one, "configs/odc.py:digits", count=1, x64=True)
-    outputs = run_processes(ODC_CLI, multi, "configs/odc.py:digits", x64=True)
+    train_on_one_device(ODC, one, "configs/odc.py:digits", x64=True)
+    outputs = run_processes(as_flags(ODC), multi, "configs/odc.py:digits", x64=True)
     check_outputs(outputs, sharded=("features", "labels", "recluster_labels"))
     state_multi, _ = assert_same_run(multi, one, skip=EVAL_UNDETERMINED)
 
@@ -118,7 +116,7 @@ def test_odc_on_two_processes_of_four_devices_equals_one_device_and_resumes(tmp_
     resumed = str(tmp_path / "resumed")
     shutil.copytree(multi, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "16"))
-    outputs = run_processes(ODC_CLI, resumed, "configs/odc.py:digits", x64=True)
+    outputs = run_processes(as_flags(ODC), resumed, "configs/odc.py:digits", x64=True)
     assert "resumed from checkpoint step 8" in outputs[0]
     params_resumed, state_resumed = final_params(resumed, x64=True)
     params_ref, _ = final_params(multi, x64=True)

@@ -1,13 +1,16 @@
 """jclust.precision: float32 by default, float64 throughout in JAX's x64 mode (the tests' control
 for device-count equivalence), and no state leaf that changes dtype during a run."""
 
-import sys
+import importlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jclust import precision
-from tests.conftest import X64_ENV, run, x64_mode
+from jclust import loader, methods, precision
+from jclust import state as jstate
+from tests.conftest import tiny_config, x64_mode
 
 
 def test_float_dtype_follows_the_x64_mode_and_cast_floats_only_touches_floats():
@@ -22,53 +25,44 @@ def test_float_dtype_follows_the_x64_mode_and_cast_floats_only_touches_floats():
     assert precision.float_dtype() == np.float32
 
 
-# In x64 mode: every method's initial state, its reclusterings (each phase's first) and its
-# evaluation fit keep every leaf's dtype. A leaf that turned float32 mid-run (a re-initialised
-# flax head) made the float64 resume differ from the uninterrupted run by 5e-11, and retraces
-# the jitted step.
-STABLE_DTYPES = """
-import importlib, jax, jax.numpy as jnp, numpy as np
-from jclust import loader
-from jclust import methods
-from jclust import state as jstate
-from tests.conftest import tiny_config
-assert jax.config.jax_enable_x64
-
-def config(name):
+def _config(name):
     if name == "odc":
         return importlib.import_module("tests.test_odc").odc_config()
     if name in ("dec", "idec"):
         return tiny_config(method=name)
     return importlib.import_module(f"tests.test_{name}").tiny_config()
 
-def dtypes(tree):
+
+def _dtypes(tree):
     return [(jax.tree_util.keystr(p), np.asarray(x).dtype)
             for p, x in jax.tree_util.tree_leaves_with_path(tree)]
 
-for name in ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm"):
-    c = config(name)
-    data = loader.load_dataset(c)
-    method = methods.make(c, loader.data_spec_of(data))
-    state = jstate.init_state(method, 0, data.inputs[:c.batch_size])
-    floats = {d for _, d in dtypes(state) if np.issubdtype(d, np.floating)}
-    assert floats == {np.dtype(np.float64)}, (name, floats)
-    features = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(data.inputs)))
-    assert features.dtype == np.float64, name
-    key = jax.random.PRNGKey(0)
-    for phase in range(len(method.phases)):
-        if method.recluster is None:
-            break
-        context = methods.ReclusterContext(features, key, phase=phase, inputs=data.inputs)
-        params, cluster, _ = method.recluster(state.params, state.cluster, context)
-        assert dtypes((params, cluster)) == dtypes((state.params, state.cluster)), (name, phase)
-        state = state.replace(params=params, cluster=cluster)
-    if method.fit_evaluation is not None:
-        cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
-        assert dtypes(cluster) == dtypes(state.cluster), name
-print("OK")
-"""
 
-
-def test_no_state_leaf_changes_dtype_in_x64_mode():
-    result = run([sys.executable, "-c", STABLE_DTYPES], env_extra=X64_ENV, timeout=600)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+# In x64 mode: every method's initial state, its reclusterings (each phase's first) and its
+# evaluation fit keep every leaf's dtype. A leaf that turned float32 mid-run (a re-initialised
+# flax head) made the float64 resume differ from the uninterrupted run by 5e-11, and retraces
+# the jitted step.
+@pytest.mark.parametrize("name", ["dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav",
+                                  "jule", "nmm"])
+def test_no_state_leaf_changes_dtype_in_x64_mode(name):
+    c = _config(name)
+    with x64_mode():
+        data = loader.load_dataset(c)
+        method = methods.make(c, loader.data_spec_of(data))
+        state = jstate.init_state(method, 0, data.inputs[:c.batch_size])
+        floats = {d for _, d in _dtypes(state) if np.issubdtype(d, np.floating)}
+        assert floats == {np.dtype(np.float64)}, floats
+        features = np.asarray(method.embed(state.params, state.model_state,
+                                           jnp.asarray(data.inputs)))
+        assert features.dtype == np.float64
+        key = jax.random.PRNGKey(0)
+        for phase in range(len(method.phases)):
+            if method.recluster is None:
+                break
+            context = methods.ReclusterContext(features, key, phase=phase, inputs=data.inputs)
+            params, cluster, _ = method.recluster(state.params, state.cluster, context)
+            assert _dtypes((params, cluster)) == _dtypes((state.params, state.cluster)), phase
+            state = state.replace(params=params, cluster=cluster)
+        if method.fit_evaluation is not None:
+            cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
+            assert _dtypes(cluster) == _dtypes(state.cluster)

@@ -193,7 +193,7 @@ def test_unlabelled_folder_trains_and_skips_label_metrics(tmp_path, capsys):
     assert "acc" not in final and final["clusters_used"] >= 1
 
 
-def test_delius_on_npz_features_and_on_a_jclust_encoder(tmp_path, capsys):
+def test_delius_on_npz_features_and_on_a_jclust_encoder(reference_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 24)) * 4
     labels = np.repeat(np.arange(3), 40)
@@ -207,7 +207,8 @@ def test_delius_on_npz_features_and_on_a_jclust_encoder(tmp_path, capsys):
     final = train.train_and_evaluate(config, str(tmp_path / "npz_run"))
     assert final["acc"] > 0.9  # three well separated blobs
 
-    # A folder of images encoded by the encoder of a trained jclust run (the tiny digits run).
+    # A folder of images encoded by the encoder of a trained jclust run (the tiny digits run,
+    # which the DELIUS run and predict only read: the other tests of reference_run check it).
     folder = tmp_path / "art"
     for cls in ("dark", "light"):
         (folder / cls).mkdir(parents=True)
@@ -215,8 +216,7 @@ def test_delius_on_npz_features_and_on_a_jclust_encoder(tmp_path, capsys):
             value = 30 if cls == "dark" else 220
             pixels = np.clip(rng.normal(value, 25, size=(16, 16)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels, "L").save(folder / cls / f"{i}.png")
-    encoder_dir = str(tmp_path / "encoder")
-    train.train_and_evaluate(tiny_config(), encoder_dir)
+    encoder_dir, _ = reference_run
     config = config_lib.load_config(os.path.join(ROOT, f"configs/delius.py:folder:{folder}"))
     config = config_lib.apply_overrides(config, {
         "data.encoder_workdir": encoder_dir, "num_clusters": 2, "batch_size": 8,
