@@ -30,6 +30,7 @@ def get_config(arg: str = ""):
     config.optim.momentum = 0.9  # body only; the head has none
     config.optim.weight_decay = 1e-5
     # The reference multiplies the rate by 0.4 at epoch 400 of 440.
+    config.optim.lr_schedule = "step"  # times lr_decay_factor from lr_decay_fraction of the run
     config.optim.lr_decay_fraction = 400 / 440
     config.optim.lr_decay_factor = 0.4  # 1.0: constant rate
 

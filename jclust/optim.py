@@ -1,26 +1,38 @@
-"""Optimisers built from a config section (``optimizer``, ``learning_rate``, ``momentum``,
-``lr_schedule``)."""
+"""Optimisers built from a config section: :func:`make` builds every method's ``optim`` section
+(``optimizer``, ``learning_rate``, ``momentum``, ``weight_decay``, ``lr_schedule``), with
+per-group rules (:class:`Group`: no momentum on a head, frozen prototypes) in one place."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping, NamedTuple
+
+import jax
 import optax
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine", "inverse")
+SCHEDULES = ("constant", "cosine", "inverse", "step")
 
 
-def make_schedule(name: str, learning_rate: float, num_steps: int = 0) -> optax.Schedule | float:
+def make_schedule(name: str, learning_rate: float, num_steps: int = 0, *,
+                  decay_factor: float = 1.0, decay_fraction: float = 1.0
+                  ) -> optax.Schedule | float:
     """Returns the learning rate (a float) or an optax schedule of the step.
 
     Args:
-      name: "constant", "cosine" (from ``learning_rate`` down to 0 at ``num_steps``) or "inverse"
-        (Caffe's "inv" policy as JULE uses it: ``learning_rate * (1 + 1e-4 t) ** -0.75``).
+      name: "constant", "cosine" (from ``learning_rate`` down to 0 at ``num_steps``), "inverse"
+        (Caffe's "inv" policy as JULE uses it: ``learning_rate * (1 + 1e-4 t) ** -0.75``) or
+        "step" (times ``decay_factor`` from step ``int(decay_fraction * num_steps)`` on, as ODC;
+        a factor of 1 is the constant rate).
       learning_rate: the peak step size.
-      num_steps: the length of the phase the schedule runs over (cosine only).
+      num_steps: the length of the phase the schedule runs over (cosine and step).
+      decay_factor, decay_fraction: the step schedule's drop and where it falls.
     """
     from jclust.config_lib import ConfigError
-    if name == "constant":
+    if name == "constant" or (name == "step" and decay_factor == 1.0):
         return learning_rate
+    if name == "step":
+        return optax.piecewise_constant_schedule(
+            learning_rate, {int(decay_fraction * num_steps): decay_factor})
     if name == "cosine":
         if num_steps <= 0:
             raise ConfigError("a cosine learning-rate schedule needs a phase with a known, "
@@ -33,7 +45,8 @@ def make_schedule(name: str, learning_rate: float, num_steps: int = 0) -> optax.
 
 def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0, *,
                    schedule: str = "constant", num_steps: int = 0) -> optax.GradientTransformation:
-    """Returns the optax transformation for ``name`` in {"adam", "sgd"}.
+    """Returns the optax transformation for ``name`` in {"adam", "sgd"} (DEC's two sections,
+    which have no weight decay; every ``optim`` section goes through :func:`make`).
 
     Args:
       name: "adam" (betas 0.9/0.999, eps 1e-8, optax's and torch's defaults) or "sgd"
@@ -43,10 +56,69 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.0, *,
       schedule: "constant" or "cosine" (see :func:`make_schedule`).
       num_steps: number of steps of the phase, for the schedule.
     """
-    lr = make_schedule(schedule, learning_rate, num_steps)
+    return _optimizer(name, make_schedule(schedule, learning_rate, num_steps), momentum)
+
+
+def _optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
+               momentum: float) -> optax.GradientTransformation:
     if name == "adam":
-        return optax.adam(lr)
+        return optax.adam(learning_rate)
     if name == "sgd":
-        return optax.sgd(lr, momentum=momentum or None)
+        return optax.sgd(learning_rate, momentum=momentum or None)
     from jclust.config_lib import ConfigError
     raise ConfigError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+class Group(NamedTuple):
+    """How one top-level part of the parameters trains, relative to the section's optimiser.
+
+    Attributes:
+      weight_decay: whether the section's weight decay applies (decoupled, before the optimiser).
+      momentum: whether the section's momentum applies (SGD).
+      frozen_steps: None: trained throughout; -1: never updated (no decay, no momentum);
+        N >= 0: no update before step N (the part's own count), then as the rest.
+    """
+    weight_decay: bool = True
+    momentum: bool = True
+    frozen_steps: int | None = None
+
+
+def make(section: Any, num_steps: int, groups: Mapping[str, Group] | None = None,
+         rest: str = "train") -> optax.GradientTransformation:
+    """The optimiser of a phase from a config's ``optim`` section.
+
+    Each group trains as ``chain(add_decayed_weights(weight_decay), optimizer(schedule,
+    momentum))`` with the :class:`Group`'s exceptions.
+
+    Args:
+      section: ``learning_rate`` and optionally ``optimizer`` (default "sgd"), ``momentum`` (0),
+        ``weight_decay`` (0), ``lr_schedule`` ("constant"), ``lr_decay_factor`` and
+        ``lr_decay_fraction`` (the "step" schedule's).
+      num_steps: the phase's length, for the schedule.
+      groups: top-level parameter parts (keys of the params dict) that train by other rules;
+        each part is its own ``optax.multi_transform`` label. None: one rule for all parameters.
+      rest: the label of every other part.
+    """
+    schedule = make_schedule(section.get("lr_schedule", "constant"), section.learning_rate,
+                             num_steps, decay_factor=section.get("lr_decay_factor", 1.0),
+                             decay_fraction=section.get("lr_decay_fraction", 1.0))
+    name = section.get("optimizer", "sgd")
+
+    def transform(group: Group) -> optax.GradientTransformation:
+        momentum = section.get("momentum", 0.0) if group.momentum else 0.0
+        tx = _optimizer(name, schedule, momentum)
+        if group.weight_decay:
+            tx = optax.chain(optax.add_decayed_weights(section.get("weight_decay", 0.0)), tx)
+        if group.frozen_steps == -1:
+            return optax.set_to_zero()
+        if group.frozen_steps is not None:
+            frozen_steps = group.frozen_steps
+            return optax.conditionally_mask(tx, lambda count: count >= frozen_steps)
+        return tx
+
+    if groups is None:
+        return transform(Group())
+    transforms = {rest: transform(Group()), **{part: transform(g) for part, g in groups.items()}}
+    return optax.multi_transform(
+        transforms, lambda params: {part: jax.tree.map(lambda _: part if part in groups else rest,
+                                                       params[part]) for part in params})

@@ -23,3 +23,48 @@ def test_cosine_schedule_goes_from_peak_to_zero():
 def test_bad_names_are_config_errors(call, match):
     with pytest.raises(config_lib.ConfigError, match=match):
         call()
+
+
+def _run(tx, params, steps=3):
+    """Updates of ``steps`` steps of ``tx`` on fixed gradients; returns the updates and state."""
+    import jax
+    import numpy as np
+    import optax
+    grads = jax.tree.map(lambda p: np.linspace(-1.0, 1.0, p.size).reshape(p.shape), params)
+    state, updates = tx.init(params), []
+    for _ in range(steps):
+        update, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, update)
+        updates.append(update)
+    return updates, state
+
+
+def test_make_builds_each_groups_chain_as_written_out_by_hand():
+    """optim.make against the optax chains the methods wrote out before it existed (the same
+    updates and the same optimiser-state tree, so checkpoints keep their layout)."""
+    import jax
+    import ml_collections
+    import numpy as np
+    import optax
+    section = ml_collections.ConfigDict({"learning_rate": 0.1, "momentum": 0.9,
+                                         "weight_decay": 0.01})
+    params = {"backbone": {"w": np.ones((2, 3))}, "head": {"w": np.full(4, 0.5)}}
+    # DeepCluster: the head without weight decay and without momentum.
+    ours = optim.make(section, 100, rest="backbone",
+                      groups={"head": optim.Group(weight_decay=False, momentum=False)})
+    by_hand = optax.multi_transform(
+        {"backbone": optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9)),
+         "head": optax.sgd(0.1)},
+        lambda p: {part: jax.tree.map(lambda _: part, p[part]) for part in p})
+    (a, state_a), (b, state_b) = _run(ours, params), _run(by_hand, params)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+    # Frozen for 2 steps, then trained like the rest; never; the step schedule's drop.
+    frozen = optim.make(section, 100, groups={"head": optim.Group(frozen_steps=2)})
+    updates, _ = _run(frozen, params, steps=3)
+    assert [float(np.abs(u["head"]["w"]).sum()) == 0 for u in updates] == [True, True, False]
+    never, _ = _run(optim.make(section, 100, groups={"head": optim.Group(frozen_steps=-1)}), params)
+    assert all(float(np.abs(u["head"]["w"]).sum()) == 0 for u in never)
+    step = optim.make_schedule("step", 0.1, 100, decay_factor=0.4, decay_fraction=0.9)
+    assert [float(step(t)) for t in (0, 89, 90)] == pytest.approx([0.1, 0.1, 0.04])
+    assert optim.make_schedule("step", 0.1, 100, decay_factor=1.0) == 0.1  # the constant rate

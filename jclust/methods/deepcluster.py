@@ -31,11 +31,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
-from jclust import models
+from jclust import models, optim
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods import losses
@@ -94,6 +93,7 @@ def make(config, data_spec: DataSpec) -> Method:
         raise ConfigError("DeepCluster trains a CNN on images; the data are feature vectors")
     head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(dc.head_init_std))
     steps_per_epoch = n // config.batch_size
+    num_steps = config.optim.epochs * steps_per_epoch
     height, width = data_spec.input_shape[:2]
 
     def init(rng, x):
@@ -186,17 +186,11 @@ def make(config, data_spec: DataSpec) -> Method:
             eval_centroids=evaluation.centroids)
         return params, cluster, info
 
-    def label_tx():
-        backbone_tx = optax.chain(
-            optax.add_decayed_weights(config.optim.weight_decay),
-            optax.sgd(config.optim.learning_rate, momentum=config.optim.momentum or None))
-        head_tx = optax.sgd(config.optim.learning_rate)
-        return optax.multi_transform(
-            {"backbone": backbone_tx, "head": head_tx},
-            lambda params: {part: jax.tree.map(lambda _: part, params[part]) for part in params})
-
-    phases = (Phase(name="deepcluster", num_steps=config.optim.epochs * steps_per_epoch,
-                    tx=label_tx(), loss_fn=loss_fn,
+    # DeepCluster's SGD: the backbone with weight decay and momentum, the head without either.
+    label_tx = optim.make(config.optim, num_steps, rest="backbone",
+                          groups={"head": optim.Group(weight_decay=False, momentum=False)})
+    phases = (Phase(name="deepcluster", num_steps=num_steps,
+                    tx=label_tx, loss_fn=loss_fn,
                     recluster_every=dc.recluster_epochs * steps_per_epoch,
                     recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,

@@ -40,13 +40,12 @@ import optax
 
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
-from jclust import models
+from jclust import models, optim
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.models.neck import ProjectionHead
-from jclust.optim import make_schedule
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
 ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
@@ -212,14 +211,8 @@ def make(config, data_spec: DataSpec) -> Method:
                                      spherical=True)
         return cluster._replace(eval_centroids=evaluation.centroids)
 
-    schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
-    trainable = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                            optax.sgd(schedule, momentum=config.optim.momentum or None))
-    frozen = optax.set_to_zero() if dc.freeze_prototypes else trainable
-    tx = optax.multi_transform(
-        {"train": trainable, "prototypes": frozen},
-        lambda params: {part: jax.tree.map(lambda _: "prototypes" if part == "prototypes" else "train",
-                                           params[part]) for part in params})
+    prototypes = optim.Group(frozen_steps=-1 if dc.freeze_prototypes else None)
+    tx = optim.make(config.optim, num_steps, groups={"prototypes": prototypes})
 
     phases = (Phase(name="deepclusterv2", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=dc.recluster_epochs * steps_per_epoch, recluster_at_start=True,

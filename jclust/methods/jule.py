@@ -56,10 +56,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jclust import cluster as jcluster
-from jclust import models
+from jclust import models, optim
 from jclust.cluster import graph as jgraph
 from jclust.cluster import l2_normalize
 from jclust.cluster import linkage
@@ -67,7 +66,6 @@ from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.jule_loss import triplet_loss
-from jclust.optim import make_schedule
 from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
@@ -345,9 +343,7 @@ def make(config, data_spec: DataSpec) -> Method:
         return np.concatenate([
             samplers.grouped_by_label(labels, jc.batch_groups, rng)[:epoch_length] for rng in rngs])
 
-    schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
-    tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                     optax.sgd(schedule, momentum=config.optim.momentum or None))
+    tx = optim.make(config.optim, num_steps)
     phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=period_steps, recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,

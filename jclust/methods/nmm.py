@@ -51,17 +51,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jclust import cluster as jcluster
-from jclust import models
+from jclust import models, optim
 from jclust.cluster import graph as jgraph
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.models.neck import MixtureHead
-from jclust.optim import make_optimizer
 from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the mixture component of largest density p_k(x) = sigmoid(s o~_k(x)) / Z "
@@ -304,10 +302,7 @@ def make(config, data_spec: DataSpec) -> Method:
 
     remine_every = (nm.remine_epochs * steps_per_epoch
                     if use_neighbours and nm.neighbour_space == "backbone" else 0)
-    tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                     make_optimizer(config.optim.optimizer, config.optim.learning_rate,
-                                    config.optim.momentum, schedule=config.optim.lr_schedule,
-                                    num_steps=num_steps))
+    tx = optim.make(config.optim, num_steps)
     phases = (Phase(name="nmm", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=remine_every, recluster_at_start=use_neighbours,
                     cluster_update=update_state),)

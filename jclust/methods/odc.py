@@ -48,11 +48,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
-from jclust import models
+from jclust import models, optim
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods import losses
@@ -430,23 +429,10 @@ def make(config, data_spec: DataSpec) -> Method:
         return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, float_dtype())),
                                      key)[0]
 
-    def label_tx():
-        learning_rate = config.optim.learning_rate
-        if config.optim.lr_decay_factor != 1.0:
-            learning_rate = optax.piecewise_constant_schedule(
-                learning_rate,
-                {int(config.optim.lr_decay_fraction * num_steps): config.optim.lr_decay_factor})
-        # The head has no momentum (reference: paramwise momentum 0 for ``head.``).
-        head_tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                              optax.sgd(learning_rate))
-        body_tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                              optax.sgd(learning_rate, momentum=config.optim.momentum or None))
-        return optax.multi_transform(
-            {"body": body_tx, "head": head_tx},
-            lambda params: {part: jax.tree.map(lambda _: "head" if part == "head" else "body",
-                                               params[part]) for part in params})
-
-    phases = (Phase(name="odc", num_steps=num_steps, tx=label_tx(), loss_fn=loss_fn,
+    # The head has no momentum (reference: paramwise momentum 0 for ``head.``).
+    label_tx = optim.make(config.optim, num_steps, rest="body",
+                          groups={"head": optim.Group(momentum=False)})
+    phases = (Phase(name="odc", num_steps=num_steps, tx=label_tx, loss_fn=loss_fn,
                     recluster_every=oc.eval_epochs * steps_per_epoch, recluster_at_start=True,
                     cluster_update=cluster_update),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,

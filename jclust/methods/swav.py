@@ -41,17 +41,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jclust import cluster as jcluster
 from jclust import config_lib
-from jclust import models
+from jclust import models, optim
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.models.neck import ProjectionHead
-from jclust.optim import make_schedule
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
 PROTOTYPES_RULE = ("the prototype of largest cosine similarity with the projected, L2-normalised "
@@ -323,19 +321,10 @@ def make(config, data_spec: DataSpec) -> Method:
             cluster = cluster._replace(eval_centroids=evaluation.centroids)
         return cluster
 
-    schedule = make_schedule(config.optim.lr_schedule, config.optim.learning_rate, num_steps)
-    def sgd():
-        return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                           optax.sgd(schedule, momentum=config.optim.momentum or None))
-
-    trainable = sgd()
     # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
     # where their gradients are set to None.
-    prototypes_tx = optax.conditionally_mask(sgd(), lambda count: count >= freeze_steps)
-    tx = optax.multi_transform(
-        {"train": trainable, "prototypes": prototypes_tx},
-        lambda params: {part: jax.tree.map(lambda _: "prototypes" if part == "prototypes" else "train",
-                                           params[part]) for part in params})
+    tx = optim.make(config.optim, num_steps,
+                    groups={"prototypes": optim.Group(frozen_steps=freeze_steps)})
 
     phases = (Phase(name="swav", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     cluster_update=update_state, prepare_params=normalize_prototypes),)
