@@ -19,7 +19,7 @@ def get_config(arg: str = ""):
     # Fashion-MNIST it cost ~0.06 ACC (BENCHMARKS.md, DeepCluster exploration).
     config.model = config_lib.small_cnn_model(pool_first=False)
 
-    config.optim = ml_collections.ConfigDict()
+    config.optim = config_lib.optim_section()
     # On Fashion-MNIST, 8 and 20 epochs ended alike (ACC ~0.66, BENCHMARKS.md) and ACC after
     # the second epoch moves up and down by +-0.05 between reclusterings; 5 epochs (with the
     # feature pass before each) keep a run within 30 min on 2 CPU cores.

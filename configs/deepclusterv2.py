@@ -22,7 +22,7 @@ def get_config(arg: str = ""):
     # convs ~4x cheaper, which keeps a run within 30 min on 2 CPU cores.
     config.model = config_lib.small_cnn_model(pool_first=True)
 
-    config.optim = ml_collections.ConfigDict()
+    config.optim = config_lib.optim_section()
     config.optim.epochs = 10
     config.optim.learning_rate = 0.05
     config.optim.lr_schedule = "cosine"  # the reference decays with a cosine (after warm-up)

@@ -25,9 +25,9 @@ def get_config(arg: str = ""):
     config.model = config_lib.jule_cnn_model()
     config.batch_size = 100
 
-    config.optim = ml_collections.ConfigDict()
-    # Training stops once the clusters reach num_clusters; max_epochs bounds it.
-    config.optim.max_epochs = 12
+    config.optim = config_lib.optim_section()
+    # Training stops once the clusters reach num_clusters; optim.epochs bounds it.
+    config.optim.epochs = 12
     config.optim.learning_rate = 0.01
     config.optim.lr_schedule = "inverse"
     config.optim.momentum = 0.9
@@ -78,7 +78,7 @@ def get_config(arg: str = ""):
     if arg == "digits":
         config_lib.use_digits(config)
         config.model.pool_first = False
-        config.optim.max_epochs = 40
+        config.optim.epochs = 40
         config.jule.epochs_per_period = 5
         config.jule.flip = False
         config.log_every_steps = 50

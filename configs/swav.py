@@ -27,7 +27,7 @@ def get_config(arg: str = ""):
     config.model = config_lib.small_cnn_model(pool_first=True)
     config.model.global_pool = False
 
-    config.optim = ml_collections.ConfigDict()
+    config.optim = config_lib.optim_section()
     config.optim.epochs = 8
     config.optim.learning_rate = 0.05
     config.optim.lr_schedule = "cosine"

@@ -98,18 +98,13 @@ def resumable_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
     A length is not resumable where the learning rate is scheduled over it (cosine, ODC's step
     decay), nor for a phase before the last (the restored step would fall into another phase).
     """
-    method = config.get("method", "")
     optim = config.get("optim", {})
-    if method in ("dec", "idec"):
+    schedule = optim.get("lr_schedule")
+    if config.get("method", "") in ("dec", "idec"):
         length = "dec.max_steps"  # the cluster phase: a constant learning rate
-    elif method == "deepcluster":
-        length = "optim.epochs"  # a constant learning rate
-    elif method == "jule":
-        length = "optim.max_epochs" if optim.get("lr_schedule") != "cosine" else None
-    elif method == "odc":
-        length = "optim.epochs" if optim.get("lr_decay_factor") == 1.0 else None
-    elif method in ("deepclusterv2", "swav", "nmm"):
-        length = "optim.epochs" if optim.get("lr_schedule") == "constant" else None
+    elif schedule in ("constant", "inverse") or (schedule == "step"
+                                                 and optim.get("lr_decay_factor") == 1.0):
+        length = "optim.epochs"  # the one training phase, its rate independent of its length
     else:
         length = None
     return RESUMABLE_KEYS | ({length} if length else set())
@@ -202,6 +197,26 @@ def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     # clustering stay float32). Worth it on GPU/TPU; XLA:CPU has no fast bf16 convolutions.
     model.compute_dtype = "float32"
     return model
+
+
+def optim_section(**values) -> ml_collections.ConfigDict:
+    """The ``optim`` section of the CNN methods, read by :func:`jclust.optim.make`: one skeleton,
+    with ``values`` (each a key of it) in place of its defaults.
+
+    Keys: ``optimizer`` ("sgd" | "adam"), ``epochs`` (the training phase's length; JULE's bound,
+    as it stops once its clusters reach ``num_clusters``), ``learning_rate``, ``momentum`` (SGD),
+    ``weight_decay`` (decoupled), ``lr_schedule`` ("constant" | "cosine" | "inverse" | "step"),
+    ``lr_decay_factor`` and ``lr_decay_fraction`` (the step schedule's drop and where it falls).
+    """
+    section = ml_collections.ConfigDict({
+        "optimizer": "sgd", "epochs": 1, "learning_rate": 0.05, "momentum": 0.0,
+        "weight_decay": 0.0, "lr_schedule": "constant", "lr_decay_factor": 1.0,
+        "lr_decay_fraction": 1.0})
+    unknown = set(values) - set(section)
+    if unknown:
+        raise ValueError(f"not optim keys: {', '.join(sorted(unknown))}")
+    section.update(values)
+    return section
 
 
 def jule_cnn_model() -> ml_collections.ConfigDict:

@@ -216,7 +216,7 @@ def _fake_run(tmp_path, config):
                            "tensorboard": False, "keep_checkpoints": 5, "dec.max_steps": 99}, True),
     ("dec.py:digits", {}, {"pretrain.epochs": 99}, False),  # the restored step's phase would move
     ("dec.py:digits", {}, {"seed": 1}, False),
-    ("jule.py:digits", {}, {"jule.evaluation": "spectral", "optim.max_epochs": 99}, True),
+    ("jule.py:digits", {}, {"jule.evaluation": "spectral", "optim.epochs": 99}, True),
     ("swav.py:digits", {}, {"optim.epochs": 99}, False),  # a cosine schedule over the epochs
     ("swav.py:digits", {"optim.lr_schedule": "constant"}, {"optim.epochs": 99}, True),
     ("odc.py:digits", {}, {"odc.eval_n_init": 3}, True),

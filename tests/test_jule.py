@@ -26,7 +26,7 @@ CONFIG = os.path.join(ROOT, "configs", "jule.py:digits")
 TINY = {
     "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
     "model.widths": (8, 16), "model.dense": 32, "jule.embed_dim": 16, "jule.neighbours": 5,
-    "jule.eta": 0.6, "jule.epochs_per_period": 1, "optim.max_epochs": 6,
+    "jule.eta": 0.6, "jule.epochs_per_period": 1, "optim.epochs": 6,
     "log_every_steps": 8, "checkpoint_every_steps": 4, "keep_checkpoints": 50,
     "pictures.every_evals": 0, "tensorboard": False,
 }

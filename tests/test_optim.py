@@ -68,3 +68,17 @@ def test_make_builds_each_groups_chain_as_written_out_by_hand():
     step = optim.make_schedule("step", 0.1, 100, decay_factor=0.4, decay_fraction=0.9)
     assert [float(step(t)) for t in (0, 89, 90)] == pytest.approx([0.1, 0.1, 0.04])
     assert optim.make_schedule("step", 0.1, 100, decay_factor=1.0) == 0.1  # the constant rate
+
+
+def test_every_optim_section_is_the_one_skeleton():
+    """The CNN methods' optim sections share config_lib.optim_section's keys (what optim.make
+    reads), in every variant; a key outside it is refused."""
+    import os
+    from tests.conftest import ROOT
+    skeleton = set(config_lib.optim_section())
+    for name in ("deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm"):
+        for arg in ("", ":digits"):
+            config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py{arg}"))
+            assert set(config.optim) == skeleton, (name, arg)
+    with pytest.raises(ValueError, match="max_epochs"):
+        config_lib.optim_section(max_epochs=3)

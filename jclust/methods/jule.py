@@ -218,7 +218,7 @@ def make(config, data_spec: DataSpec) -> Method:
     target = config.num_clusters
     steps_per_epoch = n // config.batch_size
     period_steps = jc.epochs_per_period * steps_per_epoch
-    num_steps = config.optim.max_epochs * steps_per_epoch
+    num_steps = config.optim.epochs * steps_per_epoch
     check_ranges(config, {"num_clusters": 2 <= target <= n,
                          "jule.neighbours": 1 <= jc.neighbours < n,
                          "jule.cluster_neighbours": jc.cluster_neighbours >= 1,
@@ -236,7 +236,7 @@ def make(config, data_spec: DataSpec) -> Method:
                          "jule.coarse_clusters": jc.coarse_clusters >= 0,
                          "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
                          "jule.initial_space": jc.initial_space in ("embedding", "pixels"),
-                         "optim.max_epochs": config.optim.max_epochs >= jc.epochs_per_period,
+                         "optim.epochs": config.optim.epochs >= jc.epochs_per_period,
                          "batch_size": config.batch_size <= n}, f"N = {n} examples")
     if not data_spec.is_image:
         raise ConfigError("JULE trains a CNN on images; the data are feature vectors")
