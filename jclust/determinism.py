@@ -1,14 +1,14 @@
 """Bit-exact resume on GPUs: XLA's deterministic GPU ops, asked for before JAX starts its backends.
 
-On CPU and TPU a resumed run ends bit-equal to an uninterrupted one. On a GPU it does not by
-default: XLA's GPU reductions and scatter-adds may add in any order, and its autotuner picks
-cuBLAS/cuDNN kernels by timing them in each process, so two processes computing the same step can
-differ in the last bit (seen on an H200: 1.9e-9 in a parameter after a SIGKILL and resume).
+On CPU a resumed run ends bit-equal to an uninterrupted one. On a GPU it does not by default:
+XLA's GPU reductions and scatter-adds may add in any order, and its autotuner picks cuBLAS/cuDNN
+kernels by timing them in each process, so two processes computing the same step can differ in
+the last bit (seen on an H200: 1.9e-9 in a parameter after a SIGKILL and resume).
 ``--xla_gpu_deterministic_ops=true`` makes both deterministic; on the steps jclust runs it cost
 nothing measurable (BENCHMARKS.md, "The same table on a GPU"). The command line turns it on
-wherever a JAX GPU plugin is installed; notebooks call :func:`request_deterministic_gpu_ops`
-first. XLA reads XLA_FLAGS once, when the first backend starts, so a call after any JAX
-computation changes nothing.
+wherever a JAX GPU plugin is installed; a notebook on a GPU should call
+:func:`request_deterministic_gpu_ops` first. XLA reads XLA_FLAGS once, when the first backend
+starts, so a call after any JAX computation changes nothing.
 """
 
 from __future__ import annotations

@@ -99,6 +99,10 @@ def make(section: Any, num_steps: int, groups: Mapping[str, Group] | None = None
         each part is its own ``optax.multi_transform`` label. None: one rule for all parameters.
       rest: the label of every other part.
     """
+    from jclust.config_lib import ConfigError
+    if section.get("lr_schedule") != "step" and section.get("lr_decay_factor", 1.0) != 1.0:
+        raise ConfigError("config.optim.lr_decay_factor applies to lr_schedule='step' only; set "
+                          "optim.lr_schedule=step or the factor to 1")
     schedule = make_schedule(section.get("lr_schedule", "constant"), section.learning_rate,
                              num_steps, decay_factor=section.get("lr_decay_factor", 1.0),
                              decay_fraction=section.get("lr_decay_fraction", 1.0))

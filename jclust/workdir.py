@@ -20,7 +20,9 @@ from jclust import config_lib
 from jclust import data as jdata
 from jclust import methods as jmethods
 
-VERSION = 1
+# run.json's format. 2: every CNN method's optim section is config_lib.optim_section's skeleton
+# (JULE's optim.max_epochs became optim.epochs); version-1 configs are read in today's keys.
+VERSION = 2
 
 
 RUN_INFO = "run.json"
@@ -51,7 +53,25 @@ def read_run_info(workdir: str) -> dict:
            if not isinstance(spec, dict) or not isinstance(spec.get(key), kind)]
     if bad:
         raise config_lib.ConfigError(f"{path} lacks a valid data_spec ({', '.join(bad)}); {fix}")
+    info["config"] = upgraded_config(info["config"], info.get("version", 1))
     return info
+
+
+def upgraded_config(config: dict, version: int) -> dict:
+    """A run.json config of an older format in today's keys, meaning the same training, so that a
+    run written by an older jclust resumes and predicts. Version 1 -> 2: the optim section gains
+    the skeleton's keys at the values that reproduce what it trained with (ODC decayed its rate
+    whenever ``lr_decay_factor`` was not 1: the "step" schedule), JULE's ``max_epochs`` is
+    ``epochs``."""
+    optim = config.get("optim")
+    if version >= 2 or not isinstance(optim, dict):
+        return config
+    optim = dict(optim)
+    if "max_epochs" in optim:
+        optim["epochs"] = optim.pop("max_epochs")
+    if config.get("method") == "odc":
+        optim.setdefault("lr_schedule", "step")
+    return {**config, "optim": {**config_lib.optim_section().to_dict(), **optim}}
 
 
 def data_spec_from_info(info: dict) -> jmethods.DataSpec:

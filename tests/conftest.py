@@ -208,8 +208,8 @@ def train_on_one_device(overrides, workdir, config_file, x64=False):
 
 
 def assert_eight_devices_match_one(overrides, config_file, tmp_path, sharded=(), skip=()):
-    """The device-count equivalence of a whole run, in float64: the CLI on 1 and on 8 simulated
-    devices ends with the same state within :data:`X64_TOLERANCE` (integer state, e.g.
+    """The device-count equivalence of a whole run, in float64: a run on 1 device
+    (:func:`train_on_one_device`) and the CLI on 8 simulated devices end with the same state within :data:`X64_TOLERANCE` (integer state, e.g.
     pseudo-labels, exactly), the 8-device run with ``sharded`` split along the data axis.
     Returns both final states (8 devices, 1 device)."""
     _, one = train_on_one_device(overrides, str(tmp_path / "one_x64"), config_file, x64=True)

@@ -3,9 +3,9 @@
 collectives over gloo) of 4 simulated devices each, so 8 devices in all, ends where the run on 1
 device ends; a 2-process run killed after a checkpoint resumes bit-exactly, with its sharded
 clustering state. DEC and ODC (its memories and splits see the whole sharded batch). One run
-covers both claims, several devices in a process and several processes, since the device-count
-path of a single process is each method's own 8-device test (conftest.assert_eight_devices_match_one)
-and every process of a distributed run is such a process."""
+covers both claims, several devices in a process and several processes: each process here runs
+the single-process multi-device path on its 4 devices (which the other methods' own 8-device
+tests, conftest.assert_eight_devices_match_one, check alone)."""
 
 import os
 import shutil

@@ -30,7 +30,8 @@ def _run(tx, params, steps=3):
     import jax
     import numpy as np
     import optax
-    grads = jax.tree.map(lambda p: np.linspace(-1.0, 1.0, p.size).reshape(p.shape), params)
+    grads = jax.tree.map(lambda p: np.linspace(-1.0, 1.0, p.size, dtype=p.dtype).reshape(p.shape),
+                         params)
     state, updates = tx.init(params), []
     for _ in range(steps):
         update, state = tx.update(grads, state, params)
@@ -48,7 +49,8 @@ def test_make_builds_each_groups_chain_as_written_out_by_hand():
     import optax
     section = ml_collections.ConfigDict({"learning_rate": 0.1, "momentum": 0.9,
                                          "weight_decay": 0.01})
-    params = {"backbone": {"w": np.ones((2, 3))}, "head": {"w": np.full(4, 0.5)}}
+    params = {"backbone": {"w": np.ones((2, 3), np.float32)},
+              "head": {"w": np.full(4, 0.5, np.float32)}}
     # DeepCluster: the head without weight decay and without momentum.
     ours = optim.make(section, 100, rest="backbone",
                       groups={"head": optim.Group(weight_decay=False, momentum=False)})
@@ -56,9 +58,33 @@ def test_make_builds_each_groups_chain_as_written_out_by_hand():
         {"backbone": optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9)),
          "head": optax.sgd(0.1)},
         lambda p: {part: jax.tree.map(lambda _: part, p[part]) for part in p})
-    (a, state_a), (b, state_b) = _run(ours, params), _run(by_hand, params)
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+    # ODC: the head with weight decay, without momentum, on the step schedule.
+    step = optax.piecewise_constant_schedule(0.1, {90: 0.4})
+    with_ = lambda **values: ml_collections.ConfigDict({**section, **values})  # noqa: E731
+    odc = optim.make(with_(lr_schedule="step", lr_decay_factor=0.4, lr_decay_fraction=0.9), 100,
+                     rest="body",
+                     groups={"head": optim.Group(momentum=False)})
+    odc_by_hand = optax.multi_transform(
+        {"body": optax.chain(optax.add_decayed_weights(0.01), optax.sgd(step, momentum=0.9)),
+         "head": optax.chain(optax.add_decayed_weights(0.01), optax.sgd(step))},
+        lambda p: {part: jax.tree.map(lambda _: "body" if part == "backbone" else part, p[part])
+                   for part in p})
+    # SwAV: the prototypes (here "head") masked for their first 2 steps; NMM: Adam for all.
+    swav = optim.make(section, 100, groups={"head": optim.Group(frozen_steps=2)})
+    def sgd():
+        return optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))
+
+    swav_by_hand = optax.multi_transform(
+        {"train": sgd(), "head": optax.conditionally_mask(sgd(), lambda count: count >= 2)},
+        lambda p: {part: jax.tree.map(lambda _: "head" if part == "head" else "train", p[part])
+                   for part in p})
+    nmm = optim.make(with_(optimizer="adam"), 100)
+    nmm_by_hand = optax.chain(optax.add_decayed_weights(0.01), optax.adam(0.1))
+    for ours, by_hand in ((ours, by_hand), (odc, odc_by_hand), (swav, swav_by_hand),
+                          (nmm, nmm_by_hand)):
+        (a, state_a), (b, state_b) = _run(ours, params), _run(by_hand, params)
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+        assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
     # Frozen for 2 steps, then trained like the rest; never; the step schedule's drop.
     frozen = optim.make(section, 100, groups={"head": optim.Group(frozen_steps=2)})
     updates, _ = _run(frozen, params, steps=3)
@@ -68,6 +94,8 @@ def test_make_builds_each_groups_chain_as_written_out_by_hand():
     step = optim.make_schedule("step", 0.1, 100, decay_factor=0.4, decay_fraction=0.9)
     assert [float(step(t)) for t in (0, 89, 90)] == pytest.approx([0.1, 0.1, 0.04])
     assert optim.make_schedule("step", 0.1, 100, decay_factor=1.0) == 0.1  # the constant rate
+    with pytest.raises(config_lib.ConfigError, match="lr_decay_factor applies to"):
+        optim.make(with_(lr_schedule="cosine", lr_decay_factor=0.4), 100)
 
 
 def test_every_optim_section_is_the_one_skeleton():
@@ -82,3 +110,31 @@ def test_every_optim_section_is_the_one_skeleton():
             assert set(config.optim) == skeleton, (name, arg)
     with pytest.raises(ValueError, match="max_epochs"):
         config_lib.optim_section(max_epochs=3)
+
+
+def test_a_version_1_run_json_config_reads_in_todays_keys():
+    """A run written before the optim skeleton (run.json version 1) resumes and predicts: its
+    optim section, as the configs of that version wrote it, upgrades to today's config."""
+    import json
+    import os
+    from jclust import workdir
+    from tests.conftest import ROOT
+    old_keys = {"deepcluster": {"epochs", "learning_rate", "momentum", "weight_decay"},
+                "deepclusterv2": {"epochs", "learning_rate", "lr_schedule", "momentum",
+                                  "weight_decay"},
+                "odc": {"epochs", "learning_rate", "momentum", "weight_decay",
+                        "lr_decay_fraction", "lr_decay_factor"},
+                "swav": {"epochs", "learning_rate", "lr_schedule", "momentum", "weight_decay"},
+                "jule": {"epochs", "learning_rate", "lr_schedule", "momentum", "weight_decay"},
+                "nmm": {"epochs", "optimizer", "learning_rate", "lr_schedule", "momentum",
+                        "weight_decay"}}
+    for name, keys in old_keys.items():
+        config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py:digits"))
+        today = json.loads(json.dumps(config.to_dict(), default=list))
+        optim_v1 = {k: v for k, v in today["optim"].items() if k in keys}
+        if name == "jule":
+            optim_v1["max_epochs"] = optim_v1.pop("epochs")
+        v1 = {**today, "optim": optim_v1}
+        assert v1 != today
+        assert workdir.upgraded_config(v1, 1) == today, name
+        assert workdir.upgraded_config(today, 2) is today

@@ -253,6 +253,11 @@ def test_deterministic_gpu_ops_are_asked_for_where_a_gpu_plugin_is(monkeypatch):
     # Detection: JAX's CUDA plugins register under the "jax_plugins" entry-point group.
     if jax.default_backend() == "gpu":
         assert determinism.gpu_plugin_installed()
-    fake = [importlib.metadata.EntryPoint("xla_cuda13", "jax_cuda13_plugin", "jax_plugins")]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: fake)
-    assert determinism.gpu_plugin_installed()
+    # Hermetic: only the entry points below exist.
+    monkeypatch.setattr(determinism.pkgutil, "iter_modules", lambda *args: [])
+    monkeypatch.setattr(determinism.importlib.util, "find_spec", lambda name: None)
+    for name, gpu in (("xla_cuda13", True), ("xla_rocm7", True), ("xla_tpu", False), (None, False)):
+        fake = ([importlib.metadata.EntryPoint(name, f"{name}_plugin", "jax_plugins")]
+                if name else [])
+        monkeypatch.setattr(importlib.metadata, "entry_points", lambda group, fake=fake: fake)
+        assert determinism.gpu_plugin_installed() == gpu, name
