@@ -23,12 +23,12 @@ FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 def gpu_plugin_installed() -> bool:
-    """Whether a JAX CUDA or ROCm plugin is installed (found without importing JAX's backends)."""
+    """Whether a JAX CUDA or ROCm plugin is installed, found as JAX finds plugins (the
+    "jax_plugins" entry points and namespace package) without starting its backends."""
     names = [entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")]
     namespace = importlib.util.find_spec("jax_plugins")
     if namespace is not None and namespace.submodule_search_locations:
         names += [m.name for m in pkgutil.iter_modules(namespace.submodule_search_locations)]
-    names += [m.name for m in pkgutil.iter_modules() if m.name.startswith("jax_")]
     return any("cuda" in name or "rocm" in name for name in names)
 
 

@@ -109,12 +109,12 @@ def make(section: Any, num_steps: int, groups: Mapping[str, Group] | None = None
     name = section.get("optimizer", "sgd")
 
     def transform(group: Group) -> optax.GradientTransformation:
+        if group.frozen_steps == -1:
+            return optax.set_to_zero()
         momentum = section.get("momentum", 0.0) if group.momentum else 0.0
         tx = _optimizer(name, schedule, momentum)
         if group.weight_decay:
             tx = optax.chain(optax.add_decayed_weights(section.get("weight_decay", 0.0)), tx)
-        if group.frozen_steps == -1:
-            return optax.set_to_zero()
         if group.frozen_steps is not None:
             frozen_steps = group.frozen_steps
             return optax.conditionally_mask(tx, lambda count: count >= frozen_steps)

@@ -140,7 +140,8 @@ class JuleCNN(nn.Module):
             x = x.astype(float_dtype()) / 255.0
         for i, width in enumerate(self.widths):
             x = ConvValid(width, self.size, impl=self.conv_impl,
-                          kernel_init=drawn_as_matrix(nn.initializers.normal(0.01)), dtype=self.dtype)(x)
+                          kernel_init=drawn_as_matrix(nn.initializers.normal(0.01)),
+                          dtype=self.dtype)(x)
             x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                      dtype=self.dtype)(x))
             if i < len(self.widths) - 1:
