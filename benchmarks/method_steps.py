@@ -58,7 +58,7 @@ def time_method(name: str, source: str | None, steps: int, warmup: int, seed: in
     if source:
         config.data.source = source
     dataset = loader.load_dataset(config)
-    method = methods.make(config, loader.data_spec_of(dataset))
+    method = methods.from_config(config, loader.data_spec_of(dataset))
     mesh = jstate.make_mesh()
     runner = inference.Runner(method, mesh, config.eval_batch_size, dataset.num_examples)
     bounds = jschedule.phase_bounds(method)

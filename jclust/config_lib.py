@@ -12,15 +12,9 @@ import ast
 import importlib.util
 import os
 import traceback
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import ml_collections
-
-# Methods the trainer knows, mapped to the module in ``jclust.methods`` implementing them.
-METHODS = {"dec": "dec", "idec": "dec", "deepcluster": "deepcluster",
-           "deepclusterv2": "deepclusterv2", "odc": "odc", "swav": "swav", "jule": "jule",
-           "nmm": "nmm"}
-
 
 class ConfigError(ValueError):
     """A config key, value or combination that cannot be used."""
@@ -452,11 +446,12 @@ def config_spec_from_argv(argv: Sequence[str], flag: str = "config") -> str | No
     return None
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks values that do not depend on the data. Raises ConfigError with the key named."""
-    if config.method not in METHODS:
+def validate(config: ml_collections.ConfigDict, methods: Collection[str]) -> None:
+    """Checks values that do not depend on the data, ``config.method`` among ``methods`` (the
+    names :data:`jclust.methods.REGISTRY` knows). Raises ConfigError with the key named."""
+    if config.method not in methods:
         raise ConfigError(f"config.method={config.method!r} is not a known method; "
-                          f"known: {', '.join(sorted(METHODS))}")
+                          f"known: {', '.join(sorted(methods))}")
     positive = ["num_clusters", "batch_size", "eval_batch_size", "log_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints"]
     for key in positive:

@@ -111,7 +111,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, jmethods.Method, 
     config = ml_collections.ConfigDict(info["config"])
     spec = jworkdir.data_spec_from_info(info)
     try:
-        method = jmethods.make(config, spec)
+        method = jmethods.from_config(config, spec)
     except AttributeError as err:
         if not isinstance(err.__context__, KeyError):  # not ConfigDict's missing-key error
             raise

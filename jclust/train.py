@@ -163,7 +163,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str):
       (dataset, method, runner, initial state on the mesh, imported initial params or None,
       keys changed since the workdir's run.json).
     """
-    config_lib.validate(config)
+    config_lib.validate(config, jmethods.REGISTRY)
     config_lib.check_output_dir(workdir, "workdir")
     changed, trained_on = jworkdir.check_resume(config, workdir)  # before any restore or write
     dataset = loader.load_dataset(config, cache_dir=workdir)
@@ -173,7 +173,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str):
     if config.batch_size % mesh.size:
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
                                      f"the number of devices ({mesh.size})")
-    method = jmethods.make(config, spec)
+    method = jmethods.from_config(config, spec)
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
     state = jstate.init_state(method, config.seed, dataset.inputs[:config.batch_size])
     initial_params = (jworkdir.import_params(config.init_params, state.params)

@@ -134,7 +134,7 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
         assert config.deepcluster.sobel
     n = 16
     x = np.random.default_rng(2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    method = methods.make(config, methods.DataSpec(n, (32, 32, 3), True))
+    method = methods.from_config(config, methods.DataSpec(n, (32, 32, 3), True))
     state = jstate.init_state(method, 0, x[:2])
     assert "batch_stats" in state.model_state["backbone"]
     feats = jax.jit(method.embed)(state.params, state.model_state, jnp.asarray(x))
@@ -192,7 +192,8 @@ def test_bfloat16_compute_keeps_parameters_and_features_float32(name):
 def test_unknown_compute_dtype_is_a_config_error():
     config = config_lib.load_config("configs/swav.py:digits")
     with pytest.raises(config_lib.ConfigError, match="compute_dtype='float16'"):
-        config_lib.validate(config_lib.apply_overrides(config, {"model.compute_dtype": "float16"}))
+        config_lib.validate(config_lib.apply_overrides(config, {"model.compute_dtype": "float16"}),
+                            methods.REGISTRY)
 
 
 def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
@@ -209,7 +210,7 @@ def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
     # Pairs of near-identical images, so that the 1-NN over-clustering has clusters of two.
     base = np.random.default_rng(2).integers(0, 250, (n // 2, 28, 28, 1), dtype=np.uint8)
     x = np.concatenate([base, base + 1]).astype(np.uint8)
-    method = methods.make(config, methods.DataSpec(n, (28, 28, 1), True))
+    method = methods.from_config(config, methods.DataSpec(n, (28, 28, 1), True))
     state = jstate.init_state(method, 0, x[:2])
     assert state.params["head"]["kernel"].shape == (6 * 8 * 8, 8)
     feats = method.embed(state.params, state.model_state, jnp.asarray(x))

@@ -57,7 +57,7 @@ def _method(tiny, method_name):
     config.unlock()
     config.batch_size = 2
     config.lock()
-    return config, methods.make(config, spec)
+    return config, methods.from_config(config, spec)
 
 
 @pytest.mark.parametrize("method_name", ["dec", "idec"])
@@ -113,7 +113,7 @@ def test_recluster_sets_centroids_target_and_stops_on_tolerance(tiny):
     config.unlock()
     config.dec.tol = 0.001
     config.lock()
-    method = methods.make(config, methods.DataSpec(6, (8, 8, 1), True))  # closes over the new tol
+    method = methods.from_config(config, methods.DataSpec(6, (8, 8, 1), True))  # closes over the new tol
     context = ReclusterContext(features, jax.random.PRNGKey(1), phase=1, first=False)
     params, cluster, info = method.recluster(params, cluster, context)
     assert info["delta_label"] == 0.0 and method.done(cluster)
@@ -152,7 +152,7 @@ def test_denoising_pretraining_loss(tiny):
     config.unlock()
     config.pretrain.input_dropout = rate
     config.lock()
-    method = methods.make(config, methods.DataSpec(6, (8, 8, 1), True))
+    method = methods.from_config(config, methods.DataSpec(6, (8, 8, 1), True))
     noisy, _ = method.phases[0].loss_fn(params, model_state, cluster, batch, rng)
     _, drop_rng = jax.random.split(rng)
     keep = np.asarray(jax.random.bernoulli(drop_rng, 1 - rate, x_flat.shape))
@@ -166,7 +166,7 @@ def test_denoising_pretraining_loss(tiny):
     config.pretrain.input_dropout = 1.0
     config.lock()
     with pytest.raises(ConfigError, match="input_dropout"):
-        methods.make(config, methods.DataSpec(6, (8, 8, 1), True))
+        methods.from_config(config, methods.DataSpec(6, (8, 8, 1), True))
 
 
 def numpy_whitened_l2(x):

@@ -34,7 +34,7 @@ def tiny_config(**overrides):
 
 def _method(n=40, **overrides):
     config = tiny_config(**overrides)
-    return config, methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    return config, methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
 
 
 def _images(n, seed=0):
@@ -203,7 +203,7 @@ def test_final_evaluation_refits_on_the_final_features(reference_run):
     _, state = final_params(workdir)
     config = tiny_config()
     dataset = loader.load_dataset(config)
-    method = methods.make(config, loader.data_spec_of(dataset))
+    method = methods.from_config(config, loader.data_spec_of(dataset))
     feats = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(dataset.inputs)))
     mean, projection = np.asarray(state.cluster.pca_mean), np.asarray(state.cluster.pca_projection)
     z = (feats - mean) @ projection

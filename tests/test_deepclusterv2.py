@@ -32,7 +32,7 @@ def tiny_config(**overrides):
 
 def _method(n=40, **overrides):
     config = tiny_config(**overrides)
-    return config, methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    return config, methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
 
 
 def _images(n, seed=0):

@@ -127,24 +127,24 @@ def test_run_saved_without_a_newer_key_gives_a_clear_error(reference_run, tmp_pa
 def test_bad_configs_are_config_errors():
     spec = methods.DataSpec(64, (8, 8, 1), True)
     with pytest.raises(ConfigError, match="eta"):
-        methods.make(tiny_config(**{"jule.eta": 0.0}), spec)
+        methods.from_config(tiny_config(**{"jule.eta": 0.0}), spec)
     with pytest.raises(ConfigError, match="merge_cache"):
-        methods.make(tiny_config(**{"jule.merge_cache": 2}), spec)
+        methods.from_config(tiny_config(**{"jule.merge_cache": 2}), spec)
     with pytest.raises(ConfigError, match="evaluation"):
-        methods.make(tiny_config(**{"jule.evaluation": "kmeans"}), spec)
+        methods.from_config(tiny_config(**{"jule.evaluation": "kmeans"}), spec)
     with pytest.raises(ConfigError, match="spectral_neighbours"):
-        methods.make(tiny_config(**{"jule.spectral_neighbours": 64}), spec)
+        methods.from_config(tiny_config(**{"jule.spectral_neighbours": 64}), spec)
     with pytest.raises(ConfigError, match="num_clusters"):
-        methods.make(tiny_config(num_clusters=100), spec)
+        methods.from_config(tiny_config(num_clusters=100), spec)
     reference_net = config_lib.load_config(os.path.join(ROOT, "configs", "jule.py"))
     with pytest.raises(ConfigError, match="8x8 input is too small"):
-        methods.make(reference_net, methods.DataSpec(1000, (8, 8, 1), True))
+        methods.from_config(reference_net, methods.DataSpec(1000, (8, 8, 1), True))
 
 
 def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():
     n, batch = 256, 32
     config = tiny_config(**{"jule.batch_groups": 4, "jule.epochs_per_period": 2})
-    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    method = methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
     feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
     params, _, cluster = method.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.uint8))
     context = ReclusterContext(feats, jax.random.PRNGKey(1))
@@ -164,9 +164,9 @@ def test_grouped_batches_hold_same_cluster_pairs_and_cover_every_epoch():
     context = ReclusterContext(feats, jax.random.PRNGKey(1), first=False)
     _, later, _ = method.recluster(params, cluster, context)
     assert not np.array_equal(method.sampler(later).order[:n], order[:n])
-    assert methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True)).sampler is None
+    assert methods.from_config(tiny_config(), methods.DataSpec(n, (8, 8, 1), True)).sampler is None
     with pytest.raises(ConfigError, match="batch_groups"):
-        methods.make(tiny_config(**{"jule.batch_groups": 1}), methods.DataSpec(n, (8, 8, 1), True))
+        methods.from_config(tiny_config(**{"jule.batch_groups": 1}), methods.DataSpec(n, (8, 8, 1), True))
 
 
 GROUPED = {"jule.batch_groups": 4, "jule.epochs_per_period": 2}
@@ -196,7 +196,7 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
 def test_period_eta_sets_the_merges_of_the_first_passes():
     n = 256
     config = tiny_config(**{"jule.period_eta": (0.25,), "jule.coarse_clusters": 0})
-    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    method = methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
     feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
     params, _, cluster = method.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.uint8))
     key = jax.random.PRNGKey(1)
@@ -209,14 +209,14 @@ def test_period_eta_sets_the_merges_of_the_first_passes():
     c0, c1, c2 = counts
     assert c1 == c0 - math.ceil(0.25 * c0) and c2 == max(c1 - math.ceil(0.6 * c1), 10)
     with pytest.raises(ConfigError, match="period_eta"):
-        methods.make(tiny_config(**{"jule.period_eta": (0.5, 0.0)}),
+        methods.from_config(tiny_config(**{"jule.period_eta": (0.5, 0.0)}),
                      methods.DataSpec(n, (8, 8, 1), True))
 
 
 def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs():
     n = 64
     config = tiny_config(**{"jule.initial_space": "pixels"})
-    method = methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    method = methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, 256, size=(n, 8, 8, 1)).astype(np.uint8)
     feats = rng.normal(size=(n, 16)).astype(np.float32)
@@ -234,13 +234,13 @@ def test_initial_over_clustering_of_the_pixels_is_the_1nn_chains_of_the_inputs()
     # Same partition (numbering may differ).
     assert len(set(zip(got.tolist(), expected.tolist()))) == expected.max() + 1
     # The untrained network's embeddings give another partition (not a renumbering of it).
-    embedding = methods.make(tiny_config(), methods.DataSpec(n, (8, 8, 1), True))
+    embedding = methods.from_config(tiny_config(), methods.DataSpec(n, (8, 8, 1), True))
     unlabelled = cluster._replace(labels=cluster.labels * 0 - 1)
     _, other, _ = embedding.recluster(params, unlabelled,
                                       ReclusterContext(feats, jax.random.PRNGKey(1)))
     assert metrics.ari(got, np.asarray(other.labels)) < 1.0
     with pytest.raises(ConfigError, match="initial_space"):
-        methods.make(tiny_config(**{"jule.initial_space": "raw"}),
+        methods.from_config(tiny_config(**{"jule.initial_space": "raw"}),
                      methods.DataSpec(n, (8, 8, 1), True))
 
 
@@ -273,7 +273,7 @@ def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_r
     _, state = final_params(workdir)
     assert int(state.cluster.num_clusters) == 10 and 0.0 <= final["acc"] <= 1.0
     spec = methods.DataSpec(256, (8, 8, 1), True)
-    method = methods.make(config, spec)
+    method = methods.from_config(config, spec)
     feats = np.asarray(method.embed(state.params, state.model_state,
                                     loader.load_dataset(config).inputs))
     key = jax.random.PRNGKey(5)
@@ -281,7 +281,7 @@ def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_r
     labels = jule.spectral_labels(feats, 10, key=key, num_neighbours=6)
     expected = jule.cluster_centroids(feats, labels, 10)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
-    final_pass = methods.make(tiny_config(), spec).fit_evaluation(
+    final_pass = methods.from_config(tiny_config(), spec).fit_evaluation(
         state.params, state.cluster, feats, key=key).eval_centroids
     assert not np.allclose(np.asarray(got), np.asarray(final_pass), atol=1e-3)
 

@@ -43,12 +43,13 @@ LONG_MODULES = {
                      "leave it in issue 27)",
 }
 
-# Functions over MAX_FUNCTION_LINES. A list to empty, not to grow: the method factories are split
-# into make() and from_config() by issue 27; the rest are long docstrings or one figure each.
+# Functions over MAX_FUNCTION_LINES. A list to empty, not to grow: five method factories still hold
+# their evaluation rule (it moves to the trainer in issue 27's next slice); the rest are long
+# docstrings or one figure each.
 MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {
-    "methods/dec.py:make", "methods/deepcluster.py:make", "methods/deepclusterv2.py:make",
-    "methods/odc.py:make", "methods/swav.py:make", "methods/jule.py:make", "methods/nmm.py:make",
+    "methods/deepcluster.py:make", "methods/odc.py:make", "methods/swav.py:make",
+    "methods/jule.py:make", "methods/nmm.py:make",
     "cluster/kmeans.py:kmeans", "cluster/kmeans.py:kmeans_streamed", "viz.py:cluster_grid",
     "viz.py:training_curves",
 }

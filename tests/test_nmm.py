@@ -45,7 +45,7 @@ def tiny_config(**overrides):
 
 def _method(n=64, **overrides):
     config = tiny_config(**overrides)
-    return config, methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    return config, methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
 
 
 def _train_head(normalize, seed, k=4, steps=300):
@@ -249,7 +249,7 @@ from tests.test_nmm import tiny_config
 def first_step(sides):
     config = tiny_config(**{"nmm.num_heads": 2})
     dataset = loader.load_dataset(config)
-    method = methods.make(config, loader.data_spec_of(dataset))
+    method = methods.from_config(config, loader.data_spec_of(dataset))
     state = jstate.init_state(method, 0, dataset.inputs[:32])
     table = np.random.default_rng(0).integers(0, 256, size=(256, 5))
     idx = np.arange(32, dtype=np.int32)

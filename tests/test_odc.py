@@ -45,7 +45,7 @@ def small_method(num_examples=40, **overrides):
     config = odc_config(**{"batch_size": 8, "odc.train_clusters": 6, "odc.min_cluster_size": 3,
                            "num_clusters": 4, **overrides})
     spec = methods.DataSpec(num_examples=num_examples, input_shape=(8, 8, 1), is_image=True)
-    return config, methods.make(config, spec)
+    return config, methods.from_config(config, spec)
 
 
 def test_memory_momentum_update_hand_computed():
@@ -243,12 +243,12 @@ def test_bad_configs_are_clear_errors(overrides, spec, match):
     config = odc_config(**{"batch_size": 8, "odc.train_clusters": 6, "odc.min_cluster_size": 3,
                            "num_clusters": 4, **overrides})
     with pytest.raises(ConfigError, match=match):
-        methods.make(config, methods.DataSpec(*spec))
+        methods.from_config(config, methods.DataSpec(*spec))
 
 
 def test_phases_without_cluster_update_leave_the_cluster_state_alone():
     config = tiny_config()
-    method = methods.make(config, methods.DataSpec(64, (8, 8, 1), True))
+    method = methods.from_config(config, methods.DataSpec(64, (8, 8, 1), True))
     assert all(phase.cluster_update is None for phase in method.phases)
     x = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
     state = jstate.init_state(method, 0, x[:4])

@@ -48,7 +48,7 @@ def test_no_state_leaf_changes_dtype_in_x64_mode(name):
     c = _config(name)
     with x64_mode():
         data = loader.load_dataset(c)
-        method = methods.make(c, loader.data_spec_of(data))
+        method = methods.from_config(c, loader.data_spec_of(data))
         state = jstate.init_state(method, 0, data.inputs[:c.batch_size])
         floats = {d for _, d in _dtypes(state) if np.issubdtype(d, np.floating)}
         assert floats == {np.dtype(np.float64)}, floats

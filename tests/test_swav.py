@@ -33,7 +33,7 @@ def tiny_config(**overrides):
 
 def _method(n=64, **overrides):
     config = tiny_config(**overrides)
-    return config, methods.make(config, methods.DataSpec(n, (8, 8, 1), True))
+    return config, methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
 
 
 def _images(n, seed=0):
@@ -243,7 +243,7 @@ from tests.test_swav import tiny_config
 def first_step(sides):
     config = tiny_config(**{"swav.queue_start_epoch": 0, "swav.freeze_prototypes_steps": 1})
     dataset = loader.load_dataset(config)
-    method = methods.make(config, loader.data_spec_of(dataset))
+    method = methods.from_config(config, loader.data_spec_of(dataset))
     state = jstate.init_state(method, 0, dataset.inputs[:32])
     idx = np.arange(32, dtype=np.int32)
     return one_step_each_side(method, state, {"x": dataset.inputs[idx], "index": idx},

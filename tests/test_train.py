@@ -16,6 +16,7 @@ from PIL import Image
 
 from jclust import checkpointing, config_lib, data, metrics, monitor, train
 from jclust import inference
+from jclust import methods as jmethods
 from jclust import loader
 from jclust import schedule as jschedule
 from jclust import state as jstate
@@ -260,7 +261,8 @@ def test_apply_overrides_errors():
     with pytest.raises(config_lib.ConfigError, match="pretrain.epochs"):
         config_lib.apply_overrides(config, {"pretrain.epochs": "ten"})
     with pytest.raises(config_lib.ConfigError, match="method"):
-        config_lib.validate(config_lib.apply_overrides(config, {"method": "kmeans"}))
+        config_lib.validate(config_lib.apply_overrides(config, {"method": "kmeans"}),
+                            jmethods.REGISTRY)
     assert config_lib.apply_overrides(config, {"dec.tol": "1"}).dec.tol == 1.0
 
 
@@ -385,8 +387,7 @@ def test_order_of_several_epochs_is_read_a_slice_an_epoch_then_reshuffled():
 
 
 def test_last_recluster_step_finds_the_recluster_a_resume_must_follow():
-    from jclust import methods as jmethods
-    method = jmethods.make(tiny_config(), jmethods.DataSpec(256, (8, 8, 1), True))
+    method = jmethods.from_config(tiny_config(), jmethods.DataSpec(256, (8, 8, 1), True))
     bounds = jschedule.phase_bounds(method)
     due = [s for s in range(bounds[-1][1]) if jschedule.recluster_due(method, bounds, s)[0]]
     assert len(due) >= 2

@@ -1,19 +1,30 @@
-"""Clustering methods: each module exposes ``make(config, data_spec) -> Method``."""
+"""Clustering methods: each module exposes ``make(*, backbone, ..., hyperparameters) -> Method``,
+the method's math, and ``from_config(config, data_spec) -> Method``, which checks a config and
+maps its keys to ``make``'s arguments."""
 
-import importlib
+from typing import Callable
 
+import ml_collections
+
+from jclust.config_lib import ConfigError
+from jclust.methods import dec, deepcluster, deepclusterv2, jule, nmm, odc, swav
 from jclust.methods.base import DataSpec, Method, Phase, ReclusterContext, SamplePlan
 
-
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds the method named by ``config.method`` (see ``jclust.config_lib.METHODS``)."""
-    from jclust import config_lib
-    if config.method not in config_lib.METHODS:
-        raise config_lib.ConfigError(
-            f"config.method={config.method!r} is not a known method; "
-            f"known: {', '.join(sorted(config_lib.METHODS))}")
-    module = importlib.import_module(f"jclust.methods.{config_lib.METHODS[config.method]}")
-    return module.make(config, data_spec)
+# config.method -> the function that builds that method from a config.
+REGISTRY: dict[str, Callable[[ml_collections.ConfigDict, DataSpec], Method]] = {
+    "dec": dec.from_config, "idec": dec.from_config, "deepcluster": deepcluster.from_config,
+    "deepclusterv2": deepclusterv2.from_config, "odc": odc.from_config, "swav": swav.from_config,
+    "jule": jule.from_config, "nmm": nmm.from_config,
+}
 
 
-__all__ = ["DataSpec", "Method", "Phase", "ReclusterContext", "SamplePlan", "make"]
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """Builds the method named by ``config.method`` (a key of :data:`REGISTRY`)."""
+    if config.method not in REGISTRY:
+        raise ConfigError(f"config.method={config.method!r} is not a known method; "
+                          f"known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[config.method](config, data_spec)
+
+
+__all__ = ["DataSpec", "Method", "Phase", "REGISTRY", "ReclusterContext", "SamplePlan",
+           "from_config"]

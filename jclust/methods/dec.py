@@ -26,10 +26,12 @@ q_ij, i.e. the nearest centroid in the embedding; confidence is that q_ij.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -151,92 +153,71 @@ def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_ite
     return sums / jnp.maximum(counts, 1.0)[:, None], km
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds DEC (``config.method == "dec"``) or IDEC (``"idec"``).
+def shifted(x: jax.Array, rng: jax.Array, max_shift: int, is_image: bool) -> jax.Array:
+    """DEC-DA (Guo et al., 2018): images randomly translated by up to ``max_shift`` pixels
+    (targets and evaluation use the originals); ``x`` as it is for features or ``max_shift`` 0."""
+    if not is_image or max_shift <= 0:
+        return x
+    return augment.random_shift(x, rng, max_shift)
 
-    Args:
-      config: a ConfigDict with ``model``, ``pretrain``, ``dec`` and ``kmeans`` sections.
-      data_spec: number of examples and per-example input shape.
-    """
-    k = config.num_clusters
-    n = data_spec.num_examples
-    if k > n:
-        raise ConfigError(f"num_clusters={k} is larger than the number of examples ({n})")
-    if config.batch_size > n:
-        raise ConfigError(f"batch_size={config.batch_size} is larger than the number of examples ({n})")
-    if config.model.name != "mlp_autoencoder":
-        raise ConfigError(f"config.model.name={config.model.name!r}: DEC/IDEC need the "
-                          "'mlp_autoencoder' model")
-    checks = {"dec.update_interval": config.dec.update_interval > 0,
-              "dec.max_steps": config.dec.max_steps > 0, "dec.alpha": config.dec.alpha > 0,
-              "dec.tol": config.dec.tol >= 0, "pretrain.epochs": config.pretrain.epochs >= 0,
-              "pretrain.augment_shift": config.pretrain.augment_shift >= 0,
-              "pretrain.input_dropout": 0 <= config.pretrain.input_dropout < 1,
-              "dec.augment_shift": config.dec.augment_shift >= 0}
-    check_ranges(config, checks)
-    if config.kmeans.space not in SPACES:
-        raise ConfigError(f"kmeans.space={config.kmeans.space!r}; use one of {SPACES}")
-    if config.kmeans.num_neighbours < 1:
-        raise ConfigError(f"kmeans.num_neighbours={config.kmeans.num_neighbours} must be at least 1")
-    if config.kmeans.space == "spectral" and n < 2:
-        raise ConfigError("kmeans.space='spectral' needs at least 2 examples for its k-NN graph")
-    # A data set smaller than the graph's degree: every other example is a neighbour.
-    num_neighbours = min(config.kmeans.num_neighbours, n - 1)
-    if not data_spec.is_image and (config.pretrain.augment_shift or config.dec.augment_shift):
-        raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
-                          "are feature vectors")
-    idec = config.method == "idec"
-    alpha = config.dec.alpha
-    gamma = config.dec.gamma
-    input_dim = int(np.prod(data_spec.input_shape))
-    model = models.MLPAutoencoder(hidden=tuple(config.model.hidden), embed_dim=config.model.embed_dim,
-                                  output_dim=input_dim)
-    steps_per_epoch = n // config.batch_size
 
-    def prepare(x):
-        return models.flatten_inputs(x)
+def corrupted(x: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
+    """Denoising pretraining (DEC's stacked denoising autoencoder used 20 % input dropout): x
+    [B, D] with a fraction ``rate`` of its features zeroed and the rest scaled by 1/(1-rate), as a
+    dropout layer does, so that clean inputs keep the expected scale."""
+    if rate <= 0:
+        return x
+    keep = jax.random.bernoulli(rng, jnp.asarray(1.0 - rate, RANDOM_DTYPE), x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames="alpha")
+def update_target(centroids: jax.Array, features: jax.Array, old_labels: jax.Array, *,
+                  alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """DEC's target update over the whole data set: features [N, D], centroids [K, D], the labels
+    [N] of the last update -> (target P [N, K], labels [N], fraction of labels changed [])."""
+    q = soft_assignment(features, centroids, alpha)
+    labels = jnp.argmax(q, axis=-1).astype(jnp.int32)
+    delta = jnp.mean((labels != old_labels).astype(float_dtype()))
+    return target_distribution(q), labels, delta
+
+
+def make(*, autoencoder: models.MLPAutoencoder, is_image: bool, num_examples: int,
+         num_clusters: int, pretrain_tx: optax.GradientTransformation, pretrain_steps: int,
+         cluster_tx: optax.GradientTransformation, max_steps: int, update_interval: int = 140,
+         idec: bool = False, alpha: float = 1.0, gamma: float = 0.1, tol: float = 0.001,
+         pretrain_augment_shift: int = 0, input_dropout: float = 0.0, augment_shift: int = 0,
+         kmeans_space: str = "spectral", kmeans_n_init: int = 20, kmeans_max_iter: int = 300,
+         num_neighbours: int = 10) -> Method:
+    """DEC (IDEC with ``idec``) on ``autoencoder``: pretrained with ``pretrain_tx`` for
+    ``pretrain_steps`` steps (the centroids untouched), then clustered with ``cluster_tx`` for at
+    most ``max_steps`` steps. ``kmeans_*`` and ``num_neighbours`` (<= N - 1) are the ``kmeans``
+    keys, ``pretrain_augment_shift`` and ``input_dropout`` the ``pretrain`` keys; the rest are the
+    ``dec`` keys of the same names (docs/methods.md)."""
+    n, k = num_examples, num_clusters
+    prepare = models.flatten_inputs
 
     def init(rng, x):
-        variables = model.init(rng, prepare(x))
+        variables = autoencoder.init(rng, prepare(x))
         params = {"autoencoder": variables["params"],
-                  "centroids": jnp.zeros((k, config.model.embed_dim), float_dtype())}
+                  "centroids": jnp.zeros((k, autoencoder.embed_dim), float_dtype())}
         cluster = DECState(target=jnp.zeros((n, k), float_dtype()),
                            labels=jnp.full((n,), -1, jnp.int32),
                            delta_label=jnp.ones((), float_dtype()),
                            done=jnp.zeros((), jnp.bool_))
         return params, {}, cluster
 
-    def encode(params, x):
-        return model.apply({"params": params["autoencoder"]}, prepare(x), method=model.encode)
-
-    def augmented(x, rng, max_shift):
-        # DEC-DA (Guo et al., 2018): the network sees randomly shifted images; targets and
-        # evaluation use the originals.
-        if not data_spec.is_image or max_shift <= 0:
-            return x
-        return augment.random_shift(x, rng, max_shift)
-
-    def corrupted(x, rng, rate):
-        # Denoising pretraining (DEC's stacked denoising autoencoder used 20 % input dropout):
-        # the encoder sees x with a fraction `rate` of its features zeroed (the rest scaled by
-        # 1/(1-rate), as a dropout layer does, so clean inputs keep the expected scale) and the
-        # loss compares the reconstruction with the clean x.
-        if rate <= 0:
-            return x
-        keep = jax.random.bernoulli(rng, jnp.asarray(1.0 - rate, RANDOM_DTYPE), x.shape)
-        return jnp.where(keep, x / (1.0 - rate), 0.0)
-
     def pretrain_loss(params, model_state, cluster, batch, rng):
         shift_rng, drop_rng = jax.random.split(rng) if rng is not None else (None, None)
-        x = prepare(augmented(batch["x"], shift_rng, config.pretrain.augment_shift))
-        _, x_rec = model.apply({"params": params["autoencoder"]},
-                               corrupted(x, drop_rng, config.pretrain.input_dropout))
+        x = prepare(shifted(batch["x"], shift_rng, pretrain_augment_shift, is_image))
+        _, x_rec = autoencoder.apply({"params": params["autoencoder"]},
+                                     corrupted(x, drop_rng, input_dropout))
         loss = reconstruction_loss(x, x_rec)
         return loss, (model_state, {"rec": loss})
 
     def cluster_loss(params, model_state, cluster, batch, rng):
-        x = prepare(augmented(batch["x"], rng, config.dec.augment_shift))
-        z, x_rec = model.apply({"params": params["autoencoder"]}, x)
+        x = prepare(shifted(batch["x"], rng, augment_shift, is_image))
+        z, x_rec = autoencoder.apply({"params": params["autoencoder"]}, x)
         q = soft_assignment(z, params["centroids"], alpha)
         p = jax.lax.stop_gradient(cluster.target[batch["index"]])
         kl = kl_divergence(p, q)
@@ -248,52 +229,86 @@ def make(config, data_spec: DataSpec) -> Method:
         return kl, (model_state, metrics)
 
     def embed(params, model_state, x):
-        return encode(params, x)
+        return autoencoder.apply({"params": params["autoencoder"]}, prepare(x),
+                                 method=autoencoder.encode)
 
     def assign(params, cluster, features):
         q = soft_assignment(features, params["centroids"], alpha)
         return jnp.argmax(q, axis=-1).astype(jnp.int32), jnp.max(q, axis=-1)
 
-    @jax.jit
-    def _update_target(centroids, features, old_labels):
-        q = soft_assignment(features, centroids, alpha)
-        labels = jnp.argmax(q, axis=-1).astype(jnp.int32)
-        delta = jnp.mean((labels != old_labels).astype(float_dtype()))
-        return target_distribution(q), labels, delta
-
     def recluster(params, cluster, context):
         features, first, key = context.features, context.first, context.key
         info = {}
         if first:
-            centroids, km = initial_centroids(features, k, key=key, space=config.kmeans.space,
-                                              n_init=config.kmeans.n_init,
-                                              max_iter=config.kmeans.max_iter,
+            centroids, km = initial_centroids(features, k, key=key, space=kmeans_space,
+                                              n_init=kmeans_n_init, max_iter=kmeans_max_iter,
                                               num_neighbours=num_neighbours)
             params = {**params, "centroids": centroids}
             info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter))
-        target, labels, delta = _update_target(params["centroids"], features, cluster.labels)
+        target, labels, delta = update_target(params["centroids"], features, cluster.labels,
+                                              alpha=alpha)
         # DEC stops on the label-change tolerance, but never on the very first target update.
-        done = jnp.logical_and(jnp.logical_not(first), delta < config.dec.tol)
+        done = jnp.logical_and(jnp.logical_not(first), delta < tol)
         cluster = DECState(target=target, labels=labels, delta_label=delta, done=done)
         info.update(delta_label=float(delta))
         return params, cluster, info
 
-    cluster_tx = make_optimizer(config.dec.optimizer, config.dec.learning_rate, config.dec.momentum)
-    pretrain_steps = config.pretrain.epochs * steps_per_epoch
-    pretrain_tx = make_optimizer(config.pretrain.optimizer, config.pretrain.learning_rate,
-                                 config.pretrain.momentum, schedule=config.pretrain.lr_schedule,
-                                 num_steps=max(pretrain_steps, 1))
+    phases = (
+        Phase(name="pretrain", num_steps=pretrain_steps, tx=pretrain_tx,
+              loss_fn=pretrain_loss, evaluate=False),
+        Phase(name="cluster", num_steps=max_steps, tx=cluster_tx, loss_fn=cluster_loss,
+              recluster_every=update_interval, recluster_at_start=True),
+    )
+    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                  done=lambda cluster: bool(cluster.done), assignment_rule=ASSIGNMENT_RULE,
+                  example_axes=DECState(target=0, labels=0, delta_label=None, done=None))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """DEC (``config.method == "dec"``) or IDEC (``"idec"``) as ``config`` sets it (sections
+    ``model``, ``pretrain``, ``dec`` and ``kmeans``)."""
+    k, n = config.num_clusters, data_spec.num_examples
+    pretrain, dec, km = config.pretrain, config.dec, config.kmeans
+    if k > n:
+        raise ConfigError(f"num_clusters={k} is larger than the number of examples ({n})")
+    if config.batch_size > n:
+        raise ConfigError(f"batch_size={config.batch_size} is larger than the number of examples ({n})")
+    if config.model.name != "mlp_autoencoder":
+        raise ConfigError(f"config.model.name={config.model.name!r}: DEC/IDEC need the "
+                          "'mlp_autoencoder' model")
+    check_ranges(config, {
+        "dec.update_interval": dec.update_interval > 0, "dec.max_steps": dec.max_steps > 0,
+        "dec.alpha": dec.alpha > 0, "dec.tol": dec.tol >= 0, "pretrain.epochs": pretrain.epochs >= 0,
+        "pretrain.augment_shift": pretrain.augment_shift >= 0,
+        "pretrain.input_dropout": 0 <= pretrain.input_dropout < 1,
+        "dec.augment_shift": dec.augment_shift >= 0})
+    if km.space not in SPACES:
+        raise ConfigError(f"kmeans.space={km.space!r}; use one of {SPACES}")
+    if km.num_neighbours < 1:
+        raise ConfigError(f"kmeans.num_neighbours={km.num_neighbours} must be at least 1")
+    if km.space == "spectral" and n < 2:
+        raise ConfigError("kmeans.space='spectral' needs at least 2 examples for its k-NN graph")
+    if not data_spec.is_image and (pretrain.augment_shift or dec.augment_shift):
+        raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
+                          "are feature vectors")
+    pretrain_steps = pretrain.epochs * (n // config.batch_size)
+    pretrain_tx = make_optimizer(pretrain.optimizer, pretrain.learning_rate, pretrain.momentum,
+                                 schedule=pretrain.lr_schedule, num_steps=max(pretrain_steps, 1))
     # The pretraining optimiser must not move the (still unused) centroids.
     pretrain_tx = optax.multi_transform(
         {"train": pretrain_tx, "freeze": optax.set_to_zero()},
         lambda params: {"autoencoder": jax.tree.map(lambda _: "train", params["autoencoder"]),
                         "centroids": "freeze"})
-    phases = (
-        Phase(name="pretrain", num_steps=pretrain_steps, tx=pretrain_tx,
-              loss_fn=pretrain_loss, evaluate=False),
-        Phase(name="cluster", num_steps=config.dec.max_steps, tx=cluster_tx, loss_fn=cluster_loss,
-              recluster_every=config.dec.update_interval, recluster_at_start=True),
-    )
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
-                  done=lambda cluster: bool(cluster.done), assignment_rule=ASSIGNMENT_RULE,
-                  example_axes=DECState(target=0, labels=0, delta_label=None, done=None))
+    autoencoder = models.MLPAutoencoder(hidden=tuple(config.model.hidden),
+                                        embed_dim=config.model.embed_dim,
+                                        output_dim=int(np.prod(data_spec.input_shape)))
+    return make(autoencoder=autoencoder, is_image=data_spec.is_image, num_examples=n,
+                num_clusters=k, pretrain_tx=pretrain_tx, pretrain_steps=pretrain_steps,
+                cluster_tx=make_optimizer(dec.optimizer, dec.learning_rate, dec.momentum),
+                max_steps=dec.max_steps, update_interval=dec.update_interval,
+                idec=config.method == "idec", alpha=dec.alpha, gamma=dec.gamma, tol=dec.tol,
+                pretrain_augment_shift=pretrain.augment_shift,
+                input_dropout=pretrain.input_dropout, augment_shift=dec.augment_shift,
+                kmeans_space=km.space, kmeans_n_init=km.n_init, kmeans_max_iter=km.max_iter,
+                # A data set smaller than the graph's degree: every other example is a neighbour.
+                num_neighbours=min(km.num_neighbours, n - 1))

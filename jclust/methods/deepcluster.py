@@ -26,11 +26,13 @@ is that cosine similarity.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
@@ -39,6 +41,7 @@ from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("features whitened and L2-normalised by the PCA of the latest evaluation, then "
@@ -67,34 +70,61 @@ class DeepClusterState(NamedTuple):
     eval_centroids: jax.Array
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds DeepCluster v1 for ``config`` (sections ``model``, ``optim``, ``deepcluster``)."""
-    dc = config.deepcluster
-    n = data_spec.num_examples
-    k_eval = config.num_clusters
-    k_train = dc.train_clusters
-    if config.model.name not in ("small_cnn", "resnet18"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster needs 'small_cnn' "
-                          "or 'resnet18'")
-    backbone = models.make_backbone(config.model)
-    feature_dim = backbone.feature_dim
-    check_ranges(config, {"deepcluster.train_clusters": 1 <= k_train <= n,
-                         "num_clusters": 1 <= k_eval <= n,
-                         "deepcluster.pca_dim": dc.pca_dim >= 1 and dc.pca_dim <= feature_dim,
-                         "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
-                         "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
-                         "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1,
-                         "optim.epochs": config.optim.epochs >= 1,
-                         "batch_size": config.batch_size <= n},
-                 context=f"N = {n} examples, representation size {feature_dim}")
-    if dc.sampling not in SAMPLING:
-        raise ConfigError(f"config.deepcluster.sampling={dc.sampling!r}; use one of {SAMPLING}")
-    if not data_spec.is_image:
-        raise ConfigError("DeepCluster trains a CNN on images; the data are feature vectors")
-    head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(dc.head_init_std))
-    steps_per_epoch = n // config.batch_size
-    num_steps = config.optim.epochs * steps_per_epoch
-    height, width = data_spec.input_shape[:2]
+def epoch_plan(labels: np.ndarray, previous: np.ndarray, num_labels: int, key: jax.Array, *,
+               sampling: str, collapse_fraction: float, splits: int
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """What a reclustering's pseudo-labels set for the epochs until the next one.
+
+    Args:
+      labels: [N] the new pseudo-labels, in [0, num_labels).
+      previous: [N] the pseudo-labels they replace (-1 before the first clustering).
+      num_labels: the number of pseudo-classes.
+      key: the key of the epoch order.
+      sampling: "uniform" (every non-empty pseudo-class equally often), "reweight" or "none"
+        (a seeded permutation).
+      collapse_fraction: warn when one pseudo-class holds this fraction of N or more.
+      splits: the k-means' repaired empty clusters, reported.
+
+    Returns:
+      (order [N], class weights [num_labels], info): the weights are 1/|class|, scaled so that an
+      average example weighs 1; info reports the sizes, the NMI with ``previous`` and a
+      "warning" on collapse.
+    """
+    n = labels.shape[0]
+    sizes = np.bincount(labels, minlength=num_labels)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    if sampling == "uniform":
+        order = samplers.uniform_over_labels(labels, n, rng)
+    else:
+        order = rng.permutation(n)
+    weights = (1.0 / np.maximum(sizes, 1)) * (n / max(int(np.sum(sizes > 0)), 1))
+    info = {"pseudo_clusters_used": int(np.sum(sizes > 0)),
+            "pseudo_size_min": int(sizes.min()), "pseudo_size_max": int(sizes.max()),
+            "pseudo_size_entropy": jmetrics.cluster_sizes(labels, num_labels)["size_entropy"],
+            "kmeans_splits": splits}
+    if previous.min() >= 0:
+        info["pseudo_nmi_previous"] = float(jmetrics.nmi(previous, labels))
+    if sizes.max() >= collapse_fraction * n:
+        info["warning"] = (
+            f"pseudo-label collapse: {int(sizes.max())} of {n} examples in one cluster "
+            f"({int(np.sum(sizes > 0))} of {num_labels} clusters used); training goes on. "
+            "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
+            "more deepcluster.recluster_epochs")
+    return order, weights, info
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
+         recluster_every: int, train_clusters: int = 100, pca_dim: int = 32,
+         kmeans_iters: int = 20, sampling: str = "uniform", head_init_std: float = 0.01,
+         sobel: bool = False, crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
+         rotation_degrees: float = 0.0, collapse_fraction: float = 0.5,
+         eval_n_init: int = 10) -> Method:
+    """DeepCluster v1 on ``backbone`` with ``tx`` (over params "backbone" and "head") for
+    ``num_steps`` steps, reclustered every ``recluster_every`` steps and at the start. The other
+    arguments are the ``deepcluster`` config keys of the same names (docs/methods.md)."""
+    n, feature_dim = num_examples, backbone.feature_dim
+    head = models.nn.Dense(train_clusters, kernel_init=models.nn.initializers.normal(head_init_std))
 
     def init(rng, x):
         k1, k2 = jax.random.split(rng)
@@ -103,28 +133,26 @@ def make(config, data_spec: DataSpec) -> Method:
                   "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
         state = DeepClusterState(
             pseudo_labels=jnp.full((n,), -1, jnp.int32),
-            class_weights=jnp.ones((k_train,), float_dtype()),
+            class_weights=jnp.ones((train_clusters,), float_dtype()),
             order=jnp.arange(n, dtype=jnp.int32),
             pca_mean=jnp.zeros((feature_dim,), float_dtype()),
-            pca_projection=jnp.zeros((feature_dim, dc.pca_dim), float_dtype()),
-            eval_centroids=jnp.zeros((k_eval, dc.pca_dim), float_dtype()))
+            pca_projection=jnp.zeros((feature_dim, pca_dim), float_dtype()),
+            eval_centroids=jnp.zeros((num_clusters, pca_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
-
-    def view(x, rng):
-        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
-                                    flip=dc.flip, max_degrees=dc.rotation_degrees,
-                                    color=data_spec.input_shape[-1] == 3)
 
     def prepare(x):
         # Sobel: grayscale + gradients, so that colour cannot be used to find trivial clusters.
-        return models.sobel_filter(x) if dc.sobel else x
+        return models.sobel_filter(x) if sobel else x
 
     def loss_fn(params, model_state, cluster, batch, rng):
+        x = augment.augment_view(batch["x"], rng, out_size=tuple(image_shape[:2]),
+                                 scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
+                                 color=image_shape[-1] == 3)
         h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"],
-                                           prepare(view(batch["x"], rng)), train=True)
+                                           prepare(x), train=True)
         logits = head.apply({"params": params["head"]}, h)
         labels = cluster.pseudo_labels[batch["index"]]
-        weights = cluster.class_weights[labels] if dc.sampling == "reweight" else None
+        weights = cluster.class_weights[labels] if sampling == "reweight" else None
         loss = losses.cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, ({"backbone": backbone_state}, {"pseudo_label_acc": accuracy})
@@ -138,61 +166,33 @@ def make(config, data_spec: DataSpec) -> Method:
         sims = z @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
-    def whitening(feats):
-        mean, projection = jcluster.fit_whitening(feats, dc.pca_dim)
-        return mean, projection, jcluster.whiten(jnp.asarray(feats), mean, projection)
-
     def fit_evaluation(params, cluster, feats, *, key):
-        mean, projection, z = whitening(feats)
-        evaluation = jcluster.kmeans(z, k_eval, key=key, n_init=dc.eval_n_init, spherical=True)
+        mean, projection = jcluster.fit_whitening(feats, pca_dim)
+        z = jcluster.whiten(jnp.asarray(feats), mean, projection)
+        evaluation = jcluster.kmeans(z, num_clusters, key=key, n_init=eval_n_init, spherical=True)
         return cluster._replace(pca_mean=mean, pca_projection=projection,
                                 eval_centroids=evaluation.centroids)
 
     def recluster(params, cluster, context):
-        feats, key = context.features, context.key
-        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(key, 5)
-        mean, projection, z = whitening(feats)
-        km = jcluster.kmeans(z, k_train, key=k_train_km, init="random", max_iter=dc.kmeans_iters,
-                             tol=0.0, empty_policy="split")
-        evaluation = jcluster.kmeans(z, k_eval, key=k_eval_km, n_init=dc.eval_n_init,
-                                     spherical=True)
+        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(context.key, 5)
+        evaluated = fit_evaluation(params, cluster, context.features, key=k_eval_km)
+        z = jcluster.whiten(jnp.asarray(context.features), evaluated.pca_mean,
+                            evaluated.pca_projection)
+        km = jcluster.kmeans(z, train_clusters, key=k_train_km, init="random",
+                             max_iter=kmeans_iters, tol=0.0, empty_policy="split")
         labels = np.asarray(km.labels)
-        sizes = np.bincount(labels, minlength=k_train)
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(k_order)).ravel().tolist())
-        if dc.sampling == "uniform":
-            order = samplers.uniform_over_labels(labels, n, rng)
-        else:
-            order = rng.permutation(n)
-        weights = (1.0 / np.maximum(sizes, 1)) * (n / max(int(np.sum(sizes > 0)), 1))
-        info = {"pseudo_clusters_used": int(np.sum(sizes > 0)),
-                "pseudo_size_min": int(sizes.min()), "pseudo_size_max": int(sizes.max()),
-                "pseudo_size_entropy": jmetrics.cluster_sizes(labels, k_train)["size_entropy"],
-                "kmeans_splits": int(km.n_empty_repaired)}
-        old = np.asarray(cluster.pseudo_labels)
-        if old.min() >= 0:
-            info["pseudo_nmi_previous"] = float(jmetrics.nmi(old, labels))
-        if sizes.max() >= dc.collapse_fraction * n:
-            info["warning"] = (
-                f"pseudo-label collapse: {int(sizes.max())} of {n} examples in one cluster "
-                f"({int(np.sum(sizes > 0))} of {k_train} clusters used); training goes on. "
-                "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
-                "more deepcluster.recluster_epochs")
+        order, weights, info = epoch_plan(labels, np.asarray(cluster.pseudo_labels),
+                                          train_clusters, k_order, sampling=sampling,
+                                          collapse_fraction=collapse_fraction,
+                                          splits=int(km.n_empty_repaired))
         head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
-        params = {**params, "head": cast_floats(head_params)}
-        cluster = DeepClusterState(
-            pseudo_labels=jnp.asarray(labels, jnp.int32),
-            class_weights=jnp.asarray(weights, float_dtype()),
-            order=jnp.asarray(order, jnp.int32), pca_mean=mean, pca_projection=projection,
-            eval_centroids=evaluation.centroids)
-        return params, cluster, info
+        cluster = evaluated._replace(pseudo_labels=jnp.asarray(labels, jnp.int32),
+                                     class_weights=jnp.asarray(weights, float_dtype()),
+                                     order=jnp.asarray(order, jnp.int32))
+        return {**params, "head": cast_floats(head_params)}, cluster, info
 
-    # DeepCluster's SGD: the backbone with weight decay and momentum, the head without either.
-    label_tx = optim.make(config.optim, num_steps, rest="backbone",
-                          groups={"head": optim.Group(weight_decay=False, momentum=False)})
-    phases = (Phase(name="deepcluster", num_steps=num_steps,
-                    tx=label_tx, loss_fn=loss_fn,
-                    recluster_every=dc.recluster_epochs * steps_per_epoch,
-                    recluster_at_start=True),)
+    phases = (Phase(name="deepcluster", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
+                    recluster_every=recluster_every, recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   sampler=lambda cluster: SamplePlan(order=cluster.order),
@@ -201,3 +201,31 @@ def make(config, data_spec: DataSpec) -> Method:
                   example_axes=DeepClusterState(pseudo_labels=0, class_weights=None, order=None,
                                                 pca_mean=None, pca_projection=None,
                                                 eval_centroids=None))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """DeepCluster v1 as ``config`` sets it (sections ``model``, ``optim``, ``deepcluster``)."""
+    dc = config.deepcluster
+    if dc.sampling not in SAMPLING:
+        raise ConfigError(f"config.deepcluster.sampling={dc.sampling!r}; use one of {SAMPLING}")
+    check_cnn_config(config, data_spec, "DeepCluster", {
+        "deepcluster.train_clusters": 1 <= dc.train_clusters <= data_spec.num_examples,
+        "deepcluster.kmeans_iters": dc.kmeans_iters >= 1,
+        "deepcluster.recluster_epochs": dc.recluster_epochs >= 1,
+        "deepcluster.collapse_fraction": 0 < dc.collapse_fraction <= 1})
+    backbone = models.make_backbone(config.model)
+    check_ranges(config, {"deepcluster.pca_dim": 1 <= dc.pca_dim <= backbone.feature_dim},
+                 f"representation size {backbone.feature_dim}")
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    # DeepCluster's SGD: the backbone with weight decay and momentum, the head without either.
+    tx = optim.make(config.optim, num_steps, rest="backbone",
+                    groups={"head": optim.Group(weight_decay=False, momentum=False)})
+    return make(backbone=backbone, image_shape=data_spec.input_shape,
+                num_examples=data_spec.num_examples, num_clusters=config.num_clusters, tx=tx,
+                num_steps=num_steps, recluster_every=dc.recluster_epochs * epoch,
+                train_clusters=dc.train_clusters, pca_dim=dc.pca_dim,
+                kmeans_iters=dc.kmeans_iters, sampling=dc.sampling,
+                head_init_std=dc.head_init_std, sobel=dc.sobel, crop_scale=tuple(dc.crop_scale),
+                flip=dc.flip, rotation_degrees=dc.rotation_degrees,
+                collapse_fraction=dc.collapse_fraction, eval_n_init=dc.eval_n_init)

@@ -31,10 +31,11 @@ confidence = that cosine similarity.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -42,9 +43,10 @@ from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models, optim
 from jclust.cluster import l2_normalize
-from jclust.config_lib import ConfigError, check_ranges
+from jclust.config_lib import ConfigError
 from jclust.data import augment
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import Batch, DataSpec, Method, Phase
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -85,55 +87,82 @@ def prototype_loss(z: jax.Array, prototypes: jax.Array, targets: jax.Array,
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds DeepCluster-v2 for ``config`` (sections ``model``, ``optim``, ``deepclusterv2``)."""
-    dc = config.deepclusterv2
-    n = data_spec.num_examples
-    k_eval = config.num_clusters
-    heads = tuple(int(k) for k in dc.prototypes)
-    num_heads = len(heads)
-    if num_heads == 0:
-        raise ConfigError("config.deepclusterv2.prototypes must name at least one head, e.g. (100,)")
-    if len(set(heads)) != 1:
-        raise ConfigError(f"config.deepclusterv2.prototypes={heads}: every head needs the same "
-                          "number of prototypes (they are stored as one [H, K, F] array)")
-    k_train = heads[0]
-    check_ranges(config, {"deepclusterv2.prototypes": 1 <= k_train <= n,
-                         "num_clusters": 1 <= k_eval <= n,
-                         "deepclusterv2.feature_dim": dc.feature_dim >= 1,
-                         "deepclusterv2.temperature": dc.temperature > 0,
-                         "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
-                         "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
-                         "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1,
-                         "optim.epochs": config.optim.epochs >= 1,
-                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
-    if not data_spec.is_image:
-        raise ConfigError("DeepCluster-v2 trains a CNN on images; the data are feature vectors")
-    if config.model.name not in ("small_cnn", "resnet18"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: DeepCluster-v2 needs "
-                          "'small_cnn' or 'resnet18'")
+def update_memory(cluster: DeepClusterV2State, batch: Batch, outputs: jax.Array,
+                  rng: jax.Array) -> tuple[DeepClusterV2State, dict]:
+    """The step's ``cluster_update``: the batch's z of both views, ``outputs`` [B, 2, F],
+    overwrite its memory rows."""
+    del rng
+    return cluster._replace(memory=cluster.memory.at[batch["index"]].set(outputs)), {}
 
-    backbone = models.make_backbone(config.model)
-    projection = ProjectionHead(hidden=dc.projection_hidden, out=dc.feature_dim)
-    steps_per_epoch = n // config.batch_size
-    num_steps = config.optim.epochs * steps_per_epoch
-    height, width = data_spec.input_shape[:2]
+
+def cluster_heads(memory: jax.Array, previous: jax.Array, num_prototypes: int, keys: jax.Array,
+                  *, kmeans_iters: int, collapse_fraction: float
+                  ) -> tuple[jax.Array, jax.Array, dict]:
+    """The reclustering of every head: spherical k-means on memory slot h mod 2.
+
+    Args:
+      memory: [N, 2, F] unit rows.
+      previous: [H, N] int32 the assignments being replaced (-1 before the first clustering).
+      num_prototypes: K, each head's clusters.
+      keys: [H] keys, one per head (its random initial centroids).
+      kmeans_iters: Lloyd iterations; an empty cluster keeps its previous centroid.
+      collapse_fraction: warn when head 0's largest cluster holds this fraction of N or more.
+
+    Returns:
+      (prototypes [H, K, F], assignments [H, N] int32, info): head 0's cluster sizes and NMI
+      with its previous assignment, each head's clusters used, and a "warning" on collapse.
+    """
+    n = memory.shape[0]
+    prototypes, assignments, info = [], [], {}
+    for h in range(keys.shape[0]):
+        km = jcluster.kmeans(memory[:, h % 2], num_prototypes, key=keys[h], init="random",
+                             max_iter=kmeans_iters, tol=0.0, spherical=True, empty_policy="keep")
+        prototypes.append(km.centroids)
+        assignments.append(km.labels)
+        sizes = np.bincount(np.asarray(km.labels), minlength=num_prototypes)
+        info[f"head{h}_clusters_used"] = int(np.sum(sizes > 0))
+        if h == 0:
+            info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()),
+                        pseudo_empty=int(np.sum(sizes == 0)),
+                        pseudo_size_entropy=jmetrics.cluster_sizes(
+                            np.asarray(km.labels), num_prototypes)["size_entropy"])
+            if sizes.max() >= collapse_fraction * n:
+                info["warning"] = (
+                    f"assignment collapse: {int(sizes.max())} of {n} examples in one cluster "
+                    f"({int(np.sum(sizes > 0))} of {num_prototypes} used); training goes on. "
+                    "Remedies: a higher deepclusterv2.temperature, a lower optim.learning_rate, "
+                    "more prototypes")
+    assignments = jnp.stack(assignments).astype(jnp.int32)
+    if int(previous[0].min()) >= 0:
+        info["pseudo_nmi_previous"] = float(jmetrics.nmi(np.asarray(previous[0]),
+                                                         np.asarray(assignments[0])))
+    return jnp.stack(prototypes), assignments, info
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
+         recluster_every: int, num_heads: int = 3, prototypes: int = 100, feature_dim: int = 64,
+         projection_hidden: int = 128, temperature: float = 0.1, kmeans_iters: int = 10,
+         crop_scale: tuple[float, float] = (0.2, 1.0), flip: bool = True,
+         collapse_fraction: float = 0.5, eval_n_init: int = 10) -> Method:
+    """DeepCluster-v2 on ``backbone`` with ``tx`` for ``num_steps`` steps, reclustered every
+    ``recluster_every`` steps and at the start. The other arguments are the config keys of the same
+    names (docs/methods.md); ``tx`` decides whether params["prototypes"] are trained."""
+    projection = ProjectionHead(hidden=projection_hidden, out=feature_dim)
 
     def init(rng, x):
         k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
         backbone_params, backbone_state = backbone.init(k_backbone, x)
-        params = {
-            "backbone": backbone_params,
-            "projection": projection.init(k_projection,
-                                          jnp.zeros((1, backbone.feature_dim)))["params"],
-            "prototypes": l2_normalize(jax.random.normal(
-                k_prototypes, (num_heads, k_train, dc.feature_dim), RANDOM_DTYPE
-            ).astype(float_dtype())),
-        }
+        prototype_rows = jax.random.normal(k_prototypes, (num_heads, prototypes, feature_dim),
+                                           RANDOM_DTYPE).astype(float_dtype())
+        params = {"backbone": backbone_params,
+                  "projection": projection.init(k_projection,
+                                                jnp.zeros((1, backbone.feature_dim)))["params"],
+                  "prototypes": l2_normalize(prototype_rows)}
         state = DeepClusterV2State(
-            memory=jnp.zeros((n, 2, dc.feature_dim), float_dtype()),
-            assignments=jnp.full((num_heads, n), -1, jnp.int32),
-            eval_centroids=jnp.zeros((k_eval, dc.feature_dim), float_dtype()))
+            memory=jnp.zeros((num_examples, 2, feature_dim), float_dtype()),
+            assignments=jnp.full((num_heads, num_examples), -1, jnp.int32),
+            eval_centroids=jnp.zeros((num_clusters, feature_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
 
     def project(params, model_state, x, train):
@@ -141,8 +170,8 @@ def make(config, data_spec: DataSpec) -> Method:
         return projection.apply({"params": params["projection"]}, h), {"backbone": backbone_state}
 
     def view(x, rng):
-        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(dc.crop_scale),
-                                    flip=dc.flip, color=data_spec.input_shape[-1] == 3)
+        return augment.augment_view(x, rng, out_size=tuple(image_shape[:2]),
+                                    scale=tuple(crop_scale), flip=flip, color=image_shape[-1] == 3)
 
     def loss_fn(params, model_state, cluster, batch, rng):
         k1, k2 = jax.random.split(rng)
@@ -151,15 +180,10 @@ def make(config, data_spec: DataSpec) -> Method:
         z, model_state = project(params, model_state, views, train=True)
         z = z.reshape(2, -1, z.shape[-1])
         targets = cluster.assignments[:, batch["index"]]  # [H, B]
-        loss = prototype_loss(z, params["prototypes"], targets, dc.temperature)
+        loss = prototype_loss(z, params["prototypes"], targets, temperature)
         logits = jnp.einsum("vbf,hkf->vhbk", z, params["prototypes"])
         agreement = jnp.mean((jnp.argmax(logits, -1) == targets[None]).astype(float_dtype()))
         return loss, (model_state, {"assignment_acc": agreement}, jnp.swapaxes(z, 0, 1))
-
-    def update_memory(cluster, batch, outputs, rng):
-        del rng
-        memory = cluster.memory.at[batch["index"]].set(outputs)  # outputs: [B, 2, F]
-        return cluster._replace(memory=memory), {}
 
     def embed(params, model_state, x):
         return project(params, model_state, x, train=False)[0]
@@ -169,56 +193,58 @@ def make(config, data_spec: DataSpec) -> Method:
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def recluster(params, cluster, context):
-        feats, first, key = context.features, context.first, context.key
-        feats = jnp.asarray(feats)
+        feats = jnp.asarray(context.features)
         memory = cluster.memory
-        if first and int(jnp.max(cluster.assignments)) < 0:
+        if context.first and int(jnp.max(cluster.assignments)) < 0:
             memory = jnp.stack([feats, feats], axis=1)
-        keys = jax.random.split(key, num_heads + 1)
-        prototypes, assignments, info = [], [], {}
-        for h in range(num_heads):
-            km = jcluster.kmeans(memory[:, h % 2], k_train, key=keys[h], init="random",
-                                 max_iter=dc.kmeans_iters, tol=0.0, spherical=True,
-                                 empty_policy="keep")
-            prototypes.append(km.centroids)
-            assignments.append(km.labels)
-            sizes = np.bincount(np.asarray(km.labels), minlength=k_train)
-            info[f"head{h}_clusters_used"] = int(np.sum(sizes > 0))
-            if h == 0:
-                info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()),
-                            pseudo_empty=int(np.sum(sizes == 0)),
-                            pseudo_size_entropy=jmetrics.cluster_sizes(
-                                np.asarray(km.labels), k_train)["size_entropy"])
-                if sizes.max() >= dc.collapse_fraction * n:
-                    info["warning"] = (
-                        f"assignment collapse: {int(sizes.max())} of {n} examples in one cluster "
-                        f"({int(np.sum(sizes > 0))} of {k_train} used); training goes on. Remedies: "
-                        "a higher deepclusterv2.temperature, a lower optim.learning_rate, more "
-                        "prototypes")
-        assignments = jnp.stack(assignments).astype(jnp.int32)
-        old = np.asarray(cluster.assignments[0])
-        if old.min() >= 0:
-            info["pseudo_nmi_previous"] = float(jmetrics.nmi(old, np.asarray(assignments[0])))
-        evaluation = jcluster.kmeans(feats, k_eval, key=keys[-1], n_init=dc.eval_n_init,
-                                     spherical=True)
-        params = {**params, "prototypes": jnp.stack(prototypes)}
+        keys = jax.random.split(context.key, num_heads + 1)
+        centroids, assignments, info = cluster_heads(
+            memory, cluster.assignments, prototypes, keys[:-1], kmeans_iters=kmeans_iters,
+            collapse_fraction=collapse_fraction)
         cluster = DeepClusterV2State(memory=memory, assignments=assignments,
-                                     eval_centroids=evaluation.centroids)
-        return params, cluster, info
+                                     eval_centroids=fit_evaluation(params, cluster, feats,
+                                                                   key=keys[-1]).eval_centroids)
+        return {**params, "prototypes": centroids}, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
-        evaluation = jcluster.kmeans(jnp.asarray(feats), k_eval, key=key, n_init=dc.eval_n_init,
+        evaluation = jcluster.kmeans(jnp.asarray(feats), num_clusters, key=key, n_init=eval_n_init,
                                      spherical=True)
         return cluster._replace(eval_centroids=evaluation.centroids)
 
-    prototypes = optim.Group(frozen_steps=-1 if dc.freeze_prototypes else None)
-    tx = optim.make(config.optim, num_steps, groups={"prototypes": prototypes})
-
     phases = (Phase(name="deepclusterv2", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    recluster_every=dc.recluster_epochs * steps_per_epoch, recluster_at_start=True,
+                    recluster_every=recluster_every, recluster_at_start=True,
                     cluster_update=update_memory),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   training_labels=lambda cluster: cluster.assignments[0],
                   fit_evaluation=fit_evaluation,
                   example_axes=DeepClusterV2State(memory=0, assignments=1, eval_centroids=None))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """DeepCluster-v2 as ``config`` sets it (sections ``model``, ``optim``, ``deepclusterv2``)."""
+    dc = config.deepclusterv2
+    heads = tuple(int(k) for k in dc.prototypes)
+    if not heads:
+        raise ConfigError("config.deepclusterv2.prototypes must name at least one head, e.g. (100,)")
+    if len(set(heads)) != 1:
+        raise ConfigError(f"config.deepclusterv2.prototypes={heads}: every head needs the same "
+                          "number of prototypes (they are stored as one [H, K, F] array)")
+    check_cnn_config(config, data_spec, "DeepCluster-v2", {
+        "deepclusterv2.prototypes": 1 <= heads[0] <= data_spec.num_examples,
+        "deepclusterv2.feature_dim": dc.feature_dim >= 1,
+        "deepclusterv2.temperature": dc.temperature > 0,
+        "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
+        "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
+        "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1})
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    frozen = optim.Group(frozen_steps=-1 if dc.freeze_prototypes else None)
+    return make(backbone=models.make_backbone(config.model), image_shape=data_spec.input_shape,
+                num_examples=data_spec.num_examples, num_clusters=config.num_clusters,
+                tx=optim.make(config.optim, num_steps, groups={"prototypes": frozen}),
+                num_steps=num_steps, recluster_every=dc.recluster_epochs * epoch,
+                num_heads=len(heads), prototypes=heads[0], feature_dim=dc.feature_dim,
+                projection_hidden=dc.projection_hidden, temperature=dc.temperature,
+                kmeans_iters=dc.kmeans_iters, crop_scale=tuple(dc.crop_scale), flip=dc.flip,
+                collapse_fraction=dc.collapse_fraction, eval_n_init=dc.eval_n_init)

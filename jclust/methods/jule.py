@@ -50,24 +50,32 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jclust import cluster as jcluster
 from jclust import models, optim
 from jclust.cluster import graph as jgraph
 from jclust.cluster import l2_normalize
 from jclust.cluster import linkage
-from jclust.config_lib import ConfigError, check_ranges
+from jclust.config_lib import ConfigError
 from jclust.data import augment, samplers
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.methods.jule_loss import triplet_loss
 from jclust.precision import float_dtype
 
+# The jule config keys that make() takes as they are.
+PLAIN_KEYS = ("epochs_per_period", "embed_dim", "neighbours", "cluster_neighbours", "local_weight",
+              "eta", "margin", "gamma", "num_negatives", "merge_cache", "evaluation",
+              "spectral_neighbours", "coarse_linkage", "coarse_clusters", "batch_groups",
+              "initial_space", "flip")
 ASSIGNMENT_RULE = ("the L2-normalised embedding goes to the nearest (cosine) of num_clusters "
                    "centroids: the mean embeddings of the clusters of JULE's final agglomerative "
                    "pass (1-NN over-clustering agglomerated to num_clusters), of spectral "
@@ -211,48 +219,36 @@ def _cluster_sums(features, labels: np.ndarray) -> np.ndarray:
     return sums
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds JULE for ``config`` (sections ``model``, ``optim``, ``jule``)."""
-    jc = config.jule
-    n = data_spec.num_examples
-    target = config.num_clusters
-    steps_per_epoch = n // config.batch_size
-    period_steps = jc.epochs_per_period * steps_per_epoch
-    num_steps = config.optim.epochs * steps_per_epoch
-    check_ranges(config, {"num_clusters": 2 <= target <= n,
-                         "jule.neighbours": 1 <= jc.neighbours < n,
-                         "jule.cluster_neighbours": jc.cluster_neighbours >= 1,
-                         "jule.eta": 0 < jc.eta <= 1,
-                         "jule.period_eta": all(0 < e <= 1 for e in jc.period_eta),
-                         "jule.epochs_per_period": jc.epochs_per_period >= 1,
-                         "jule.embed_dim": jc.embed_dim >= 1,
-                         "jule.margin": jc.margin >= 0,
-                         "jule.gamma": jc.gamma > 0,
-                         "jule.num_negatives": jc.num_negatives >= 1,
-                         "jule.merge_cache": jc.merge_cache >= jc.cluster_neighbours,
-                         "jule.evaluation": jc.evaluation in ("final_pass", "spectral", "clusters"),
-                         "jule.spectral_neighbours": 1 <= jc.spectral_neighbours < n,
-                         "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
-                         "jule.coarse_clusters": jc.coarse_clusters >= 0,
-                         "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
-                         "jule.initial_space": jc.initial_space in ("embedding", "pixels"),
-                         "optim.epochs": config.optim.epochs >= jc.epochs_per_period,
-                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
-    if not data_spec.is_image:
-        raise ConfigError("JULE trains a CNN on images; the data are feature vectors")
-    if config.model.name not in ("small_cnn", "resnet18", "jule_cnn"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: JULE needs 'small_cnn', "
-                          "'resnet18' or 'jule_cnn'")
-    try:
-        backbone = models.make_backbone(config.model, data_spec.input_shape)
-    except ValueError as err:  # e.g. images too small for jule_cnn's unpadded convs
-        raise ConfigError(f"config.model: {err}") from None
-    head = nn.Dense(jc.embed_dim, kernel_init=nn.initializers.normal(0.01))
-    height, width = data_spec.input_shape[:2]
-    merge_kwargs = dict(neighbours=jc.neighbours, eta=jc.eta,
-                        cluster_neighbours=jc.cluster_neighbours, local_weight=jc.local_weight,
-                        cache_size=jc.merge_cache, coarse_linkage=jc.coarse_linkage,
-                        coarse_clusters=jc.coarse_clusters)
+def grouped_order(labels: np.ndarray, period: int, *, seed: int, batch_groups: int,
+                  epochs: int, epoch_length: int) -> np.ndarray:
+    """The example order of one period's ``epochs`` epochs, each ``epoch_length`` long, in
+    batches of ``batch_groups`` clusters (:func:`jclust.data.samplers.grouped_by_label`); a
+    function of the labels [N], the period and the seed, so that a resumed run re-creates it."""
+    rngs = [np.random.default_rng([seed, period, e, 0x4A55]) for e in range(epochs)]
+    return np.concatenate([samplers.grouped_by_label(labels, batch_groups, rng)[:epoch_length]
+                           for rng in rngs])
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
+         steps_per_epoch: int, batch_size: int, seed: int = 0, epochs_per_period: int = 2,
+         embed_dim: int = 160,
+         neighbours: int = 20, cluster_neighbours: int = 5, local_weight: float = 1.0,
+         eta: float = 0.9, period_eta: Sequence[float] = (), margin: float = 0.2,
+         gamma: float = 1.0, num_negatives: int = 20, merge_cache: int = 16,
+         evaluation: str = "spectral", spectral_neighbours: int = 10,
+         coarse_linkage: str = "average", coarse_clusters: int = 100, batch_groups: int = 0,
+         initial_space: str = "embedding", augment_views: bool = False,
+         crop_scale: tuple[float, float] = (0.6, 1.0), flip: bool = True) -> Method:
+    """JULE on ``backbone`` with ``tx`` for at most ``num_steps`` steps (it stops once the clusters
+    reach ``num_clusters``) of ``batch_size`` examples, ``steps_per_epoch`` an epoch; ``seed`` sets
+    ``batch_groups``' order; ``augment_views`` is the ``jule.augment`` key. The other arguments are
+    the ``jule`` config keys of the same names (docs/methods.md)."""
+    n, target = num_examples, num_clusters
+    head = nn.Dense(embed_dim, kernel_init=nn.initializers.normal(0.01))
+    merge_kwargs = dict(neighbours=neighbours, eta=eta, cluster_neighbours=cluster_neighbours,
+                        local_weight=local_weight, cache_size=merge_cache,
+                        coarse_linkage=coarse_linkage, coarse_clusters=coarse_clusters)
 
     def init(rng, x):
         k_backbone, k_head = jax.random.split(rng)
@@ -261,7 +257,7 @@ def make(config, data_spec: DataSpec) -> Method:
                   "head": head.init(k_head, jnp.zeros((1, backbone.feature_dim)))["params"]}
         state = JuleState(labels=jnp.full((n,), -1, jnp.int32),
                           num_clusters=jnp.zeros((), jnp.int32), period=jnp.zeros((), jnp.int32),
-                          eval_centroids=jnp.zeros((target, jc.embed_dim), float_dtype()))
+                          eval_centroids=jnp.zeros((target, embed_dim), float_dtype()))
         return params, {"backbone": backbone_state}, state
 
     def embed_with_state(params, model_state, x, train):
@@ -271,14 +267,13 @@ def make(config, data_spec: DataSpec) -> Method:
     def loss_fn(params, model_state, cluster, batch, rng):
         k_view, k_neg = jax.random.split(rng)
         x = batch["x"]
-        if jc.augment:
-            x = augment.augment_view(x, k_view, out_size=(height, width),
-                                     scale=tuple(jc.crop_scale), flip=jc.flip,
-                                     color=data_spec.input_shape[-1] == 3)
+        if augment_views:
+            x = augment.augment_view(x, k_view, out_size=tuple(image_shape[:2]),
+                                     scale=tuple(crop_scale), flip=flip,
+                                     color=image_shape[-1] == 3)
         z, model_state = embed_with_state(params, model_state, x, True)
         loss, count = triplet_loss(z, cluster.labels[batch["index"]], k_neg,
-                                   num_negatives=jc.num_negatives, gamma=jc.gamma,
-                                   margin=jc.margin)
+                                   num_negatives=num_negatives, gamma=gamma, margin=margin)
         return loss, (model_state, {"triplets": count.astype(float_dtype())})
 
     def embed(params, model_state, x):
@@ -288,69 +283,88 @@ def make(config, data_spec: DataSpec) -> Method:
         sims = l2_normalize(feats) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
-    def final_centroids(feats):
-        labels, _ = agglomerate(feats, None, target, **merge_kwargs)
-        return cluster_centroids(feats, labels, target)
-
     def evaluation_centroids(feats, labels, key):
         # Before the clusters reach the target an evaluation only shows progress: the final pass
         # would cost minutes at every period.
         if int(labels.max()) + 1 <= target:
-            if jc.evaluation == "final_pass":
-                return final_centroids(feats)
-            if jc.evaluation == "spectral":
+            if evaluation == "final_pass":
+                labels = agglomerate(feats, None, target, **merge_kwargs)[0]
+            elif evaluation == "spectral":
                 labels = spectral_labels(feats, target, key=key,
-                                         num_neighbours=jc.spectral_neighbours)
+                                         num_neighbours=spectral_neighbours)
         return cluster_centroids(feats, labels, target)
 
     def recluster(params, cluster, context):
-        feats, key, inputs = context.features, context.key, context.inputs
-        feats = np.asarray(feats)
-        current = np.asarray(cluster.labels)
+        feats, current = np.asarray(context.features), np.asarray(cluster.labels)
         start = time.perf_counter()
         if current.min() < 0:  # the start: the initial over-clustering
             space = feats
-            if jc.initial_space == "pixels":
-                space = np.asarray(inputs, np.float32).reshape(n, -1)
+            if initial_space == "pixels":
+                space = np.asarray(context.inputs, np.float32).reshape(n, -1)
             labels, info = agglomerate(space, None, n, **merge_kwargs)
             period = 0
         else:
             period = int(cluster.period) + 1
-            eta = jc.period_eta[period - 1] if period <= len(jc.period_eta) else jc.eta
+            period_eta_now = period_eta[period - 1] if period <= len(period_eta) else eta
             labels, info = agglomerate(feats, current, target, max_merges=n,
-                                       **{**merge_kwargs, "eta": eta})
-            info.update(eta=eta)
+                                       **{**merge_kwargs, "eta": period_eta_now})
+            info.update(eta=period_eta_now)
         count = int(labels.max()) + 1
         info.update(clusters=count, period=period, pass_seconds=time.perf_counter() - start,
                     largest_cluster=int(np.bincount(labels).max()))
         cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
                             num_clusters=jnp.asarray(count, jnp.int32),
                             period=jnp.asarray(period, jnp.int32),
-                            eval_centroids=evaluation_centroids(feats, labels, key))
+                            eval_centroids=evaluation_centroids(feats, labels, context.key))
         return params, cluster, info
 
     def fit_evaluation(params, cluster, feats, *, key):
-        del params
         return cluster._replace(eval_centroids=evaluation_centroids(
             np.asarray(feats), np.asarray(cluster.labels), key))
 
-    def grouped_order(cluster):
-        # A function of the state (labels, period) and the seed, so a resumed run re-creates it.
-        labels, period = np.asarray(cluster.labels), int(cluster.period)
-        epoch_length = steps_per_epoch * config.batch_size
-        rngs = [np.random.default_rng([config.seed, period, e, 0x4A55])
-                for e in range(jc.epochs_per_period)]
-        return np.concatenate([
-            samplers.grouped_by_label(labels, jc.batch_groups, rng)[:epoch_length] for rng in rngs])
+    def sampler(cluster):
+        return SamplePlan(order=grouped_order(
+            np.asarray(cluster.labels), int(cluster.period), seed=seed, batch_groups=batch_groups,
+            epochs=epochs_per_period, epoch_length=steps_per_epoch * batch_size))
 
-    tx = optim.make(config.optim, num_steps)
     phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    recluster_every=period_steps, recluster_at_start=True),)
+                    recluster_every=epochs_per_period * steps_per_epoch,
+                    recluster_at_start=True),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: 0 < int(cluster.num_clusters) <= target,
                   assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
-                  fit_evaluation=fit_evaluation,
-                  sampler=(lambda cluster: SamplePlan(order=grouped_order(cluster)))
-                  if jc.batch_groups else None,
+                  fit_evaluation=fit_evaluation, sampler=sampler if batch_groups else None,
                   example_axes=JuleState(labels=0, num_clusters=None, period=None,
                                          eval_centroids=None))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """JULE as ``config`` sets it (sections ``model``, ``optim``, ``jule``)."""
+    jc, n = config.jule, data_spec.num_examples
+    check_cnn_config(config, data_spec, "JULE", {
+        "num_clusters": 2 <= config.num_clusters <= n, "jule.neighbours": 1 <= jc.neighbours < n,
+        "jule.cluster_neighbours": jc.cluster_neighbours >= 1, "jule.eta": 0 < jc.eta <= 1,
+        "jule.period_eta": all(0 < e <= 1 for e in jc.period_eta),
+        "jule.epochs_per_period": jc.epochs_per_period >= 1, "jule.embed_dim": jc.embed_dim >= 1,
+        "jule.margin": jc.margin >= 0, "jule.gamma": jc.gamma > 0,
+        "jule.num_negatives": jc.num_negatives >= 1,
+        "jule.merge_cache": jc.merge_cache >= jc.cluster_neighbours,
+        "jule.evaluation": jc.evaluation in ("final_pass", "spectral", "clusters"),
+        "jule.spectral_neighbours": 1 <= jc.spectral_neighbours < n,
+        "jule.coarse_linkage": jc.coarse_linkage in ("gdl", "average"),
+        "jule.coarse_clusters": jc.coarse_clusters >= 0,
+        "jule.batch_groups": jc.batch_groups == 0 or jc.batch_groups >= 2,
+        "jule.initial_space": jc.initial_space in ("embedding", "pixels"),
+        "optim.epochs": config.optim.epochs >= jc.epochs_per_period},
+        backbones=("small_cnn", "resnet18", "jule_cnn"))
+    try:
+        backbone = models.make_backbone(config.model, data_spec.input_shape)
+    except ValueError as err:  # e.g. images too small for jule_cnn's unpadded convs
+        raise ConfigError(f"config.model: {err}") from None
+    epoch = steps_per_epoch(config, data_spec)
+    return make(backbone=backbone, image_shape=data_spec.input_shape, num_examples=n,
+                num_clusters=config.num_clusters, num_steps=config.optim.epochs * epoch,
+                tx=optim.make(config.optim, config.optim.epochs * epoch), steps_per_epoch=epoch,
+                batch_size=config.batch_size, seed=config.seed, augment_views=jc.augment,
+                period_eta=tuple(jc.period_eta), crop_scale=tuple(jc.crop_scale),
+                **{key: jc[key] for key in PLAIN_KEYS})

@@ -46,22 +46,30 @@ pass), confidence = the posterior gamma of that cluster. The embedding the train
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jclust import cluster as jcluster
 from jclust import models, optim
 from jclust.cluster import graph as jgraph
 from jclust.cluster import l2_normalize
-from jclust.config_lib import ConfigError, check_ranges
+from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.models.neck import MixtureHead
 from jclust.precision import float_dtype
 
+# The nmm config keys that make() takes as they are.
+PLAIN_KEYS = ("normalize", "sigmoid_scale", "mixture_weights", "weights_momentum", "head_hidden",
+              "head_loss_momentum", "em_weight", "consistency", "augment_weight",
+              "neighbour_weight", "neighbour_space", "neighbour_pca_dim", "entropy_weight",
+              "augment_anchor", "flip", "max_degrees")
 ASSIGNMENT_RULE = ("the mixture component of largest density p_k(x) = sigmoid(s o~_k(x)) / Z "
                    "of the head with the lowest running loss (evaluation-mode forward pass, batch "
                    "statistics from training); confidence = its posterior responsibility")
@@ -130,51 +138,93 @@ def mine_neighbours(x, num_neighbours: int, pca_dim: int = 0) -> jax.Array:
     return jgraph.knn(l2_normalize(x), num_neighbours).indices.astype(jnp.int32)
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds the neural mixture model for ``config`` (sections ``model``, ``optim``, ``nmm``)."""
-    nm = config.nmm
-    n = data_spec.num_examples
-    k = config.num_clusters
-    num_heads = int(nm.num_heads)
-    steps_per_epoch = n // config.batch_size
-    num_steps = config.optim.epochs * steps_per_epoch
-    use_neighbours = nm.neighbour_weight > 0 and nm.neighbour_space != "none"
-    num_neighbours = int(nm.num_neighbours) if use_neighbours else 0
-    check_ranges(config, {"num_clusters": 2 <= k <= n,
-                         "nmm.sigmoid_scale": nm.sigmoid_scale > 0,
-                         "nmm.em_weight": nm.em_weight >= 0,
-                         "nmm.augment_weight": nm.augment_weight >= 0,
-                         "nmm.neighbour_weight": nm.neighbour_weight >= 0,
-                         "nmm.entropy_weight": nm.entropy_weight >= 0,
-                         "nmm.weights_momentum": 0 <= nm.weights_momentum < 1,
-                         "nmm.num_neighbours": not use_neighbours or 1 <= nm.num_neighbours < n,
-                         "nmm.neighbour_pca_dim": nm.neighbour_pca_dim >= 0,
-                         "nmm.remine_epochs": nm.remine_epochs >= 0,
-                         "nmm.head_hidden": nm.head_hidden >= 0,
-                         "nmm.num_heads": nm.num_heads >= 1,
-                         "nmm.head_loss_momentum": 0 <= nm.head_loss_momentum < 1,
-                         "optim.epochs": config.optim.epochs >= 1,
-                         "batch_size": 2 <= config.batch_size <= n}, f"N = {n} examples")
-    choices = {"normalize": ("batch", "none"), "mixture_weights": ("fixed", "estimated"),
-               "consistency": ("dot", "cross_entropy"),
-               "neighbour_space": ("pixels", "backbone", "none")}
-    for key, allowed in choices.items():
-        if nm[key] not in allowed:
-            raise ConfigError(f"config.nmm.{key}={nm[key]!r}: use one of {', '.join(allowed)}")
-    if nm.em_weight + nm.augment_weight + nm.neighbour_weight == 0:
-        raise ConfigError("config.nmm: em_weight, augment_weight and neighbour_weight are all 0; "
-                          "nothing would be trained")
-    if not data_spec.is_image:
-        raise ConfigError("the neural mixture model trains a CNN on images; the data are "
-                          "feature vectors")
+def head_loss(log_densities: jax.Array, log_weights: jax.Array, *, em_weight: float,
+              augment_weight: float, neighbour_weight: float, consistency: str,
+              entropy_weight: float) -> tuple[jax.Array, dict, jax.Array]:
+    """One head's loss (module docstring): -em_weight x Q (the expected complete log-likelihood,
+    averaged over views) + the weighted consistency terms - entropy_weight x the batch mass's
+    entropy.
 
-    backbone = models.make_backbone(config.model)
-    head = MixtureHead(num_components=k, hidden=nm.head_hidden, normalize=nm.normalize,
+    Args:
+      log_densities: [V, B, K] per view (0: the anchor; then the second view if
+        ``augment_weight`` > 0; then the neighbour view if ``neighbour_weight`` > 0).
+      log_weights: [K] the mixture's log weights.
+      em_weight, augment_weight, neighbour_weight, consistency, entropy_weight: the nmm keys.
+
+    Returns:
+      (loss [], metrics, the batch's mass [K]).
+    """
+    k = log_densities.shape[-1]
+    e_steps = [jcluster.responsibilities(ld, log_weights) for ld in log_densities]
+    q_em = jnp.mean(jnp.stack([
+        jcluster.expected_complete_log_likelihood(e.responsibilities, ld, log_weights)
+        for e, ld in zip(e_steps, log_densities)]))
+    # Posteriors with gradient for the consistency terms (the E-step's gamma has none).
+    posteriors = [e.responsibilities for e in e_steps]
+    loss = -em_weight * q_em
+    metrics = {"expected_log_lik": q_em, "log_lik": jnp.mean(e_steps[0].log_likelihood)}
+    v = 1
+    if augment_weight > 0:
+        augment_term = consistency_loss(posteriors[0], posteriors[v], consistency)
+        loss = loss + augment_weight * augment_term
+        metrics["augment_consistency"] = augment_term
+        v += 1
+    if neighbour_weight > 0:
+        neighbour_term = consistency_loss(posteriors[0], posteriors[v], consistency)
+        loss = loss + neighbour_weight * neighbour_term
+        metrics["neighbour_consistency"] = neighbour_term
+    entropy = mean_entropy(posteriors[0])
+    loss = loss - entropy_weight * entropy
+    gamma = jax.lax.stop_gradient(posteriors[0])
+    mass = jnp.mean(gamma, axis=0)
+    metrics.update(mass_entropy_over_log_k=entropy / math.log(k),
+                   max_cluster_mass_times_k=jnp.max(mass) * k,
+                   mean_max_posterior=jnp.mean(jnp.max(gamma, -1)),
+                   clusters_won=jnp.sum(jnp.max(jax.nn.one_hot(jnp.argmax(gamma, -1), k), 0)))
+    return loss, metrics, mass
+
+
+def advance_weights(cluster: NMMState, outputs: dict, *, estimate_weights: bool,
+                    weights_momentum: float, head_loss_momentum: float) -> tuple[NMMState, dict]:
+    """The step's ``cluster_update``: the mixture weights follow the batch's mass
+    (``outputs["mass"]`` [H, K]) by momentum when estimated; every head's loss average follows
+    ``outputs["head_losses"]`` [H] (the first step's losses start it)."""
+    log_weights = cluster.log_weights
+    if estimate_weights:
+        weights = (weights_momentum * jnp.exp(log_weights)
+                   + (1 - weights_momentum) * outputs["mass"])
+        log_weights = jnp.log(jnp.clip(weights, 1e-8))
+    m = jnp.where(cluster.iteration == 0, 0.0, head_loss_momentum)
+    head_losses = m * cluster.head_losses + (1 - m) * outputs["head_losses"]
+    cluster = cluster._replace(log_weights=log_weights, head_losses=head_losses,
+                               iteration=cluster.iteration + 1)
+    k = log_weights.shape[-1]
+    min_weight = jnp.exp(jnp.min(log_weights[cluster.selected_head]))
+    return cluster, {"min_weight_times_k": min_weight * k}
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
+         remine_every: int = 0, normalize: str = "batch", sigmoid_scale: float = 15.0,
+         log_normalizer: float = 0.0, mixture_weights: str = "fixed",
+         weights_momentum: float = 0.99, head_hidden: int = 0, num_heads: int = 5,
+         head_loss_momentum: float = 0.99, em_weight: float = 0.2, consistency: str = "dot",
+         augment_weight: float = 1.0, neighbour_weight: float = 1.0,
+         neighbour_space: str = "pixels", num_neighbours: int = 10, neighbour_pca_dim: int = 50,
+         entropy_weight: float = 5.0, augment_anchor: bool = True,
+         crop_scale: tuple[float, float] = (0.4, 1.0), flip: bool = True,
+         max_degrees: float = 0.0) -> Method:
+    """The neural mixture model on ``backbone`` with ``tx`` for ``num_steps`` steps; neighbours
+    re-mined every ``remine_every`` steps (0: never) with ``neighbour_space="backbone"``. The other
+    arguments are the ``nmm`` config keys of the same names (docs/methods.md)."""
+    n, k = num_examples, num_clusters
+    use_neighbours = neighbour_weight > 0 and neighbour_space != "none"
+    num_neighbours = num_neighbours if use_neighbours else 0
+    head = MixtureHead(num_components=k, hidden=head_hidden, normalize=normalize,
                        num_heads=num_heads)
-    height, width = data_spec.input_shape[:2]
-    color = data_spec.input_shape[-1] == 3
-    log_normalizer = float(nm.log_normalizer)
-    estimate_weights = nm.mixture_weights == "estimated"
+    term_weights = dict(em_weight=em_weight, augment_weight=augment_weight,
+                        neighbour_weight=neighbour_weight if use_neighbours else 0.0,
+                        consistency=consistency, entropy_weight=entropy_weight)
 
     def init(rng, x):
         k_backbone, k_head = jax.random.split(rng)
@@ -198,59 +248,29 @@ def make(config, data_spec: DataSpec) -> Method:
             head_state = {**model_state["head"], **updates}
         else:
             o, head_state = head.apply(variables, h, train=False), model_state["head"]
-        return h, nm.sigmoid_scale * o, {"backbone": backbone_state, "head": head_state}
+        return h, sigmoid_scale * o, {"backbone": backbone_state, "head": head_state}
 
     def view(x, rng):
-        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(nm.crop_scale),
-                                    flip=nm.flip, max_degrees=nm.max_degrees, color=color)
-
-    def head_loss(log_densities, log_weights):
-        """One head: log_densities [V, B, K] (view 0 the anchor), log_weights [K] ->
-        (loss, metrics, batch mass [K])."""
-        e_steps = [jcluster.responsibilities(ld, log_weights) for ld in log_densities]
-        q_em = jnp.mean(jnp.stack([
-            jcluster.expected_complete_log_likelihood(e.responsibilities, ld, log_weights)
-            for e, ld in zip(e_steps, log_densities)]))
-        # Posteriors with gradient for the consistency terms (the E-step's gamma has none).
-        posteriors = [e.responsibilities for e in e_steps]
-        loss = -nm.em_weight * q_em
-        metrics = {"expected_log_lik": q_em,
-                   "log_lik": jnp.mean(e_steps[0].log_likelihood)}
-        v = 1
-        if nm.augment_weight > 0:
-            augment_term = consistency_loss(posteriors[0], posteriors[v], nm.consistency)
-            loss = loss + nm.augment_weight * augment_term
-            metrics["augment_consistency"] = augment_term
-            v += 1
-        if use_neighbours:
-            neighbour_term = consistency_loss(posteriors[0], posteriors[v], nm.consistency)
-            loss = loss + nm.neighbour_weight * neighbour_term
-            metrics["neighbour_consistency"] = neighbour_term
-        entropy = mean_entropy(posteriors[0])
-        loss = loss - nm.entropy_weight * entropy
-        gamma = jax.lax.stop_gradient(posteriors[0])
-        mass = jnp.mean(gamma, axis=0)
-        metrics.update(mass_entropy_over_log_k=entropy / math.log(k),
-                       max_cluster_mass_times_k=jnp.max(mass) * k,
-                       mean_max_posterior=jnp.mean(jnp.max(gamma, -1)),
-                       clusters_won=jnp.sum(jnp.max(jax.nn.one_hot(jnp.argmax(gamma, -1), k), 0)))
-        return loss, metrics, mass
+        return augment.augment_view(x, rng, out_size=tuple(image_shape[:2]),
+                                    scale=tuple(crop_scale), flip=flip, max_degrees=max_degrees,
+                                    color=image_shape[-1] == 3)
 
     def loss_fn(params, model_state, cluster, batch, rng):
         k_anchor, k_second, k_neighbour = jax.random.split(rng, 3)
         x = batch["x"]
-        views = [view(x, k_anchor) if nm.augment_anchor else augment.to_float(x)]
-        if nm.augment_weight > 0:
+        views = [view(x, k_anchor) if augment_anchor else augment.to_float(x)]
+        if augment_weight > 0:
             views.append(view(x, k_second))
         if use_neighbours:
             views.append(view(batch["neighbour_x"], k_neighbour))
-        b = x.shape[0]
         # All views in one forward pass: one set of batch statistics, as the densities share them.
         _, logits, model_state = forward(params, model_state, jnp.concatenate(views), True)
         log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
         # [V * B, H * K] -> [H, V, B, K]: every head is a mixture of its own.
-        log_densities = log_densities.reshape(len(views), b, num_heads, k).transpose(2, 0, 1, 3)
-        losses, head_metrics, masses = jax.vmap(head_loss)(log_densities, cluster.log_weights)
+        log_densities = log_densities.reshape(len(views), x.shape[0], num_heads, k
+                                              ).transpose(2, 0, 1, 3)
+        losses, head_metrics, masses = jax.vmap(lambda ld, lw: head_loss(ld, lw, **term_weights))(
+            log_densities, cluster.log_weights)
         selected = cluster.selected_head
         metrics = {name: value[selected] for name, value in head_metrics.items()}
         if num_heads > 1:
@@ -259,26 +279,15 @@ def make(config, data_spec: DataSpec) -> Method:
         return jnp.mean(losses), (model_state, metrics, outputs)
 
     def update_state(cluster, batch, outputs, rng):
-        del batch, rng
-        log_weights = cluster.log_weights
-        if estimate_weights:
-            weights = (nm.weights_momentum * jnp.exp(log_weights)
-                       + (1 - nm.weights_momentum) * outputs["mass"])
-            log_weights = jnp.log(jnp.clip(weights, 1e-8))
-        # The first step's losses start the averages (no bias towards the initial zeros).
-        m = jnp.where(cluster.iteration == 0, 0.0, nm.head_loss_momentum)
-        head_losses = m * cluster.head_losses + (1 - m) * outputs["head_losses"]
-        cluster = cluster._replace(log_weights=log_weights, head_losses=head_losses,
-                                   iteration=cluster.iteration + 1)
-        return cluster, {"min_weight_times_k":
-                         jnp.exp(jnp.min(log_weights[cluster.selected_head])) * k}
+        return advance_weights(cluster, outputs, estimate_weights=mixture_weights == "estimated",
+                               weights_momentum=weights_momentum,
+                               head_loss_momentum=head_loss_momentum)
 
     def embed(params, model_state, x):
         h, logits, _ = forward(params, model_state, x, train=False)
         return jnp.concatenate([logits, h.astype(logits.dtype)], axis=-1)
 
     def assign(params, cluster, feats):
-        del params
         selected = cluster.selected_head
         logits = jax.lax.dynamic_slice_in_dim(feats, selected * k, k, axis=1)
         log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
@@ -288,24 +297,21 @@ def make(config, data_spec: DataSpec) -> Method:
         return labels, jnp.take_along_axis(gamma, labels[:, None], axis=1)[:, 0]
 
     def recluster(params, cluster, context):
-        feats, first, inputs = context.features, context.first, context.inputs
-        if nm.neighbour_space == "pixels":
-            if not first:
+        if neighbour_space == "pixels":
+            if not context.first:
                 return params, cluster, {}
-            neighbours = mine_neighbours(inputs, num_neighbours, nm.neighbour_pca_dim)
+            neighbours = mine_neighbours(context.inputs, num_neighbours, neighbour_pca_dim)
         else:
-            neighbours = mine_neighbours(np.asarray(feats)[:, num_heads * k:], num_neighbours)
+            neighbours = mine_neighbours(np.asarray(context.features)[:, num_heads * k:],
+                                         num_neighbours)
         # Share of the neighbour lists that is new (1 at the first mining).
         kept = jnp.any(neighbours[:, :, None] == cluster.neighbours[:, None, :], axis=-1)
         changed = 1.0 - float(jnp.mean(kept))
         return params, cluster._replace(neighbours=neighbours), {"neighbours_changed": changed}
 
-    remine_every = (nm.remine_epochs * steps_per_epoch
-                    if use_neighbours and nm.neighbour_space == "backbone" else 0)
-    tx = optim.make(config.optim, num_steps)
     phases = (Phase(name="nmm", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    recluster_every=remine_every, recluster_at_start=use_neighbours,
-                    cluster_update=update_state),)
+                    recluster_every=remine_every if use_neighbours and neighbour_space == "backbone" else 0,
+                    recluster_at_start=use_neighbours, cluster_update=update_state),)
     return Method(init=init, phases=phases, embed=embed, assign=assign,
                   recluster=recluster if use_neighbours else None, done=lambda cluster: False,
                   assignment_rule=ASSIGNMENT_RULE,
@@ -313,3 +319,38 @@ def make(config, data_spec: DataSpec) -> Method:
                                         iteration=None),
                   sampler=(lambda cluster: SamplePlan(neighbours=cluster.neighbours))
                   if use_neighbours else None)
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """The neural mixture model as ``config`` sets it (sections ``model``, ``optim``, ``nmm``)."""
+    nm, n = config.nmm, data_spec.num_examples
+    use_neighbours = nm.neighbour_weight > 0 and nm.neighbour_space != "none"
+    check_cnn_config(config, data_spec, "the neural mixture model", {
+        "num_clusters": 2 <= config.num_clusters <= n, "nmm.sigmoid_scale": nm.sigmoid_scale > 0,
+        "nmm.em_weight": nm.em_weight >= 0, "nmm.augment_weight": nm.augment_weight >= 0,
+        "nmm.neighbour_weight": nm.neighbour_weight >= 0,
+        "nmm.entropy_weight": nm.entropy_weight >= 0,
+        "nmm.weights_momentum": 0 <= nm.weights_momentum < 1,
+        "nmm.num_neighbours": not use_neighbours or 1 <= nm.num_neighbours < n,
+        "nmm.neighbour_pca_dim": nm.neighbour_pca_dim >= 0,
+        "nmm.remine_epochs": nm.remine_epochs >= 0, "nmm.head_hidden": nm.head_hidden >= 0,
+        "nmm.num_heads": nm.num_heads >= 1,
+        "nmm.head_loss_momentum": 0 <= nm.head_loss_momentum < 1,
+        "batch_size": 2 <= config.batch_size <= n})
+    choices = {"normalize": ("batch", "none"), "mixture_weights": ("fixed", "estimated"),
+               "consistency": ("dot", "cross_entropy"),
+               "neighbour_space": ("pixels", "backbone", "none")}
+    for key, allowed in choices.items():
+        if nm[key] not in allowed:
+            raise ConfigError(f"config.nmm.{key}={nm[key]!r}: use one of {', '.join(allowed)}")
+    if nm.em_weight + nm.augment_weight + nm.neighbour_weight == 0:
+        raise ConfigError("config.nmm: em_weight, augment_weight and neighbour_weight are all 0; "
+                          "nothing would be trained")
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    return make(backbone=models.make_backbone(config.model), image_shape=data_spec.input_shape,
+                num_examples=n, num_clusters=config.num_clusters, num_steps=num_steps,
+                tx=optim.make(config.optim, num_steps), remine_every=nm.remine_epochs * epoch,
+                log_normalizer=float(nm.log_normalizer), num_heads=int(nm.num_heads),
+                num_neighbours=int(nm.num_neighbours), crop_scale=tuple(nm.crop_scale),
+                **{key: nm[key] for key in PLAIN_KEYS})

@@ -43,19 +43,22 @@ from the principal direction instead of scikit-learn's k-means++ restarts.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models, optim
-from jclust.config_lib import ConfigError, check_ranges
+from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.precision import RANDOM_DTYPE, cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
@@ -64,6 +67,11 @@ ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and 
                    "come from spherical k-means (K = num_clusters) on the whole data set's "
                    "whitened features; confidence = that cosine similarity")
 
+# The odc config keys that make() takes as they are.
+PLAIN_KEYS = ("train_clusters", "feature_dim", "neck_hidden", "neck_dropout", "memory_momentum",
+              "min_cluster_size", "centroid_update_every", "reweight_power", "head_init_std",
+              "kmeans_iters", "split_iters", "eval_pca_dim", "eval_n_init", "flip",
+              "rotation_degrees")
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 dot products also on GPU/TPU
 _POWER_ITERS = 10  # power iterations for the principal direction that starts a 2-means split
 
@@ -269,51 +277,74 @@ def fix_small_clusters(memory: jax.Array, labels: jax.Array, centroids: jax.Arra
     return labels, centroids, jnp.sum(small, dtype=jnp.int32)
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds ODC for ``config`` (sections ``model``, ``optim``, ``odc``)."""
-    oc = config.odc
-    n = data_spec.num_examples
-    k_train, k_eval = oc.train_clusters, config.num_clusters
-    if not data_spec.is_image:
-        raise ConfigError("ODC trains a CNN on images; the data are feature vectors")
-    if config.model.name not in ("small_cnn", "resnet18"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: ODC needs 'small_cnn' or "
-                          "'resnet18'")
-    if k_train > n or k_eval > n:
-        raise ConfigError(f"config.odc.train_clusters={k_train} / config.num_clusters={k_eval}: "
-                          f"more clusters than the {n} examples")
-    check_ranges(config, {"odc.train_clusters": k_train >= 2,
-                         "odc.min_cluster_size": oc.min_cluster_size >= 1,
-                         "odc.feature_dim": oc.feature_dim >= 1,
-                         "odc.neck_hidden": oc.neck_hidden >= 1,
-                         "odc.neck_dropout": 0.0 <= oc.neck_dropout < 1.0,
-                         "odc.memory_momentum": 0.0 < oc.memory_momentum <= 1.0,
-                         "odc.centroid_update_every": oc.centroid_update_every >= 1,
-                         "odc.reweight_power": oc.reweight_power >= 0.0,
-                         "odc.kmeans_iters": oc.kmeans_iters >= 1,
-                         "odc.split_iters": oc.split_iters >= 1,
-                         "odc.eval_n_init": oc.eval_n_init >= 1,
-                         "odc.eval_pca_dim": 0 <= oc.eval_pca_dim <= oc.feature_dim,
-                         "odc.eval_epochs": oc.eval_epochs >= 1,
-                         "optim.epochs": config.optim.epochs >= 1,
-                         "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0,
-                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
-    if k_train * oc.min_cluster_size > n:
-        raise ConfigError(f"config.odc.train_clusters x config.odc.min_cluster_size = {k_train} x "
-                          f"{oc.min_cluster_size} exceeds the {n} examples: every cluster would "
-                          "be too small")
+def advance_memories(cluster: ODCState, index: jax.Array, features: jax.Array, key: jax.Array, *,
+                     momentum: float, centroid_update_every: int, min_cluster_size: int,
+                     split_iters: int) -> tuple[ODCState, dict]:
+    """One ODC iteration of the memories (the step's ``cluster_update``).
 
-    backbone = models.make_backbone(config.model)
-    neck = models.NonLinearNeck(hidden=oc.neck_hidden, features=oc.feature_dim,
-                                dropout=oc.neck_dropout)
-    head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(oc.head_init_std))
-    steps_per_epoch = n // config.batch_size
-    num_steps = config.optim.epochs * steps_per_epoch
-    height, width = data_spec.input_shape[:2]
-    eval_dim = oc.eval_pca_dim or oc.feature_dim
+    The batch's features [B, D] enter the samples memory at ``index`` [B] by momentum; its rows
+    take the label of their nearest centroid; every ``centroid_update_every`` iterations the
+    centroids become the memory's cluster means; clusters under ``min_cluster_size`` are
+    dissolved and refilled by splits (:func:`fix_small_clusters`, ``key`` its fallback).
+
+    Returns:
+      (the new state, metrics: the batch's label change, small clusters, min/max memory sizes).
+    """
+    memory = update_memory(cluster.features, index, features, momentum)
+    new = nearest_centroid(memory[index], cluster.centroids)
+    changed = jnp.mean((new != cluster.labels[index]).astype(float_dtype()))
+    labels = cluster.labels.at[index].set(new)
+    iteration = cluster.iteration + 1
+    centroids = jax.lax.cond(iteration % centroid_update_every == 0,
+                             centroids_from_memory, lambda m, l, c: c,
+                             memory, labels, cluster.centroids)
+    labels, centroids, n_small = fix_small_clusters(
+        memory, labels, centroids, key, min_size=min_cluster_size, iters=split_iters)
+    sizes = jnp.bincount(labels, length=cluster.centroids.shape[0])
+    metrics = {"memory_label_change": changed, "small_clusters": n_small,
+               "memory_size_min": jnp.min(sizes), "memory_size_max": jnp.max(sizes)}
+    return cluster._replace(features=memory, labels=labels, centroids=centroids,
+                            iteration=iteration), metrics
+
+
+def memory_report(labels: np.ndarray, eval_labels: np.ndarray, num_labels: int,
+                  num_clusters: int) -> dict:
+    """A recluster's report: the memory's cluster sizes, and a "warning" when the memory labels
+    [N] (in [0, num_labels)) or the evaluation labels [N] (in [0, num_clusters)) use one
+    cluster."""
+    n = labels.shape[0]
+    sizes = np.bincount(labels, minlength=num_labels)
+    eval_used = int(np.sum(np.bincount(eval_labels, minlength=num_clusters) > 0))
+    info = dict(memory_clusters_used=int(np.sum(sizes > 0)),
+                memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
+                memory_size_entropy=jmetrics.cluster_sizes(labels, num_labels)["size_entropy"])
+    if int(np.sum(sizes > 0)) == 1:
+        info["warning"] = f"pseudo-label collapse: all {n} examples in one memory cluster"
+    elif eval_used == 1 and num_clusters > 1:
+        info["warning"] = (f"feature collapse: the evaluation k-means put all {n} examples in "
+                           "one cluster")
+    return info
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
+         recluster_every: int, train_clusters: int = 100, feature_dim: int = 64,
+         neck_hidden: int = 128, neck_dropout: float = 0.5, memory_momentum: float = 0.5,
+         min_cluster_size: int = 20, centroid_update_every: int = 10,
+         reweight_power: float = 0.5, head_init_std: float = 0.01, kmeans_iters: int = 20,
+         split_iters: int = 20, eval_pca_dim: int = 32, eval_n_init: int = 10,
+         crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
+         rotation_degrees: float = 0.0) -> Method:
+    """ODC on ``backbone`` with ``tx`` (over params "body" and "head") for ``num_steps`` steps;
+    the memories initialised at the start, the evaluation refitted every ``recluster_every``
+    steps. The other arguments are the ``odc`` config keys of the same names (docs/methods.md)."""
+    n, k_train, k_eval = num_examples, train_clusters, num_clusters
+    neck = models.NonLinearNeck(hidden=neck_hidden, features=feature_dim, dropout=neck_dropout)
+    head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(head_init_std))
+    eval_dim = eval_pca_dim or feature_dim
 
     def init_head(key):
-        return cast_floats(head.init(key, jnp.zeros((1, oc.feature_dim)))["params"])
+        return cast_floats(head.init(key, jnp.zeros((1, feature_dim)))["params"])
 
     def init(rng, x):
         k_backbone, k_neck, k_head = jax.random.split(rng, 3)
@@ -321,12 +352,12 @@ def make(config, data_spec: DataSpec) -> Method:
         params = {"backbone": backbone_params,
                   "neck": neck.init(k_neck, jnp.zeros((1, backbone.feature_dim)))["params"]}
         params["head"] = init_head(k_head)
-        state = ODCState(features=jnp.zeros((n, oc.feature_dim), float_dtype()),
+        state = ODCState(features=jnp.zeros((n, feature_dim), float_dtype()),
                          labels=jnp.zeros((n,), jnp.int32),
-                         centroids=jnp.zeros((k_train, oc.feature_dim), float_dtype()),
+                         centroids=jnp.zeros((k_train, feature_dim), float_dtype()),
                          iteration=jnp.zeros((), jnp.int32),
-                         eval_mean=jnp.zeros((oc.feature_dim,), float_dtype()),
-                         eval_projection=jnp.eye(oc.feature_dim, eval_dim, dtype=float_dtype()),
+                         eval_mean=jnp.zeros((feature_dim,), float_dtype()),
+                         eval_projection=jnp.eye(feature_dim, eval_dim, dtype=float_dtype()),
                          eval_centroids=jnp.zeros((k_eval, eval_dim), float_dtype()),
                          recluster_labels=jnp.zeros((n,), jnp.int32))
         return params, {"backbone": backbone_state}, state
@@ -340,38 +371,23 @@ def make(config, data_spec: DataSpec) -> Method:
         f = neck.apply({"params": params["neck"]}, h, train=True, rngs={"dropout": dropout_rng})
         return f, {"backbone": backbone_state}
 
-    def view(x, rng):
-        return augment.augment_view(x, rng, out_size=(height, width), scale=tuple(oc.crop_scale),
-                                    flip=oc.flip, max_degrees=oc.rotation_degrees,
-                                    color=data_spec.input_shape[-1] == 3)
-
     def loss_fn(params, model_state, cluster, batch, rng):
         view_rng, dropout_rng = jax.random.split(rng)
-        f, model_state = features(params, model_state, view(batch["x"], view_rng), dropout_rng)
+        x = augment.augment_view(batch["x"], view_rng, out_size=tuple(image_shape[:2]),
+                                 scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
+                                 color=image_shape[-1] == 3)
+        f, model_state = features(params, model_state, x, dropout_rng)
         logits = head.apply({"params": params["head"]}, f)
         labels = cluster.labels[batch["index"]]
-        weights = loss_weights(cluster.labels, k_train, oc.reweight_power)[labels]
+        weights = loss_weights(cluster.labels, k_train, reweight_power)[labels]
         loss = losses.cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, (model_state, {"pseudo_label_acc": accuracy}, f)
 
     def cluster_update(cluster, batch, f, rng):
-        index = batch["index"]
-        memory = update_memory(cluster.features, index, f, oc.memory_momentum)
-        new = nearest_centroid(memory[index], cluster.centroids)
-        changed = jnp.mean((new != cluster.labels[index]).astype(float_dtype()))
-        labels = cluster.labels.at[index].set(new)
-        iteration = cluster.iteration + 1
-        centroids = jax.lax.cond(iteration % oc.centroid_update_every == 0,
-                                 centroids_from_memory, lambda m, l, c: c,
-                                 memory, labels, cluster.centroids)
-        labels, centroids, n_small = fix_small_clusters(
-            memory, labels, centroids, rng, min_size=oc.min_cluster_size, iters=oc.split_iters)
-        sizes = jnp.bincount(labels, length=k_train)
-        metrics = {"memory_label_change": changed, "small_clusters": n_small,
-                   "memory_size_min": jnp.min(sizes), "memory_size_max": jnp.max(sizes)}
-        return cluster._replace(features=memory, labels=labels, centroids=centroids,
-                                iteration=iteration), metrics
+        return advance_memories(cluster, batch["index"], f, rng, momentum=memory_momentum,
+                                centroid_update_every=centroid_update_every,
+                                min_cluster_size=min_cluster_size, split_iters=split_iters)
 
     def embed(params, model_state, x):
         return normalize_rows(features(params, model_state, x)[0])
@@ -383,23 +399,22 @@ def make(config, data_spec: DataSpec) -> Method:
 
     def evaluation_clustering(cluster, z, key):
         """Fits the evaluation rule on unit features z [N, D]; returns (cluster, k-means labels)."""
-        if oc.eval_pca_dim:
-            mean, projection = jcluster.fit_whitening(z, oc.eval_pca_dim)
+        if eval_pca_dim:
+            mean, projection = jcluster.fit_whitening(z, eval_pca_dim)
         else:
             mean, projection = cluster.eval_mean, cluster.eval_projection
         evaluation = jcluster.kmeans(jcluster.whiten(z, mean, projection), k_eval, key=key,
-                                     n_init=oc.eval_n_init, spherical=True)
+                                     n_init=eval_n_init, spherical=True)
         cluster = cluster._replace(eval_mean=mean, eval_projection=projection,
                                    eval_centroids=evaluation.centroids)
         return cluster, evaluation.labels
 
     def recluster(params, cluster, context):
-        feats, first, key = context.features, context.first, context.key
-        k_init, k_eval_km, k_head = jax.random.split(key, 3)
-        z = normalize_rows(jnp.asarray(feats, float_dtype()))
+        k_init, k_eval_km, k_head = jax.random.split(context.key, 3)
+        z = normalize_rows(jnp.asarray(context.features, float_dtype()))
         info = {}
-        if first:
-            km = jcluster.kmeans(z, k_train, key=k_init, init="random", max_iter=oc.kmeans_iters,
+        if context.first:
+            km = jcluster.kmeans(z, k_train, key=k_init, init="random", max_iter=kmeans_iters,
                                  tol=0.0, empty_policy="split")
             cluster = cluster._replace(
                 features=z, labels=km.labels,
@@ -408,20 +423,11 @@ def make(config, data_spec: DataSpec) -> Method:
             params = {**params, "head": init_head(k_head)}
             info["kmeans_splits"] = int(km.n_empty_repaired)
         labels = np.asarray(cluster.labels)
-        if not first:
+        if not context.first:
             info["memory_nmi_previous"] = float(jmetrics.nmi(np.asarray(cluster.recluster_labels),
                                                              labels))
         cluster, eval_labels = evaluation_clustering(cluster, z, k_eval_km)
-        sizes = np.bincount(labels, minlength=k_train)
-        eval_used = int(np.sum(np.bincount(np.asarray(eval_labels), minlength=k_eval) > 0))
-        info.update(memory_clusters_used=int(np.sum(sizes > 0)),
-                    memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
-                    memory_size_entropy=jmetrics.cluster_sizes(labels, k_train)["size_entropy"])
-        if int(np.sum(sizes > 0)) == 1:
-            info["warning"] = f"pseudo-label collapse: all {n} examples in one memory cluster"
-        elif eval_used == 1 and k_eval > 1:
-            info["warning"] = (f"feature collapse: the evaluation k-means put all {n} examples in "
-                               "one cluster")
+        info.update(memory_report(labels, np.asarray(eval_labels), k_train, k_eval))
         cluster = cluster._replace(recluster_labels=jnp.asarray(labels, jnp.int32))
         return params, cluster, info
 
@@ -429,11 +435,8 @@ def make(config, data_spec: DataSpec) -> Method:
         return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, float_dtype())),
                                      key)[0]
 
-    # The head has no momentum (reference: paramwise momentum 0 for ``head.``).
-    label_tx = optim.make(config.optim, num_steps, rest="body",
-                          groups={"head": optim.Group(momentum=False)})
-    phases = (Phase(name="odc", num_steps=num_steps, tx=label_tx, loss_fn=loss_fn,
-                    recluster_every=oc.eval_epochs * steps_per_epoch, recluster_at_start=True,
+    phases = (Phase(name="odc", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
+                    recluster_every=recluster_every, recluster_at_start=True,
                     cluster_update=cluster_update),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
@@ -441,3 +444,35 @@ def make(config, data_spec: DataSpec) -> Method:
                   example_axes=ODCState(features=0, labels=0, centroids=None, iteration=None,
                                         eval_mean=None, eval_projection=None,
                                         eval_centroids=None, recluster_labels=0))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """ODC as ``config`` sets it (sections ``model``, ``optim``, ``odc``)."""
+    oc, n = config.odc, data_spec.num_examples
+    if oc.train_clusters > n or config.num_clusters > n:
+        raise ConfigError(f"config.odc.train_clusters={oc.train_clusters} / config.num_clusters="
+                          f"{config.num_clusters}: more clusters than the {n} examples")
+    check_cnn_config(config, data_spec, "ODC", {
+        "odc.train_clusters": oc.train_clusters >= 2,
+        "odc.min_cluster_size": oc.min_cluster_size >= 1, "odc.feature_dim": oc.feature_dim >= 1,
+        "odc.neck_hidden": oc.neck_hidden >= 1, "odc.neck_dropout": 0.0 <= oc.neck_dropout < 1.0,
+        "odc.memory_momentum": 0.0 < oc.memory_momentum <= 1.0,
+        "odc.centroid_update_every": oc.centroid_update_every >= 1,
+        "odc.reweight_power": oc.reweight_power >= 0.0, "odc.kmeans_iters": oc.kmeans_iters >= 1,
+        "odc.split_iters": oc.split_iters >= 1, "odc.eval_n_init": oc.eval_n_init >= 1,
+        "odc.eval_pca_dim": 0 <= oc.eval_pca_dim <= oc.feature_dim,
+        "odc.eval_epochs": oc.eval_epochs >= 1,
+        "optim.lr_decay_fraction": 0.0 <= config.optim.lr_decay_fraction <= 1.0})
+    if oc.train_clusters * oc.min_cluster_size > n:
+        raise ConfigError(f"config.odc.train_clusters x config.odc.min_cluster_size = "
+                          f"{oc.train_clusters} x {oc.min_cluster_size} exceeds the {n} examples: "
+                          "every cluster would be too small")
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    # The head has no momentum (reference: paramwise momentum 0 for ``head.``).
+    tx = optim.make(config.optim, num_steps, rest="body",
+                    groups={"head": optim.Group(momentum=False)})
+    return make(backbone=models.make_backbone(config.model), image_shape=data_spec.input_shape,
+                num_examples=n, num_clusters=config.num_clusters, tx=tx, num_steps=num_steps,
+                recluster_every=oc.eval_epochs * epoch, crop_scale=tuple(oc.crop_scale),
+                **{key: oc[key] for key in PLAIN_KEYS})

@@ -37,18 +37,21 @@ over-clustering (purity and NMI). With "backbone" the feature pass yields [z, h]
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import optax
 
 from jclust import cluster as jcluster
 from jclust import config_lib
 from jclust import models, optim
 from jclust.cluster import l2_normalize
-from jclust.config_lib import ConfigError, check_ranges
+from jclust.config_lib import ConfigError
 from jclust.data import augment
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import DataSpec, Method, Params, Phase
+from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -61,6 +64,11 @@ BACKBONE_RULE = ("the backbone features, PCA-whitened (swav.eval_pca_dim) and L2
                  "PCA of the latest evaluation, go to the evaluation centroid (spherical k-means, "
                  "K = num_clusters, on the whole data set's whitened features) of largest cosine "
                  "similarity; confidence = that cosine similarity")
+RULES = {"prototypes": PROTOTYPES_RULE, "kmeans": KMEANS_RULE, "backbone": BACKBONE_RULE}
+# The swav config keys that make() takes as they are.
+PLAIN_KEYS = ("feature_dim", "projection_hidden", "projection_batch_norm", "temperature", "epsilon",
+              "sinkhorn_iters", "sinkhorn_log_domain", "hard_codes", "flip", "eval_pca_dim",
+              "eval_n_init", "collapse_prototype_fraction", "collapse_patience_steps")
 
 
 class SwAVState(NamedTuple):
@@ -116,6 +124,79 @@ def push_queue(queue: jax.Array, z: jax.Array) -> jax.Array:
     return jnp.concatenate([z, queue], axis=0)[:length]
 
 
+def codes_with_queue(scores: jax.Array, queue_scores: jax.Array, queue_full: jax.Array, *,
+                     epsilon: float, num_iters: int, log_domain: bool) -> jax.Array:
+    """Sinkhorn codes of one assignment crop, with the queue's scores in front once it is full.
+
+    Args:
+      scores: [B, K] the crop's scores (no gradient).
+      queue_scores: [L, K] the queue's scores (L = 0: no queue).
+      queue_full: [] bool, whether the queue holds L rows yet.
+      epsilon, num_iters, log_domain: of :func:`jclust.cluster.sinkhorn_knopp`.
+
+    Returns:
+      [B, K] the batch's codes (the queue's rows are dropped).
+    """
+    def sinkhorn(both):
+        return jcluster.sinkhorn_knopp(both, epsilon=epsilon, num_iters=num_iters,
+                                       log_domain=log_domain).codes
+
+    if queue_scores.shape[0] == 0:
+        return sinkhorn(scores)
+    return jax.lax.cond(queue_full,
+                        lambda: sinkhorn(jnp.concatenate([queue_scores, scores]))[
+                            queue_scores.shape[0]:],
+                        lambda: sinkhorn(scores))
+
+
+def step_diagnostics(loss: jax.Array, codes: jax.Array, z: jax.Array, *,
+                     min_prototypes: float) -> tuple[dict, jax.Array]:
+    """The step's collapse diagnostics (module docstring).
+
+    Args:
+      loss: [] the swapped-prediction loss.
+      codes: [S, B, K] the assignment crops' codes.
+      z: [V, B, F] the crops' unit features.
+      min_prototypes: fewer prototypes winning an example of the batch look collapsed.
+
+    Returns:
+      (metrics, collapsed): ``loss_over_log_k``, ``code_entropy``, ``prototypes_used``,
+      ``feature_std``; ``collapsed`` [] bool.
+    """
+    log_k = math.log(codes.shape[-1])
+    winners = jax.nn.one_hot(jnp.argmax(codes[0], -1), codes.shape[-1])
+    prototypes_used = jnp.sum(jnp.max(winners, axis=0))
+    metrics = {"loss_over_log_k": loss / log_k,
+               "code_entropy": -jnp.mean(jnp.sum(codes[0] * jnp.log(codes[0] + 1e-12), -1)),
+               "prototypes_used": prototypes_used,
+               "feature_std": jnp.mean(jnp.std(z[0], axis=0))}
+    return metrics, (loss >= 0.99 * log_k) | (prototypes_used < min_prototypes)
+
+
+def advance_queue(cluster: SwAVState, outputs: dict, *, queue_start_step: int,
+                  patience: int) -> tuple[SwAVState, dict]:
+    """The step's ``cluster_update``: from ``queue_start_step`` on, the batch's z of the
+    assignment crops (``outputs["z"]`` [2, B, F]) enter the queue; the collapse counter follows
+    ``outputs["collapsed"]`` and ``warn_collapse`` is 1 once it reaches ``patience``."""
+    queue_length = cluster.queue.shape[1]
+    started = cluster.iteration >= queue_start_step
+    queue, count = cluster.queue, cluster.queue_count
+    if queue_length:
+        pushed = jnp.stack([push_queue(queue[s], outputs["z"][s]) for s in range(2)])
+        queue = jnp.where(started, pushed, queue)
+        count = jnp.where(started, jnp.minimum(count + outputs["z"].shape[1], queue_length), count)
+    collapse_steps = jnp.where(outputs["collapsed"], cluster.collapse_steps + 1, 0)
+    cluster = cluster._replace(queue=queue, queue_count=count, iteration=cluster.iteration + 1,
+                               collapse_steps=collapse_steps)
+    return cluster, {"collapse_steps": collapse_steps.astype(float_dtype()),
+                     "warn_collapse": (collapse_steps >= patience).astype(float_dtype())}
+
+
+def normalize_prototypes(params: Params) -> Params:
+    """``Phase.prepare_params``: the prototypes as unit rows, without gradient."""
+    return {**params, "prototypes": l2_normalize(jax.lax.stop_gradient(params["prototypes"]))}
+
+
 def collapse_warning(patience: int) -> str:
     return (f"SwAV looks collapsed for {patience}+ steps (loss/ln K >= 0.99 or too few "
             "prototypes in use: see loss_over_log_k, prototypes_used and feature_std above). "
@@ -124,69 +205,27 @@ def collapse_warning(patience: int) -> str:
             "shorter swav.queue_length, another swav.temperature, a lower optim.learning_rate")
 
 
-def make(config, data_spec: DataSpec) -> Method:
-    """Builds SwAV for ``config`` (sections ``model``, ``optim``, ``swav``)."""
-    sw = config.swav
-    n = data_spec.num_examples
-    k_eval = config.num_clusters
-    k = int(sw.prototypes)
-    num_small = int(sw.num_small_crops)
-    steps_per_epoch = n // config.batch_size
-    num_steps = config.optim.epochs * steps_per_epoch
-    # The reference rounds the queue down to a multiple of the global batch.
-    queue_length = int(sw.queue_length) // config.batch_size * config.batch_size
-    assignment = sw.assignment
-    if assignment == "auto":
-        assignment = "prototypes" if k == k_eval else "kmeans"
-    check_ranges(config, {"swav.prototypes": k >= 2,
-                         "num_clusters": 1 <= k_eval <= n,
-                         "swav.feature_dim": sw.feature_dim >= 1,
-                         "swav.temperature": sw.temperature > 0,
-                         "swav.epsilon": sw.epsilon > 0,
-                         "swav.sinkhorn_iters": sw.sinkhorn_iters >= 1,
-                         "swav.num_small_crops": num_small >= 0,
-                         "swav.queue_length": sw.queue_length >= 0,
-                         "swav.queue_start_epoch": sw.queue_start_epoch >= 0,
-                         "swav.collapse_prototype_fraction": 0 <= sw.collapse_prototype_fraction <= 1,
-                         "swav.collapse_patience_steps": sw.collapse_patience_steps >= 1,
-                         "swav.eval_pca_dim": sw.eval_pca_dim >= 1,
-                         "optim.epochs": config.optim.epochs >= 1,
-                         "batch_size": config.batch_size <= n}, f"N = {n} examples")
-    if assignment not in ("prototypes", "kmeans", "backbone"):
-        raise ConfigError(f"config.swav.assignment={sw.assignment!r}: use 'auto', 'prototypes', "
-                          "'kmeans' or 'backbone'")
-    if assignment == "prototypes" and k != k_eval:
-        raise ConfigError(f"config.swav.assignment='prototypes' needs swav.prototypes = "
-                          f"num_clusters ({k} != {k_eval}); use 'kmeans' or 'auto'")
-    if 0 < sw.queue_length < config.batch_size:
-        raise ConfigError(f"config.swav.queue_length={sw.queue_length} is shorter than one batch "
-                          f"({config.batch_size}); the queue holds whole batches (0: no queue)")
-    if not data_spec.is_image:
-        raise ConfigError("SwAV trains a CNN on images; the data are feature vectors")
-    if config.model.name not in ("small_cnn", "resnet18"):
-        raise ConfigError(f"config.model.name={config.model.name!r}: SwAV needs 'small_cnn' or "
-                          "'resnet18'")
-    if num_small and config.model.name == "small_cnn" and not config.model.get("global_pool"):
-        raise ConfigError("swav.num_small_crops > 0 feeds a second resolution to the network: set "
-                          "model.global_pool=True for the small CNN (its flattening Dense takes one "
-                          "size only)")
-
-    backbone = models.make_backbone(config.model)
-    projection = ProjectionHead(hidden=sw.projection_hidden, out=sw.feature_dim,
-                                batch_norm=sw.projection_batch_norm)
-    height, width = data_spec.input_shape[:2]
-    large_size = (height, width)
-    small_size = tuple(int(s) for s in sw.small_crop_size)
-    freeze_steps = config_lib.steps(config, "swav.freeze_prototypes", steps_per_epoch)
-    queue_start_step = int(sw.queue_start_epoch) * steps_per_epoch
-    min_prototypes = sw.collapse_prototype_fraction * min(k, config.batch_size)
-    log_k = math.log(k)
-    f_dim = sw.feature_dim
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int, batch_size: int,
+         prototypes: int = 100, feature_dim: int = 64, projection_hidden: int = 128,
+         projection_batch_norm: bool = True, temperature: float = 0.1, epsilon: float = 0.05,
+         sinkhorn_iters: int = 3, sinkhorn_log_domain: bool = True, hard_codes: bool = False,
+         queue_length: int = 0, queue_start_step: int = 0, num_small_crops: int = 0,
+         small_crop_size: tuple[int, int] = (16, 16),
+         large_crop_scale: tuple[float, float] = (0.4, 1.0),
+         small_crop_scale: tuple[float, float] = (0.2, 0.5), flip: bool = True,
+         assignment: str = "backbone", eval_pca_dim: int = 32, eval_n_init: int = 10,
+         collapse_prototype_fraction: float = 0.1, collapse_patience_steps: int = 200) -> Method:
+    """SwAV on ``backbone`` with ``tx`` for ``num_steps`` steps of ``batch_size`` examples; a
+    queue of ``queue_length`` rows (a multiple of the batch) filled from ``queue_start_step``;
+    ``assignment`` one of "prototypes", "kmeans", "backbone". The other arguments are the ``swav``
+    config keys of the same names (docs/methods.md)."""
+    k, f_dim, num_small = prototypes, feature_dim, num_small_crops
+    projection = ProjectionHead(hidden=projection_hidden, out=f_dim,
+                                batch_norm=projection_batch_norm)
+    min_prototypes = collapse_prototype_fraction * min(k, batch_size)
     if assignment == "backbone":
-        if sw.eval_pca_dim > backbone.feature_dim:
-            raise ConfigError(f"config.swav.eval_pca_dim={sw.eval_pca_dim} exceeds the backbone's "
-                              f"{backbone.feature_dim} features")
-        eval_in, eval_dim = backbone.feature_dim, sw.eval_pca_dim
+        eval_in, eval_dim = backbone.feature_dim, eval_pca_dim
     else:
         eval_in = eval_dim = f_dim
 
@@ -194,20 +233,17 @@ def make(config, data_spec: DataSpec) -> Method:
         k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
         backbone_params, backbone_state = backbone.init(k_backbone, x)
         projection_vars = projection.init(k_projection, jnp.zeros((1, backbone.feature_dim)))
-        params = {
-            "backbone": backbone_params,
-            "projection": projection_vars["params"],
-            "prototypes": l2_normalize(jax.random.normal(k_prototypes, (k, sw.feature_dim),
-                                                         RANDOM_DTYPE).astype(float_dtype())),
-        }
+        prototype_rows = jax.random.normal(k_prototypes, (k, f_dim), RANDOM_DTYPE)
+        params = {"backbone": backbone_params, "projection": projection_vars["params"],
+                  "prototypes": l2_normalize(prototype_rows.astype(float_dtype()))}
         state = SwAVState(
-            queue=jnp.zeros((2, queue_length, sw.feature_dim), float_dtype()),
+            queue=jnp.zeros((2, queue_length, f_dim), float_dtype()),
             queue_count=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
             collapse_steps=jnp.zeros((), jnp.int32),
             eval_mean=jnp.zeros((eval_in,), float_dtype()),
             eval_projection=jnp.eye(eval_in, eval_dim, dtype=float_dtype()),
-            eval_centroids=jnp.zeros((k_eval, eval_dim), float_dtype()),
-            prototype_labels=jnp.full((n,), -1, jnp.int32))
+            eval_centroids=jnp.zeros((num_clusters, eval_dim), float_dtype()),
+            prototype_labels=jnp.full((num_examples,), -1, jnp.int32))
         model_state = {"backbone": backbone_state,
                        "projection": {k: v for k, v in projection_vars.items() if k != "params"}}
         return params, model_state, state
@@ -215,76 +251,36 @@ def make(config, data_spec: DataSpec) -> Method:
     def project(params, model_state, x, train):
         h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
         variables = {"params": params["projection"], **model_state["projection"]}
-        if train and sw.projection_batch_norm:
+        if train and projection_batch_norm:
             z, updates = projection.apply(variables, h, train=True, mutable=["batch_stats"])
             return z, {"backbone": backbone_state, "projection": dict(updates)}
         return (projection.apply(variables, h, train=False),
                 {"backbone": backbone_state, "projection": model_state["projection"]})
 
-    def normalize_prototypes(params):
-        return {**params, "prototypes": l2_normalize(jax.lax.stop_gradient(params["prototypes"]))}
-
-    def codes_of(crop_scores, queue_scores, queue_full):
-        def with_queue():
-            both = jnp.concatenate([queue_scores, crop_scores])
-            return sinkhorn(both)[queue_scores.shape[0]:]
-
-        if queue_length == 0:
-            return sinkhorn(crop_scores)
-        return jax.lax.cond(queue_full, with_queue, lambda: sinkhorn(crop_scores))
-
-    def sinkhorn(scores):
-        return jcluster.sinkhorn_knopp(scores, epsilon=sw.epsilon, num_iters=sw.sinkhorn_iters,
-                                       log_domain=sw.sinkhorn_log_domain).codes
-
     def loss_fn(params, model_state, cluster, batch, rng):
-        b = batch["x"].shape[0]
         crops = augment.multi_crop(
-            batch["x"], rng, large_size=large_size, small_size=small_size, num_large=2,
-            num_small=num_small, large_scale=tuple(sw.large_crop_scale),
-            small_scale=tuple(sw.small_crop_scale), flip=sw.flip,
-            color=data_spec.input_shape[-1] == 3)
-        z_large, model_state = project(params, model_state, jnp.concatenate(crops[:2]), True)
-        z = [z_large]
+            batch["x"], rng, large_size=tuple(image_shape[:2]), small_size=tuple(small_crop_size),
+            num_large=2, num_small=num_small, large_scale=tuple(large_crop_scale),
+            small_scale=tuple(small_crop_scale), flip=flip, color=image_shape[-1] == 3)
+        z, model_state = project(params, model_state, jnp.concatenate(crops[:2]), True)
         if num_small:
             z_small, model_state = project(params, model_state, jnp.concatenate(crops[2:]), True)
-            z.append(z_small)
-        z = jnp.concatenate(z).reshape(2 + num_small, b, -1)  # [V, B, F]
-        prototypes = params["prototypes"]
-        scores = jnp.einsum("vbf,kf->vbk", z, prototypes)
-        queue_full = cluster.queue_count >= queue_length
-        queue_scores = jnp.einsum("slf,kf->slk", cluster.queue, jax.lax.stop_gradient(prototypes))
-        codes = jnp.stack([codes_of(jax.lax.stop_gradient(scores[s]), queue_scores[s], queue_full)
-                           for s in range(2)])
-        codes = jax.lax.stop_gradient(codes)
-        if sw.hard_codes:
+            z = jnp.concatenate([z, z_small])
+        z = z.reshape(2 + num_small, batch["x"].shape[0], -1)  # [V, B, F]
+        scores = jnp.einsum("vbf,kf->vbk", z, params["prototypes"])
+        queue_scores = jnp.einsum("slf,kf->slk", cluster.queue,
+                                  jax.lax.stop_gradient(params["prototypes"]))
+        codes = jax.lax.stop_gradient(jnp.stack([codes_with_queue(
+            jax.lax.stop_gradient(scores[s]), queue_scores[s], cluster.queue_count >= queue_length,
+            epsilon=epsilon, num_iters=sinkhorn_iters, log_domain=sinkhorn_log_domain)
+            for s in range(2)]))
+        if hard_codes:
             codes = jax.nn.one_hot(jnp.argmax(codes, -1), k, dtype=codes.dtype)
-        loss = swapped_prediction_loss(scores, codes, sw.temperature)
-        winners = jax.nn.one_hot(jnp.argmax(codes[0], -1), k)
-        prototypes_used = jnp.sum(jnp.max(winners, axis=0))
-        code_entropy = -jnp.mean(jnp.sum(codes[0] * jnp.log(codes[0] + 1e-12), -1))
-        feature_std = jnp.mean(jnp.std(z[0], axis=0))
-        collapsed = (loss >= 0.99 * log_k) | (prototypes_used < min_prototypes)
-        metrics = {"loss_over_log_k": loss / log_k, "code_entropy": code_entropy,
-                   "prototypes_used": prototypes_used, "feature_std": feature_std,
-                   "queue_in_use": (queue_full & (queue_length > 0)).astype(float_dtype())}
+        loss = swapped_prediction_loss(scores, codes, temperature)
+        metrics, collapsed = step_diagnostics(loss, codes, z, min_prototypes=min_prototypes)
+        metrics["queue_in_use"] = ((cluster.queue_count >= queue_length) & (queue_length > 0)
+                                   ).astype(float_dtype())
         return loss, (model_state, metrics, {"z": z[:2], "collapsed": collapsed})
-
-    def update_state(cluster, batch, outputs, rng):
-        del batch, rng
-        started = cluster.iteration >= queue_start_step
-        queue, count = cluster.queue, cluster.queue_count
-        if queue_length:
-            pushed = jnp.stack([push_queue(queue[s], outputs["z"][s]) for s in range(2)])
-            queue = jnp.where(started, pushed, queue)
-            count = jnp.where(started, jnp.minimum(count + outputs["z"].shape[1], queue_length),
-                              count)
-        collapse_steps = jnp.where(outputs["collapsed"], cluster.collapse_steps + 1, 0)
-        cluster = cluster._replace(queue=queue, queue_count=count,
-                                   iteration=cluster.iteration + 1, collapse_steps=collapse_steps)
-        return cluster, {"collapse_steps": collapse_steps.astype(float_dtype()),
-                         "warn_collapse": (collapse_steps >= sw.collapse_patience_steps
-                                           ).astype(float_dtype())}
 
     def embed(params, model_state, x):
         if assignment != "backbone":
@@ -302,40 +298,88 @@ def make(config, data_spec: DataSpec) -> Method:
     def assign(params, cluster, feats):
         if assignment == "prototypes":
             scores = l2_normalize(feats) @ l2_normalize(params["prototypes"]).T
-            probs = jax.nn.softmax(scores / sw.temperature, axis=-1)
+            probs = jax.nn.softmax(scores / temperature, axis=-1)
             return jnp.argmax(scores, -1).astype(jnp.int32), jnp.max(probs, -1)
         sims = evaluation_features(cluster, feats) @ cluster.eval_centroids.T
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     def fit_evaluation(params, cluster, feats, *, key):
         feats = jnp.asarray(feats)
-        z = feats[:, :f_dim]
-        labels = jnp.argmax(z @ l2_normalize(params["prototypes"]).T, -1).astype(jnp.int32)
-        cluster = cluster._replace(prototype_labels=labels)
+        labels = jnp.argmax(feats[:, :f_dim] @ l2_normalize(params["prototypes"]).T, -1)
+        cluster = cluster._replace(prototype_labels=labels.astype(jnp.int32))
         if assignment == "backbone":
-            mean, projection = jcluster.fit_whitening(feats[:, f_dim:], sw.eval_pca_dim)
-            cluster = cluster._replace(eval_mean=mean, eval_projection=projection)
+            mean, whitening = jcluster.fit_whitening(feats[:, f_dim:], eval_pca_dim)
+            cluster = cluster._replace(eval_mean=mean, eval_projection=whitening)
         if assignment != "prototypes":
-            evaluation = jcluster.kmeans(evaluation_features(cluster, feats), k_eval, key=key,
-                                         n_init=sw.eval_n_init, spherical=True)
+            evaluation = jcluster.kmeans(evaluation_features(cluster, feats), num_clusters,
+                                         key=key, n_init=eval_n_init, spherical=True)
             cluster = cluster._replace(eval_centroids=evaluation.centroids)
         return cluster
 
-    # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
-    # where their gradients are set to None.
-    tx = optim.make(config.optim, num_steps,
-                    groups={"prototypes": optim.Group(frozen_steps=freeze_steps)})
+    def update_state(cluster, batch, outputs, rng):
+        return advance_queue(cluster, outputs, queue_start_step=queue_start_step,
+                             patience=collapse_patience_steps)
 
     phases = (Phase(name="swav", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     cluster_update=update_state, prepare_params=normalize_prototypes),)
     return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=None,
-                  done=lambda cluster: False,
-                  assignment_rule={"prototypes": PROTOTYPES_RULE, "kmeans": KMEANS_RULE,
-                                   "backbone": BACKBONE_RULE}[assignment],
-                  training_labels=(lambda cluster: cluster.prototype_labels) if k != k_eval else None,
+                  done=lambda cluster: False, assignment_rule=RULES[assignment],
+                  training_labels=(lambda c: c.prototype_labels) if k != num_clusters else None,
                   fit_evaluation=fit_evaluation,
-                  warnings={"warn_collapse": collapse_warning(sw.collapse_patience_steps)},
+                  warnings={"warn_collapse": collapse_warning(collapse_patience_steps)},
                   example_axes=SwAVState(queue=None, queue_count=None, iteration=None,
                                          collapse_steps=None, eval_mean=None,
                                          eval_projection=None, eval_centroids=None,
                                          prototype_labels=0))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """SwAV as ``config`` sets it (sections ``model``, ``optim``, ``swav``)."""
+    sw, n, batch_size = config.swav, data_spec.num_examples, config.batch_size
+    assignment = sw.assignment
+    if assignment == "auto":
+        assignment = "prototypes" if sw.prototypes == config.num_clusters else "kmeans"
+    check_cnn_config(config, data_spec, "SwAV", {
+        "swav.prototypes": sw.prototypes >= 2, "swav.feature_dim": sw.feature_dim >= 1,
+        "swav.temperature": sw.temperature > 0, "swav.epsilon": sw.epsilon > 0,
+        "swav.sinkhorn_iters": sw.sinkhorn_iters >= 1,
+        "swav.num_small_crops": sw.num_small_crops >= 0,
+        "swav.queue_length": sw.queue_length >= 0,
+        "swav.queue_start_epoch": sw.queue_start_epoch >= 0,
+        "swav.collapse_prototype_fraction": 0 <= sw.collapse_prototype_fraction <= 1,
+        "swav.collapse_patience_steps": sw.collapse_patience_steps >= 1,
+        "swav.eval_pca_dim": sw.eval_pca_dim >= 1})
+    if assignment not in RULES:
+        raise ConfigError(f"config.swav.assignment={sw.assignment!r}: use 'auto', 'prototypes', "
+                          "'kmeans' or 'backbone'")
+    if assignment == "prototypes" and sw.prototypes != config.num_clusters:
+        raise ConfigError(f"config.swav.assignment='prototypes' needs swav.prototypes = "
+                          f"num_clusters ({sw.prototypes} != {config.num_clusters}); use 'kmeans' "
+                          "or 'auto'")
+    if 0 < sw.queue_length < batch_size:
+        raise ConfigError(f"config.swav.queue_length={sw.queue_length} is shorter than one batch "
+                          f"({batch_size}); the queue holds whole batches (0: no queue)")
+    if sw.num_small_crops and config.model.name == "small_cnn" and not config.model.get("global_pool"):
+        raise ConfigError("swav.num_small_crops > 0 feeds a second resolution to the network: set "
+                          "model.global_pool=True for the small CNN (its flattening Dense takes one "
+                          "size only)")
+    backbone = models.make_backbone(config.model)
+    if assignment == "backbone" and sw.eval_pca_dim > backbone.feature_dim:
+        raise ConfigError(f"config.swav.eval_pca_dim={sw.eval_pca_dim} exceeds the backbone's "
+                          f"{backbone.feature_dim} features")
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
+    # where their gradients are set to None.
+    frozen = optim.Group(frozen_steps=config_lib.steps(config, "swav.freeze_prototypes", epoch))
+    return make(backbone=backbone, image_shape=data_spec.input_shape, num_examples=n,
+                num_clusters=config.num_clusters, num_steps=num_steps, batch_size=batch_size,
+                tx=optim.make(config.optim, num_steps, groups={"prototypes": frozen}),
+                # The reference rounds the queue down to a multiple of the global batch.
+                queue_length=int(sw.queue_length) // batch_size * batch_size,
+                queue_start_step=int(sw.queue_start_epoch) * epoch, assignment=assignment,
+                prototypes=int(sw.prototypes), num_small_crops=int(sw.num_small_crops),
+                small_crop_size=tuple(int(s) for s in sw.small_crop_size),
+                large_crop_scale=tuple(sw.large_crop_scale),
+                small_crop_scale=tuple(sw.small_crop_scale),
+                **{key: sw[key] for key in PLAIN_KEYS})

@@ -1,0 +1,48 @@
+"""What the CNN methods' ``from_config`` check and compute alike."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import ml_collections
+
+from jclust.config_lib import ConfigError, check_ranges
+from jclust.methods.base import DataSpec
+
+CNN_BACKBONES = ("small_cnn", "resnet18")
+
+
+def check_cnn_config(config: ml_collections.ConfigDict, data_spec: DataSpec, title: str,
+                     checks: Mapping[str, bool], *, backbones: Sequence[str] = CNN_BACKBONES,
+                     context: str = "") -> None:
+    """Raises a ConfigError for the first thing a CNN method cannot train on.
+
+    In this order: data that are not images, a ``model.name`` not in ``backbones``, then the
+    method's own range ``checks`` (``{"section.key": condition}``), then the shared ones:
+    ``num_clusters`` in [1, N], ``optim.epochs`` >= 1, ``batch_size`` <= N (a key the method
+    checks itself is not checked twice).
+
+    Args:
+      config: the run's config.
+      data_spec: the data's sizes.
+      title: the method's name in messages, e.g. "DeepCluster-v2".
+      checks: the method's own range checks, in the order to report them.
+      backbones: the ``model.name`` values the method can train.
+      context: what the bounds depend on (default: the number of examples).
+    """
+    n = data_spec.num_examples
+    if not data_spec.is_image:
+        raise ConfigError(f"{title} trains a CNN on images; the data are feature vectors")
+    if config.model.name not in backbones:
+        raise ConfigError(f"config.model.name={config.model.name!r}: {title} needs "
+                          + " or ".join(repr(b) for b in backbones))
+    shared = {"num_clusters": 1 <= config.num_clusters <= n,
+              "optim.epochs": config.optim.epochs >= 1,
+              "batch_size": config.batch_size <= n}
+    shared = {key: ok for key, ok in shared.items() if key not in checks}
+    check_ranges(config, {**checks, **shared}, context or f"N = {n} examples")
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, data_spec: DataSpec) -> int:
+    """Whole batches per pass over the data (a partial last batch is not drawn)."""
+    return data_spec.num_examples // config.batch_size
