@@ -62,7 +62,8 @@ class ClusterEvaluator:
         if true_labels is not None:
             record.update(jmetrics.evaluate(true_labels, labels))
         if true_labels is not None and self.method.training_labels is not None:
-            pseudo = distributed.fetch(self.method.training_labels(state.cluster))
+            params, cluster = distributed.host_side((state.params, state.cluster))
+            pseudo = np.asarray(self.method.training_labels(params, cluster, features))
             if pseudo.min() >= 0:
                 record["pseudo_purity"] = float(jmetrics.purity(true_labels, pseudo))
                 record["pseudo_nmi"] = float(jmetrics.nmi(true_labels, pseudo))
@@ -105,3 +106,11 @@ def eval_line(record: dict, num_clusters: int) -> str:
             + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else "")
             + (f"; pseudo-labels: purity {record['pseudo_purity']:.4f}, NMI {record['pseudo_nmi']:.4f}"
                if "pseudo_purity" in record else ""))
+
+
+def collapse_warning(record: dict, num_clusters: int, num_examples: int) -> str | None:
+    """The one collapse rule every method's evaluation shares: a warning when an evaluation put
+    every example in one cluster (of K > 1), else None."""
+    if record["clusters_used"] == 1 and num_clusters > 1:
+        return f"collapse: the evaluation put all {num_examples} examples in one cluster"
+    return None

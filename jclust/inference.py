@@ -24,6 +24,14 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def assignment_rule(method: jmethods.Method):
+    """The method's assignment rule as one function ``(params, cluster, eval, features [B, D]) ->
+    (labels [B], confidence [B])``: its ``evaluation``'s when it has one, else its ``assign``."""
+    if method.evaluation is not None:
+        return lambda params, cluster, fitted, features: method.evaluation.assign(fitted, features)
+    return lambda params, cluster, fitted, features: method.assign(params, cluster, features)
+
+
 class Runner:
     """A run's compiled feature and assignment passes bound to a mesh, and the placement of its
     states and batches on that mesh."""
@@ -38,9 +46,9 @@ class Runner:
         self._embed = jax.jit(method.embed, in_shardings=(self.replicated, self.replicated,
                                                           self.batch_sharding),
                               out_shardings=self.batch_sharding)
-        self._assign = jax.jit(method.assign,
+        self._assign = jax.jit(assignment_rule(method),
                                in_shardings=(self.replicated, self.state_sharding.cluster,
-                                             self.batch_sharding),
+                                             self.replicated, self.batch_sharding),
                                out_shardings=(self.batch_sharding, self.batch_sharding))
 
     def place(self, state: jstate.TrainState) -> jstate.TrainState:
@@ -91,7 +99,7 @@ class Runner:
         """Applies the method's assignment rule. features: [N, D] -> labels [N], confidence [N]."""
         labels, confidence = [], []
         for start, stop, f in self._padded_batches(features):
-            lab, conf = distributed.fetch(self._assign(state.params, state.cluster, f))
+            lab, conf = distributed.fetch(self._assign(state.params, state.cluster, state.eval, f))
             labels.append(lab[:stop - start])
             confidence.append(conf[:stop - start])
         return np.concatenate(labels), np.concatenate(confidence)
@@ -108,6 +116,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, jmethods.Method, 
       ConfigError: the run's saved config lacks a key this version of jclust reads.
     """
     info = jworkdir.read_run_info(workdir)
+    jworkdir.check_checkpoint_layout(info, workdir)
     config = ml_collections.ConfigDict(info["config"])
     spec = jworkdir.data_spec_from_info(info)
     try:

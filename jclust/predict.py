@@ -11,9 +11,10 @@ From Python (notebooks)::
   labels, confidence, embeddings = predictor.assign(images)   # [N, H, W, C] or one [H, W, C]
   result = predict.predict("runs/dec", "digits", out="runs/dec/predict_digits")
 
-Every method has one assignment rule (``Method.assign``, printed by training and stored in the
-output): the rule used here is the very function the training-time evaluations call, applied to
-the newest checkpoint, so predicting on the training data reproduces the last evaluation.
+Every method has one assignment rule (``Method.assign``, or its ``evaluation`` fitted by the
+trainer and saved in the checkpoint; printed by training and stored in the output): the rule used
+here is the very function the training-time evaluations call, applied to the newest checkpoint, so
+predicting on the training data reproduces the last evaluation.
 
 Outputs in ``OUT`` (written only once everything has been computed; nothing half-way):
 ``assignments.csv`` (id, cluster, confidence, and label when the data has labels), ``embeddings.npy``

@@ -33,6 +33,8 @@ class TrainState:
       model_state: non-trainable network state (e.g. batch statistics).
       opt_states: one optimiser state per phase.
       cluster: the method's clustering state.
+      eval: what the method's ``evaluation`` rule fitted at the last evaluation (``{}`` for a
+        method without one), replicated.
     """
     step: jax.Array
     rng: jax.Array
@@ -40,6 +42,7 @@ class TrainState:
     model_state: Any
     opt_states: tuple
     cluster: Any
+    eval: Any
 
 
 TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
@@ -53,8 +56,13 @@ def init_state(method: jmethods.Method, seed: int, sample_x: np.ndarray) -> Trai
     params, model_state, cluster = precision.cast_floats(
         method.init(init_rng, jnp.asarray(sample_x)))
     opt_states = tuple(phase.tx.init(params) for phase in method.phases)
+    evaluation = {}
+    if method.evaluation is not None:
+        features = jax.eval_shape(method.embed, params, model_state, jnp.asarray(sample_x))
+        evaluation = precision.cast_floats(method.evaluation.init(features.shape[-1]))
     return TrainState(step=jnp.zeros((), jnp.int32), rng=run_rng, params=params,
-                      model_state=model_state, opt_states=opt_states, cluster=cluster)
+                      model_state=model_state, opt_states=opt_states, cluster=cluster,
+                      eval=evaluation)
 
 
 def make_mesh() -> Mesh:
@@ -79,7 +87,7 @@ def state_sharding(method: jmethods.Method, mesh: Mesh, num_examples: int) -> Tr
             else NamedSharding(mesh, P(*([None] * axis), "data")),
             method.example_axes, is_leaf=lambda x: x is None)
     return TrainState(step=replicated, rng=replicated, params=replicated, model_state=replicated,
-                      opt_states=replicated, cluster=cluster)
+                      opt_states=replicated, cluster=cluster, eval=replicated)
 
 
 def sharding_summary(method: jmethods.Method, mesh: Mesh, state: TrainState) -> str | None:

@@ -42,6 +42,10 @@ from jclust import workdir as jworkdir
 from jclust import writers
 
 
+# fold_in constants of the keys of a step's recluster and of its evaluation's fit.
+RECLUSTER_STREAM, EVALUATION_STREAM = 0x5EED, 0xE7A1
+
+
 # --------------------------------------------------------------------------------------------
 # Parts of the loop
 
@@ -117,7 +121,8 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
     extra = {}
     if due:
         context = jmethods.ReclusterContext(
-            features=features, key=jax.random.fold_in(jax.random.fold_in(state.rng, step), 0x5EED),
+            features=features,
+            key=jax.random.fold_in(jax.random.fold_in(state.rng, step), RECLUSTER_STREAM),
             phase=jschedule.phase_at(bounds, step), first=first, inputs=run.dataset.inputs)
         params, cluster = distributed.host_side((state.params, state.cluster))
         params, cluster, extra = method.recluster(params, cluster, context)
@@ -126,18 +131,19 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
         run.sampler.follow(state.cluster, step)
         if "warning" in extra:
             run.say(f"warning at step {step}: {extra['warning']}")
-    elif eval_due and method.fit_evaluation is not None:
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 0xE7A1)
-        params, cluster = distributed.host_side((state.params, state.cluster))
-        cluster = method.fit_evaluation(params, cluster, features, key=key)
-        cluster = distributed.agreed(cluster)
-        state = run.runner.place(state.replace(cluster=cluster))
     if not eval_due:
         return state, None
+    if method.evaluation is not None:
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, step), EVALUATION_STREAM)
+        fitted = method.evaluation.fit(features, distributed.host_side(state.cluster), key)
+        state = run.runner.place(state.replace(eval=distributed.agreed(fitted)))
     final = step >= run.total_steps or method.done(state.cluster)
     record = run.evaluate(state, step, features, phase=run.phase_name(max(step - 1, 0)),
                           extra=extra, final=final)
     run.say(evaluators.eval_line(record, run.config.num_clusters))
+    warning = evaluators.collapse_warning(record, run.config.num_clusters, run.dataset.num_examples)
+    if warning:
+        run.say(f"warning at step {step}: {warning}")
     return state, record
 
 

@@ -21,8 +21,11 @@ from jclust import data as jdata
 from jclust import methods as jmethods
 
 # run.json's format. 2: every CNN method's optim section is config_lib.optim_section's skeleton
-# (JULE's optim.max_epochs became optim.epochs); version-1 configs are read in today's keys.
-VERSION = 2
+# (JULE's optim.max_epochs became optim.epochs). 3: the checkpoints hold the trainer's evaluation
+# state (TrainState.eval) and method states without evaluation fields; the checkpoints of a
+# version-1 or -2 workdir cannot be restored (check_checkpoint_layout says what to do instead).
+VERSION = 3
+LAST_JCLUST_OF_VERSION_2 = "2e82692"
 
 
 RUN_INFO = "run.json"
@@ -53,25 +56,19 @@ def read_run_info(workdir: str) -> dict:
            if not isinstance(spec, dict) or not isinstance(spec.get(key), kind)]
     if bad:
         raise config_lib.ConfigError(f"{path} lacks a valid data_spec ({', '.join(bad)}); {fix}")
-    info["config"] = upgraded_config(info["config"], info.get("version", 1))
     return info
 
 
-def upgraded_config(config: dict, version: int) -> dict:
-    """A run.json config of an older format in today's keys, meaning the same training, so that a
-    run written by an older jclust resumes and predicts. Version 1 -> 2: the optim section gains
-    the skeleton's keys at the values that reproduce what it trained with (ODC decayed its rate
-    whenever ``lr_decay_factor`` was not 1: the "step" schedule), JULE's ``max_epochs`` is
-    ``epochs``."""
-    optim = config.get("optim")
-    if version >= 2 or not isinstance(optim, dict):
-        return config
-    optim = dict(optim)
-    if "max_epochs" in optim:
-        optim["epochs"] = optim.pop("max_epochs")
-    if config.get("method") == "odc":
-        optim.setdefault("lr_schedule", "step")
-    return {**config, "optim": {**config_lib.optim_section().to_dict(), **optim}}
+def check_checkpoint_layout(info: dict, workdir: str) -> None:
+    """Raises a ConfigError when the checkpoints of the run ``info`` (its run.json) have a layout
+    this jclust cannot restore, naming what to do instead."""
+    version = info.get("version", 1)
+    if version < 3:
+        raise config_lib.ConfigError(
+            f"{workdir} was written by an older jclust (run.json version {version}): its "
+            "checkpoints keep the evaluation centroids inside the method's state, where this "
+            "version no longer looks; train again in a new workdir, or resume and predict with "
+            f"jclust {LAST_JCLUST_OF_VERSION_2} (git checkout {LAST_JCLUST_OF_VERSION_2})")
 
 
 def data_spec_from_info(info: dict) -> jmethods.DataSpec:
@@ -117,6 +114,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[
     if not checkpointing.steps_on_disk(os.path.join(workdir, "checkpoints")):
         return [], None
     info = read_run_info(workdir)
+    check_checkpoint_layout(info, workdir)
     old, new = info["config"], _jsonable(config)
     changed = _config_diff(old, new)
     resumable = config_lib.resumable_keys(config)

@@ -262,7 +262,7 @@ def float32_excess(ours32, ref32, truth64) -> float:
 def one_step_each_side(method, state, batch, num_examples, sides, sharded_leaf):
     """For :func:`assert_sharded_steps_match`'s scripts: one train step from ``state`` on each
     side in ``sides`` ("one": jitted on the default device; "all": the trainer's step on a mesh of
-    every device, with ``sharded_leaf(state)`` checked to be split over them). Returns
+    every device, with ``sharded_leaf(state)``, unless None, checked to be split over them). Returns
     ``{f"{side}/{leaf}": array}`` over the state's params, model state, clustering state and loss."""
     import jax.numpy as jnp
     from jax.sharding import Mesh
@@ -277,7 +277,8 @@ def one_step_each_side(method, state, batch, num_examples, sides, sharded_leaf):
         else:
             step = jstate.jit_train_steps(method, mesh, num_examples)[0]
             s, m = step(runner.place(state), runner.put_batch(batch))
-            assert len(sharded_leaf(s).sharding.device_set) == jax.device_count()
+            if sharded_leaf is not None:
+                assert len(sharded_leaf(s).sharding.device_set) == jax.device_count()
         leaves = jax.tree.leaves((s.params, s.model_state, s.cluster, m["loss"]))
         saved.update({f"{side}/{j}": np.asarray(x) for j, x in enumerate(leaves)})
     return saved

@@ -138,13 +138,10 @@ def test_cifar10_configs_run_a_jitted_step_with_resnet18(config_file):
     state = jstate.init_state(method, 0, x[:2])
     assert "batch_stats" in state.model_state["backbone"]
     feats = jax.jit(method.embed)(state.params, state.model_state, jnp.asarray(x))
-    if method.recluster is None:  # SwAV: nothing to recluster, only the evaluation to fit
-        params = state.params
-        cluster = method.fit_evaluation(params, state.cluster, feats, key=jax.random.PRNGKey(3))
-    else:
+    if method.recluster is not None:  # SwAV has nothing to recluster
         context = ReclusterContext(feats, jax.random.PRNGKey(3))
         params, cluster, _ = method.recluster(state.params, state.cluster, context)
-    state = state.replace(params=params, cluster=cluster)
+        state = state.replace(params=params, cluster=cluster)
     before = jax.device_get(state.model_state)
     batch = {"x": jnp.asarray(x[:8]), "index": jnp.arange(8, dtype=jnp.int32)}
     new_state, metrics = jax.jit(jstate.make_train_step(method, 0))(state, batch)

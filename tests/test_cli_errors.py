@@ -140,6 +140,22 @@ def test_damaged_run_json_touches_nothing(run_copy):
     assert tree_hash(workdir) == before
 
 
+def test_a_workdir_of_the_older_checkpoint_layout_touches_nothing(run_copy, tmp_path):
+    """run.json version 2: checkpoints with the evaluation inside the method's state."""
+    workdir, _ = run_copy
+    path = os.path.join(workdir, "run.json")
+    info = json.loads(open(path).read())
+    with open(path, "w") as f:
+        json.dump({**info, "version": 2}, f)
+    before = tree_hash(workdir)
+    words = ("older jclust (run.json version 2)", "train again in a new workdir",
+             jworkdir.LAST_JCLUST_OF_VERSION_2)
+    assert_one_error_line(main(SHORT_CLI, workdir), *words)
+    out = tmp_path / "out"
+    assert_one_error_line(predict(f"--workdir={workdir}", "--data=digits", f"--out={out}"), *words)
+    assert not out.exists() and tree_hash(workdir) == before
+
+
 def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path):
     features = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
     features[0] = 1e30  # overflows the squared reconstruction error at step 1
@@ -206,7 +222,8 @@ def _fake_run(tmp_path, config):
     workdir = tmp_path / "fake"
     (workdir / "checkpoints" / "8").mkdir(parents=True)
     info = {"config": json.loads(json.dumps(config.to_dict(), default=list)),
-            "data_spec": {"num_examples": 256, "input_shape": [8, 8, 1], "is_image": True}}
+            "data_spec": {"num_examples": 256, "input_shape": [8, 8, 1], "is_image": True},
+            "version": jworkdir.VERSION}
     (workdir / "run.json").write_text(json.dumps(info))
     return str(workdir)
 

@@ -46,10 +46,8 @@ def test_whitening_matches_sklearn_pca():
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(_images(2)))
     feats = np.random.default_rng(1).normal(size=(60, 32)).astype(np.float32) * np.linspace(
         0.1, 3.0, 32, dtype=np.float32)
-    context = ReclusterContext(jnp.asarray(feats), jax.random.PRNGKey(2))
-    _, cluster, _ = method.recluster(params, cluster, context)
-    ours = np.asarray(jcluster.whiten(jnp.asarray(feats), cluster.pca_mean,
-                                         cluster.pca_projection))
+    fitted = method.evaluation.fit(feats, cluster, jax.random.PRNGKey(2))
+    ours = np.asarray(jcluster.whiten(jnp.asarray(feats), fitted.mean, fitted.projection))
     ref = sklearn.decomposition.PCA(8, whiten=True, svd_solver="full").fit_transform(feats)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     # Components are defined up to sign: compare the (sign-free) Gram matrices and the norms.
@@ -197,19 +195,19 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
                                    sharded=("pseudo_labels",))
 
 def test_final_evaluation_refits_on_the_final_features(reference_run):
-    """The last evaluation (no reclustering at the final step) uses PCA and centroids fitted on the
-    final features, and they are what the final checkpoint holds (so predict agrees)."""
+    """The last evaluation uses PCA and centroids fitted on the final features, and they are what
+    the final checkpoint holds (so predict agrees)."""
     workdir, final = reference_run
     _, state = final_params(workdir)
     config = tiny_config()
     dataset = loader.load_dataset(config)
     method = methods.from_config(config, loader.data_spec_of(dataset))
     feats = np.asarray(method.embed(state.params, state.model_state, jnp.asarray(dataset.inputs)))
-    mean, projection = np.asarray(state.cluster.pca_mean), np.asarray(state.cluster.pca_projection)
+    mean, projection = np.asarray(state.eval.mean), np.asarray(state.eval.projection)
     z = (feats - mean) @ projection
     # Whitened on these very features: unit variance per component, zero mean.
     np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
     np.testing.assert_allclose(z.std(0, ddof=1), 1.0, rtol=2e-2)
-    labels, _ = method.assign(state.params, state.cluster, jnp.asarray(feats))
+    labels, _ = method.evaluation.assign(state.eval, jnp.asarray(feats))
     from jclust import metrics
     assert metrics.accuracy(dataset.labels, np.asarray(labels)) == pytest.approx(final["acc"], abs=1e-6)

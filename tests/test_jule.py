@@ -277,12 +277,11 @@ def test_spectral_evaluation_centroids_are_means_of_spectral_clusters(spectral_r
     feats = np.asarray(method.embed(state.params, state.model_state,
                                     loader.load_dataset(config).inputs))
     key = jax.random.PRNGKey(5)
-    got = method.fit_evaluation(state.params, state.cluster, feats, key=key).eval_centroids
+    got = method.evaluation.fit(feats, state.cluster, key)
     labels = jule.spectral_labels(feats, 10, key=key, num_neighbours=6)
     expected = jule.cluster_centroids(feats, labels, 10)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
-    final_pass = methods.from_config(tiny_config(), spec).fit_evaluation(
-        state.params, state.cluster, feats, key=key).eval_centroids
+    final_pass = methods.from_config(tiny_config(), spec).evaluation.fit(feats, state.cluster, key)
     assert not np.allclose(np.asarray(got), np.asarray(final_pass), atol=1e-3)
 
 

@@ -38,18 +38,13 @@ LONG_MODULES = {
     "viz.py": "four picture kinds and their shared helpers",
     "data/augment.py": "a library of augmentation ops",
     "data/sources.py": "one small loader per data source prefix",
-    "methods/odc.py": "ODC: memories, splits and re-assignment (to shrink in issue 27's factories)",
-    "config_lib.py": "loading, override parsing, validation (presets and the method registry "
-                     "leave it in issue 27)",
+    "config_lib.py": "loading, override parsing, validation and the shared config sections",
 }
 
-# Functions over MAX_FUNCTION_LINES. A list to empty, not to grow: five method factories still hold
-# their evaluation rule (it moves to the trainer in issue 27's next slice); the rest are long
-# docstrings or one figure each.
+# Functions over MAX_FUNCTION_LINES. A list to empty, not to grow: long docstrings or one figure
+# each.
 MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {
-    "methods/deepcluster.py:make", "methods/odc.py:make", "methods/swav.py:make",
-    "methods/jule.py:make", "methods/nmm.py:make",
     "cluster/kmeans.py:kmeans", "cluster/kmeans.py:kmeans_streamed", "viz.py:cluster_grid",
     "viz.py:training_curves",
 }

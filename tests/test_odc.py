@@ -13,6 +13,7 @@ import pytest
 
 from jclust import config_lib, methods, train
 from jclust import state as jstate
+from jclust.cluster import splits
 from jclust.config_lib import ConfigError
 from jclust.methods import odc
 from jclust.methods import ReclusterContext
@@ -33,7 +34,7 @@ TINY_ODC = {
 # On the tiny runs' features it whitens components of eigenvalue ~0, whose directions the data
 # do not fix (entries ~1e4 that differ by as much between two float64 runs, measured); the
 # evaluations they make are compared through their metrics and assignments instead.
-EVAL_UNDETERMINED = (".cluster.eval_projection", ".cluster.eval_centroids")
+EVAL_UNDETERMINED = (".eval.projection", ".eval.centroids")
 
 
 def odc_config(**overrides):
@@ -74,15 +75,12 @@ def test_loss_weights_follow_inverse_square_root_of_cluster_size():
     assert np.isclose(w.sum(), 1.0)
 
 
-def _cluster_state(memory, labels, centroids, k_eval=2):
-    n, d = memory.shape
+def _cluster_state(memory, labels, centroids):
+    n = memory.shape[0]
     return odc.ODCState(features=jnp.asarray(memory, jnp.float32),
                         labels=jnp.asarray(labels, jnp.int32),
                         centroids=jnp.asarray(centroids, jnp.float32),
                         iteration=jnp.zeros((), jnp.int32),
-                        eval_mean=jnp.zeros((d,), jnp.float32),
-                        eval_projection=jnp.eye(d, dtype=jnp.float32),
-                        eval_centroids=jnp.zeros((k_eval, d), jnp.float32),
                         recluster_labels=jnp.zeros((n,), jnp.int32))
 
 
@@ -133,7 +131,7 @@ def test_bisect_matches_scikit_learn_two_means():
     blobs = np.concatenate([rng.normal(0.0, 1.0, (60, 5)), rng.normal(1.5, 1.0, (40, 5))])
     x = np.concatenate([blobs, rng.normal(9.0, 1.0, (30, 5))]).astype(np.float32)
     member = np.arange(130) < 100  # the last 30 rows belong to another cluster
-    part = np.asarray(odc.bisect(jnp.asarray(x), jnp.asarray(member), jax.random.PRNGKey(0), 20))
+    part = np.asarray(splits.bisect(jnp.asarray(x), jnp.asarray(member), jax.random.PRNGKey(0), 20))
     assert not part[0] and not np.any(part[100:]) and 0 < part.sum() < 100
     km = KMeans(n_clusters=2, n_init=10, random_state=0).fit(x[:100])
 
@@ -220,12 +218,11 @@ def test_one_jitted_train_step_updates_params_and_memories():
                               np.asarray(before.params["neck"]["Dense_0"]["kernel"]))
 
 
-def test_collapsed_features_warn():
-    _, method = small_method()
-    params, _, cluster = method.init(jax.random.PRNGKey(0), jnp.zeros((8, 8, 8, 1), jnp.uint8))
-    same = np.tile(np.array([[0.0, 1.0] + [0.0] * 30], np.float32), (40, 1))
-    _, _, info = method.recluster(params, cluster, ReclusterContext(same, jax.random.PRNGKey(1)))
-    assert "collapse" in info["warning"]
+def test_memory_in_one_cluster_warns():
+    info = odc.memory_report(np.zeros(40, np.int32), 6)
+    assert "pseudo-label collapse: all 40 examples" in info["warning"]
+    assert info["memory_clusters_used"] == 1 and info["memory_size_max"] == 40
+    assert "warning" not in odc.memory_report(np.arange(40, dtype=np.int32) % 6, 6)
 
 
 @pytest.mark.parametrize("overrides, spec, match", [
@@ -303,17 +300,17 @@ def test_digits_end_to_end_checkpoints_memories_and_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("pca_dim", [0, 3])
 def test_evaluation_rule_whitens_then_assigns_like_its_kmeans(pca_dim):
-    """fit_evaluation's PCA-whitened, unit features have identity covariance (before the L2
-    normalisation) and assign() gives back the evaluation k-means's own labels."""
+    """The evaluation's PCA-whitened, unit features have identity covariance (before the L2
+    normalisation) and its assign gives back the evaluation k-means's own labels."""
     from jclust import cluster as jcluster
     config, method = small_method(**{"odc.eval_pca_dim": pca_dim, "odc.eval_n_init": 2})
     feats = np.random.default_rng(0).normal(size=(40, 32)).astype(np.float32)
     feats[:20, :3] += 4.0  # two groups
     params, _, cluster = method.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     key = jax.random.key(1)
-    fitted = method.fit_evaluation(params, cluster, feats, key=key)
+    fitted = method.evaluation.fit(feats, cluster, key)
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    projected = (unit - np.asarray(fitted.eval_mean)) @ np.asarray(fitted.eval_projection)
+    projected = (unit - np.asarray(fitted.mean)) @ np.asarray(fitted.projection)
     if pca_dim:
         assert projected.shape == (40, pca_dim)
         np.testing.assert_allclose(np.cov(projected, rowvar=False),
@@ -322,7 +319,7 @@ def test_evaluation_rule_whitens_then_assigns_like_its_kmeans(pca_dim):
         np.testing.assert_allclose(projected, unit, rtol=1e-6)
     z = projected / np.linalg.norm(projected, axis=1, keepdims=True)
     expected = jcluster.kmeans(jnp.asarray(z), 4, key=key, n_init=2, spherical=True)
-    labels, confidence = method.assign(params, fitted, jnp.asarray(feats))
+    labels, confidence = method.evaluation.assign(fitted, jnp.asarray(feats))
     np.testing.assert_array_equal(labels, expected.labels)
     np.testing.assert_allclose(confidence, np.max(z @ np.asarray(expected.centroids).T, 1),
                                rtol=1e-5)

@@ -110,31 +110,3 @@ def test_every_optim_section_is_the_one_skeleton():
             assert set(config.optim) == skeleton, (name, arg)
     with pytest.raises(ValueError, match="max_epochs"):
         config_lib.optim_section(max_epochs=3)
-
-
-def test_a_version_1_run_json_config_reads_in_todays_keys():
-    """A run written before the optim skeleton (run.json version 1) resumes and predicts: its
-    optim section, as the configs of that version wrote it, upgrades to today's config."""
-    import json
-    import os
-    from jclust import workdir
-    from tests.conftest import ROOT
-    old_keys = {"deepcluster": {"epochs", "learning_rate", "momentum", "weight_decay"},
-                "deepclusterv2": {"epochs", "learning_rate", "lr_schedule", "momentum",
-                                  "weight_decay"},
-                "odc": {"epochs", "learning_rate", "momentum", "weight_decay",
-                        "lr_decay_fraction", "lr_decay_factor"},
-                "swav": {"epochs", "learning_rate", "lr_schedule", "momentum", "weight_decay"},
-                "jule": {"epochs", "learning_rate", "lr_schedule", "momentum", "weight_decay"},
-                "nmm": {"epochs", "optimizer", "learning_rate", "lr_schedule", "momentum",
-                        "weight_decay"}}
-    for name, keys in old_keys.items():
-        config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py:digits"))
-        today = json.loads(json.dumps(config.to_dict(), default=list))
-        optim_v1 = {k: v for k, v in today["optim"].items() if k in keys}
-        if name == "jule":
-            optim_v1["max_epochs"] = optim_v1.pop("epochs")
-        v1 = {**today, "optim": optim_v1}
-        assert v1 != today
-        assert workdir.upgraded_config(v1, 1) == today, name
-        assert workdir.upgraded_config(today, 2) is today

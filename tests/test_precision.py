@@ -63,6 +63,6 @@ def test_no_state_leaf_changes_dtype_in_x64_mode(name):
             params, cluster, _ = method.recluster(state.params, state.cluster, context)
             assert _dtypes((params, cluster)) == _dtypes((state.params, state.cluster)), phase
             state = state.replace(params=params, cluster=cluster)
-        if method.fit_evaluation is not None:
-            cluster = method.fit_evaluation(state.params, state.cluster, features, key=key)
-            assert _dtypes(cluster) == _dtypes(state.cluster)
+        if method.evaluation is not None:
+            fitted = method.evaluation.fit(features, state.cluster, key)
+            assert _dtypes(fitted) == _dtypes(state.eval)

@@ -103,10 +103,25 @@ class Recluster(Protocol):
         printed)."""
 
 
-class FitEvaluation(Protocol):
-    def __call__(self, params: Params, cluster: ClusterState, features: Array, /, *,
-                 key: jax.Array) -> ClusterState:
-        """features [N, D] -> the clustering state with what ``assign`` reads refitted."""
+class Evaluation(NamedTuple):
+    """An assignment rule fitted anew on the whole data set's features before every evaluation.
+
+    The trainer owns it: it calls ``fit`` on the feature pass of every evaluation (with a key of
+    its own, a function of the run's key and the step), keeps the result in ``TrainState.eval``
+    (checkpointed, so that predict applies what the last evaluation fitted), and sorts examples
+    with ``assign``. For methods whose own state is no clustering of K = ``num_clusters`` (over-
+    clustering, memories, merges), e.g. :func:`jclust.methods.evaluation.kmeans_probe`.
+
+    Attributes:
+      init: ``(feature_dim) -> state``, a state of the fitted shapes (zeros), for the TrainState's
+        structure before the first fit.
+      fit: ``(features [N, D], cluster, key) -> state``, host-driven (may call jitted primitives);
+        ``cluster`` is the method's clustering state (host arrays), for rules that read it.
+      assign: ``(state, features [B, D]) -> (labels [B] int32, confidence [B] float)``, jittable.
+    """
+    init: Callable[[int], Any]
+    fit: Callable[[Array, ClusterState, jax.Array], Any]
+    assign: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class Phase(NamedTuple):
@@ -153,7 +168,8 @@ class Method(NamedTuple):
       phases: the phases in order.
       embed: see :class:`Embed`; the representation the clustering acts on.
       assign: see :class:`Assign`; the one documented rule that sorts any example (also a single
-        new one) into a cluster.
+        new one) into a cluster, read from the method's own state; or None when ``evaluation``
+        is the rule.
       recluster: see :class:`Recluster`; the periodic whole-data-set clustering step
         (host-driven, may call jitted primitives), or None if the method has none.
       done: ``(cluster) -> bool``; True once the method's stopping criterion has been met.
@@ -168,15 +184,13 @@ class Method(NamedTuple):
         run draws what the uninterrupted one did. The order is taken only from a recluster's
         state; the neighbour table from the start (all -1 before any mining, so that every batch
         has the same structure and the step compiles once).
-      training_labels: ``(cluster) -> int [N]``, or None: the labels the method trains on when
-        they are not the K = ``num_clusters`` assignment (DeepCluster's over-clustering
-        pseudo-labels, -1 where none yet). Evaluations then also report their majority-vote
-        purity and NMI against the ground truth.
-      fit_evaluation: see :class:`FitEvaluation`, or None: refits what ``assign`` reads (e.g.
-        evaluation centroids fitted by k-means on the features) on the current features. The
-        trainer calls it before every evaluation that does not come with a recluster at the same
-        step (the final one, ``eval_every_*``), so that no evaluation applies centroids
-        fitted on features that have changed since.
+      training_labels: ``(params, cluster, features [N, D]) -> int [N]``, or None: the labels
+        the method trains on when they are not the K = ``num_clusters`` assignment (DeepCluster's
+        over-clustering pseudo-labels, -1 where none yet), read from host copies of the state and
+        the evaluation's feature pass. Evaluations then also report their majority-vote purity
+        and NMI against the ground truth.
+      evaluation: see :class:`Evaluation`, or None: the assignment rule the trainer fits before
+        every evaluation, when ``assign`` is None.
       warnings: for each warning metric (a step metric named ``warn_<what>``), the text the
         trainer prints the first time the metric's mean over a log interval is > 0 (once a run):
         what it means and what to change.
@@ -184,12 +198,12 @@ class Method(NamedTuple):
     init: Init
     phases: tuple[Phase, ...]
     embed: Embed
-    assign: Assign
+    assign: Assign | None
     recluster: Recluster | None
     done: Callable[[ClusterState], bool]
     assignment_rule: str
     example_axes: Any = None
     sampler: Callable[[ClusterState], SamplePlan] | None = None
-    training_labels: Callable[[ClusterState], Array] | None = None
-    fit_evaluation: FitEvaluation | None = None
+    training_labels: Callable[[Params, ClusterState, Array], Array] | None = None
+    evaluation: Evaluation | None = None
     warnings: Mapping[str, str] = {}

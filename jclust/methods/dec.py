@@ -278,7 +278,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                           "'mlp_autoencoder' model")
     check_ranges(config, {
         "dec.update_interval": dec.update_interval > 0, "dec.max_steps": dec.max_steps > 0,
-        "dec.alpha": dec.alpha > 0, "dec.tol": dec.tol >= 0, "pretrain.epochs": pretrain.epochs >= 0,
+        "dec.alpha": dec.alpha > 0, "dec.tol": dec.tol >= 0,
+        "pretrain.epochs": pretrain.epochs >= 0,
         "pretrain.augment_shift": pretrain.augment_shift >= 0,
         "pretrain.input_dropout": 0 <= pretrain.input_dropout < 1,
         "dec.augment_shift": dec.augment_shift >= 0})

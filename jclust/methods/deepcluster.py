@@ -14,13 +14,13 @@ Between reclusterings the backbone and head minimise the cross-entropy of the ps
 augmented views. The head has its own SGD without momentum (so a re-initialised head inherits no
 stale momentum); the backbone uses SGD with momentum and weight decay.
 
-Evaluation with K = ``num_clusters`` (10 for Fashion-MNIST): at every reclustering, spherical
-k-means with K clusters on the same whitened, L2-normalised features; before an evaluation
-without a reclustering (the final one), PCA and these centroids are refitted on the current
-features.
+Evaluation with K = ``num_clusters`` (10 for Fashion-MNIST): the trainer's k-means probe
+(:func:`jclust.methods.evaluation.kmeans_probe`), fitted before every evaluation: PCA-whitening of
+the backbone features to ``pca_dim`` (as for the pseudo-labels), L2 normalisation, spherical
+k-means with K clusters (``eval_n_init`` restarts).
 
 Assignment rule: the example's backbone features are whitened and L2-normalised with the PCA of
-the last reclustering and go to the evaluation centroid of largest cosine similarity; confidence
+the latest evaluation and go to the evaluation centroid of largest cosine similarity; confidence
 is that cosine similarity.
 """
 
@@ -42,11 +42,12 @@ from jclust.data import augment, samplers
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.evaluation import kmeans_probe
 from jclust.precision import cast_floats, float_dtype
 
-ASSIGNMENT_RULE = ("features whitened and L2-normalised by the PCA of the latest evaluation, then "
-                   "the evaluation centroid (spherical k-means, K = num_clusters) of largest cosine "
-                   "similarity; confidence = that cosine similarity")
+ASSIGNMENT_RULE = ("backbone features whitened and L2-normalised by the PCA of the latest "
+                   "evaluation, then the evaluation centroid (spherical k-means, K = num_clusters) "
+                   "of largest cosine similarity; confidence = that cosine similarity")
 SAMPLING = ("uniform", "reweight", "none")
 
 
@@ -59,15 +60,10 @@ class DeepClusterState(NamedTuple):
         ``sampling="reweight"``).
       order: [N] int32 example order of the current epochs (uniform sampling over pseudo-labels,
         or a seeded permutation).
-      pca_mean: [D] float32; pca_projection: [D, pca_dim] float32, whitening folded in.
-      eval_centroids: [num_clusters, pca_dim] float32 unit rows.
     """
     pseudo_labels: jax.Array
     class_weights: jax.Array
     order: jax.Array
-    pca_mean: jax.Array
-    pca_projection: jax.Array
-    eval_centroids: jax.Array
 
 
 def epoch_plan(labels: np.ndarray, previous: np.ndarray, num_labels: int, key: jax.Array, *,
@@ -134,10 +130,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         state = DeepClusterState(
             pseudo_labels=jnp.full((n,), -1, jnp.int32),
             class_weights=jnp.ones((train_clusters,), float_dtype()),
-            order=jnp.arange(n, dtype=jnp.int32),
-            pca_mean=jnp.zeros((feature_dim,), float_dtype()),
-            pca_projection=jnp.zeros((feature_dim, pca_dim), float_dtype()),
-            eval_centroids=jnp.zeros((num_clusters, pca_dim), float_dtype()))
+            order=jnp.arange(n, dtype=jnp.int32))
         return params, {"backbone": backbone_state}, state
 
     def prepare(x):
@@ -161,23 +154,11 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         return backbone.apply(params["backbone"], model_state["backbone"], prepare(x),
                               train=False)[0]
 
-    def assign(params, cluster, feats):
-        z = jcluster.whiten(feats, cluster.pca_mean, cluster.pca_projection)
-        sims = z @ cluster.eval_centroids.T
-        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
-
-    def fit_evaluation(params, cluster, feats, *, key):
-        mean, projection = jcluster.fit_whitening(feats, pca_dim)
-        z = jcluster.whiten(jnp.asarray(feats), mean, projection)
-        evaluation = jcluster.kmeans(z, num_clusters, key=key, n_init=eval_n_init, spherical=True)
-        return cluster._replace(pca_mean=mean, pca_projection=projection,
-                                eval_centroids=evaluation.centroids)
-
     def recluster(params, cluster, context):
-        k_pca, k_train_km, k_eval_km, k_head, k_order = jax.random.split(context.key, 5)
-        evaluated = fit_evaluation(params, cluster, context.features, key=k_eval_km)
-        z = jcluster.whiten(jnp.asarray(context.features), evaluated.pca_mean,
-                            evaluated.pca_projection)
+        # Five keys (two unused), as when the evaluation was fitted here: the same draws.
+        _, k_train_km, _, k_head, k_order = jax.random.split(context.key, 5)
+        mean, projection = jcluster.fit_whitening(context.features, pca_dim)
+        z = jcluster.whiten(jnp.asarray(context.features), mean, projection)
         km = jcluster.kmeans(z, train_clusters, key=k_train_km, init="random",
                              max_iter=kmeans_iters, tol=0.0, empty_policy="split")
         labels = np.asarray(km.labels)
@@ -186,21 +167,19 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                                           collapse_fraction=collapse_fraction,
                                           splits=int(km.n_empty_repaired))
         head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
-        cluster = evaluated._replace(pseudo_labels=jnp.asarray(labels, jnp.int32),
-                                     class_weights=jnp.asarray(weights, float_dtype()),
-                                     order=jnp.asarray(order, jnp.int32))
+        cluster = DeepClusterState(pseudo_labels=jnp.asarray(labels, jnp.int32),
+                                   class_weights=jnp.asarray(weights, float_dtype()),
+                                   order=jnp.asarray(order, jnp.int32))
         return {**params, "head": cast_floats(head_params)}, cluster, info
 
     phases = (Phase(name="deepcluster", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=recluster_every, recluster_at_start=True),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+    return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
                   sampler=lambda cluster: SamplePlan(order=cluster.order),
-                  training_labels=lambda cluster: cluster.pseudo_labels,
-                  fit_evaluation=fit_evaluation,
-                  example_axes=DeepClusterState(pseudo_labels=0, class_weights=None, order=None,
-                                                pca_mean=None, pca_projection=None,
-                                                eval_centroids=None))
+                  training_labels=lambda params, cluster, features: cluster.pseudo_labels,
+                  evaluation=kmeans_probe(num_clusters, pca_dim=pca_dim, n_init=eval_n_init),
+                  example_axes=DeepClusterState(pseudo_labels=0, class_weights=None, order=None))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

@@ -5,7 +5,7 @@ Model: backbone -> projection head Dense-ReLU-Dense -> L2-normalised z [B, F]; H
 each a bias-free [K_h, F] matrix of unit rows (``params["prototypes"][h]``).
 
 State: a memory bank [N, 2, F] holding, for every example, the z of its two augmented views as
-last seen; the current assignments [H, N]; the evaluation centroids.
+last seen; the current assignments [H, N].
 
 Every ``recluster_epochs`` epochs (and before the first step):
   1. the first time, the memory is filled with the z of the un-augmented images (both slots);
@@ -21,9 +21,9 @@ With ``freeze_prototypes`` (the reference's effective default) the prototypes ge
 they always equal the last centroids; otherwise they are trained between reclusterings and reset
 to the centroids at each.
 
-Evaluation with K = ``num_clusters``: at every reclustering, and before an evaluation without one
-(the final one), spherical k-means with K clusters (``eval_n_init`` restarts) on the z of the
-un-augmented images.
+Evaluation with K = ``num_clusters``: the trainer's k-means probe
+(:func:`jclust.methods.evaluation.kmeans_probe`), fitted before every evaluation: spherical k-means
+with K clusters (``eval_n_init`` restarts) on the z of the un-augmented images.
 
 Assignment rule: the evaluation centroid of largest cosine similarity with the example's z;
 confidence = that cosine similarity.
@@ -47,6 +47,7 @@ from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods.base import Batch, DataSpec, Method, Phase
 from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.evaluation import kmeans_probe
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -62,11 +63,9 @@ class DeepClusterV2State(NamedTuple):
       memory: [N, 2, F] float32 unit rows, the z of each example's two views as last seen.
       assignments: [H, N] int32 k-means assignment of each example for each head (-1 before the
         first clustering).
-      eval_centroids: [num_clusters, F] float32 unit rows.
     """
     memory: jax.Array
     assignments: jax.Array
-    eval_centroids: jax.Array
 
 
 def prototype_loss(z: jax.Array, prototypes: jax.Array, targets: jax.Array,
@@ -161,8 +160,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                   "prototypes": l2_normalize(prototype_rows)}
         state = DeepClusterV2State(
             memory=jnp.zeros((num_examples, 2, feature_dim), float_dtype()),
-            assignments=jnp.full((num_heads, num_examples), -1, jnp.int32),
-            eval_centroids=jnp.zeros((num_clusters, feature_dim), float_dtype()))
+            assignments=jnp.full((num_heads, num_examples), -1, jnp.int32))
         return params, {"backbone": backbone_state}, state
 
     def project(params, model_state, x, train):
@@ -188,37 +186,27 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     def embed(params, model_state, x):
         return project(params, model_state, x, train=False)[0]
 
-    def assign(params, cluster, feats):
-        sims = l2_normalize(feats) @ cluster.eval_centroids.T
-        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
-
     def recluster(params, cluster, context):
         feats = jnp.asarray(context.features)
         memory = cluster.memory
         if context.first and int(jnp.max(cluster.assignments)) < 0:
             memory = jnp.stack([feats, feats], axis=1)
+        # H + 1 keys, as when the evaluation was fitted here with the last: the same draws.
         keys = jax.random.split(context.key, num_heads + 1)
         centroids, assignments, info = cluster_heads(
             memory, cluster.assignments, prototypes, keys[:-1], kmeans_iters=kmeans_iters,
             collapse_fraction=collapse_fraction)
-        cluster = DeepClusterV2State(memory=memory, assignments=assignments,
-                                     eval_centroids=fit_evaluation(params, cluster, feats,
-                                                                   key=keys[-1]).eval_centroids)
-        return {**params, "prototypes": centroids}, cluster, info
-
-    def fit_evaluation(params, cluster, feats, *, key):
-        evaluation = jcluster.kmeans(jnp.asarray(feats), num_clusters, key=key, n_init=eval_n_init,
-                                     spherical=True)
-        return cluster._replace(eval_centroids=evaluation.centroids)
+        return ({**params, "prototypes": centroids},
+                DeepClusterV2State(memory=memory, assignments=assignments), info)
 
     phases = (Phase(name="deepclusterv2", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=recluster_every, recluster_at_start=True,
                     cluster_update=update_memory),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+    return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  training_labels=lambda cluster: cluster.assignments[0],
-                  fit_evaluation=fit_evaluation,
-                  example_axes=DeepClusterV2State(memory=0, assignments=1, eval_centroids=None))
+                  training_labels=lambda params, cluster, features: cluster.assignments[0],
+                  evaluation=kmeans_probe(num_clusters, n_init=eval_n_init),
+                  example_axes=DeepClusterV2State(memory=0, assignments=1))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

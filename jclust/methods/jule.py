@@ -6,7 +6,8 @@ then Linear -> 160 -> L2-norm). The backbone ``jule_cnn`` (``jclust.models.JuleC
 reference's MNIST network; ``small_cnn`` and ``resnet18`` work too.
 
 State (``JuleState``, checkpointed): the current cluster of every example (compact labels
-0..C-1), the cluster count C, the period, and the evaluation centroids.
+0..C-1), the cluster count C and the period; the evaluation centroids are the trainer's
+(``TrainState.eval``), fitted before every evaluation.
 
 Periods (``recluster`` every ``jule.epochs_per_period`` epochs, and at the start):
   * at the start: the initial over-clustering, the connected components of the 1-NN graph of the
@@ -48,6 +49,7 @@ over-clustering of the embeddings rather than the pixels (measured in BENCHMARKS
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import NamedTuple, Sequence
@@ -66,7 +68,7 @@ from jclust.cluster import l2_normalize
 from jclust.cluster import linkage
 from jclust.config_lib import ConfigError
 from jclust.data import augment, samplers
-from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.base import Array, DataSpec, Evaluation, Method, Phase, SamplePlan
 from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.methods.jule_loss import triplet_loss
 from jclust.precision import float_dtype
@@ -91,12 +93,10 @@ class JuleState(NamedTuple):
       labels: [N] int32 current cluster of every example, 0..C-1 (-1 before the first period).
       num_clusters: [] int32, C.
       period: [] int32, periods of merges done.
-      eval_centroids: [num_clusters, E] float32 unit rows.
     """
     labels: jax.Array
     num_clusters: jax.Array
     period: jax.Array
-    eval_centroids: jax.Array
 
 
 def agglomerate(features, labels, target: int, *, neighbours: int, eta: float,
@@ -219,6 +219,53 @@ def _cluster_sums(features, labels: np.ndarray) -> np.ndarray:
     return sums
 
 
+def period_pass(features: np.ndarray, labels: np.ndarray, period: int, inputs: np.ndarray, *,
+                num_clusters: int, eta: float, period_eta: Sequence[float], initial_space: str,
+                merge_kwargs: dict) -> tuple[np.ndarray, int, dict]:
+    """One recluster of JULE's recurrent process: at the start (labels all -1) the initial
+    over-clustering of the embeddings [N, E] (or of the pixels, ``initial_space="pixels"``);
+    afterwards the next period's merges of the current clusters [N] towards ``num_clusters``, at
+    the period's rate (``period_eta``, then ``eta``). Returns (labels [N], period, info)."""
+    n = features.shape[0]
+    if labels.min() < 0:
+        space = features
+        if initial_space == "pixels":
+            space = np.asarray(inputs, np.float32).reshape(n, -1)
+        new, info = agglomerate(space, None, n, **merge_kwargs)
+        return new, 0, info
+    period += 1
+    rate = period_eta[period - 1] if period <= len(period_eta) else eta
+    new, info = agglomerate(features, labels, num_clusters, max_merges=n,
+                            **{**merge_kwargs, "eta": rate})
+    info.update(eta=rate)
+    return new, period, info
+
+
+def evaluation_centroids(features: Array, cluster: JuleState, key: jax.Array, *,
+                         num_clusters: int, evaluation: str, spectral_neighbours: int,
+                         merge_kwargs: dict) -> jax.Array:
+    """JULE's evaluation fit (``jule.evaluation``): the unit mean embeddings [num_clusters, E] of
+    the clusters of a fresh final pass ("final_pass"), of spectral clustering ("spectral") or of
+    the training's clusters ("clusters") of features [N, E]. Before the training's clusters reach
+    ``num_clusters`` an evaluation only shows progress (the final pass would cost minutes at every
+    period): the means of the largest training clusters."""
+    features, labels = np.asarray(features), np.asarray(cluster.labels)
+    if int(labels.max()) + 1 <= num_clusters:
+        if evaluation == "final_pass":
+            labels = agglomerate(features, None, num_clusters, **merge_kwargs)[0]
+        elif evaluation == "spectral":
+            labels = spectral_labels(features, num_clusters, key=key,
+                                     num_neighbours=spectral_neighbours)
+    return cluster_centroids(features, labels, num_clusters)
+
+
+def nearest_centroid(centroids: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The assignment rule: centroids [K, E] unit rows, features [B, E] -> (the centroid of
+    largest cosine [B] int32, that cosine [B])."""
+    sims = l2_normalize(features) @ centroids.T
+    return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
+
+
 def grouped_order(labels: np.ndarray, period: int, *, seed: int, batch_groups: int,
                   epochs: int, epoch_length: int) -> np.ndarray:
     """The example order of one period's ``epochs`` epochs, each ``epoch_length`` long, in
@@ -232,18 +279,16 @@ def grouped_order(labels: np.ndarray, period: int, *, seed: int, batch_groups: i
 def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
          num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
          steps_per_epoch: int, batch_size: int, seed: int = 0, epochs_per_period: int = 2,
-         embed_dim: int = 160,
-         neighbours: int = 20, cluster_neighbours: int = 5, local_weight: float = 1.0,
-         eta: float = 0.9, period_eta: Sequence[float] = (), margin: float = 0.2,
-         gamma: float = 1.0, num_negatives: int = 20, merge_cache: int = 16,
+         embed_dim: int = 160, neighbours: int = 20, cluster_neighbours: int = 5,
+         local_weight: float = 1.0, eta: float = 0.9, period_eta: Sequence[float] = (),
+         margin: float = 0.2, gamma: float = 1.0, num_negatives: int = 20, merge_cache: int = 16,
          evaluation: str = "spectral", spectral_neighbours: int = 10,
          coarse_linkage: str = "average", coarse_clusters: int = 100, batch_groups: int = 0,
          initial_space: str = "embedding", augment_views: bool = False,
          crop_scale: tuple[float, float] = (0.6, 1.0), flip: bool = True) -> Method:
-    """JULE on ``backbone`` with ``tx`` for at most ``num_steps`` steps (it stops once the clusters
-    reach ``num_clusters``) of ``batch_size`` examples, ``steps_per_epoch`` an epoch; ``seed`` sets
-    ``batch_groups``' order; ``augment_views`` is the ``jule.augment`` key. The other arguments are
-    the ``jule`` config keys of the same names (docs/methods.md)."""
+    """JULE on ``backbone`` with ``tx`` for at most ``num_steps`` steps (it stops at
+    ``num_clusters`` clusters) of ``batch_size`` examples, ``steps_per_epoch`` an epoch; ``seed``
+    sets the groups' order; ``augment_views`` is ``jule.augment``; the rest: docs/methods.md."""
     n, target = num_examples, num_clusters
     head = nn.Dense(embed_dim, kernel_init=nn.initializers.normal(0.01))
     merge_kwargs = dict(neighbours=neighbours, eta=eta, cluster_neighbours=cluster_neighbours,
@@ -256,8 +301,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         params = {"backbone": backbone_params,
                   "head": head.init(k_head, jnp.zeros((1, backbone.feature_dim)))["params"]}
         state = JuleState(labels=jnp.full((n,), -1, jnp.int32),
-                          num_clusters=jnp.zeros((), jnp.int32), period=jnp.zeros((), jnp.int32),
-                          eval_centroids=jnp.zeros((target, embed_dim), float_dtype()))
+                          num_clusters=jnp.zeros((), jnp.int32), period=jnp.zeros((), jnp.int32))
         return params, {"backbone": backbone_state}, state
 
     def embed_with_state(params, model_state, x, train):
@@ -279,48 +323,19 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     def embed(params, model_state, x):
         return embed_with_state(params, model_state, x, False)[0]
 
-    def assign(params, cluster, feats):
-        sims = l2_normalize(feats) @ cluster.eval_centroids.T
-        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
-
-    def evaluation_centroids(feats, labels, key):
-        # Before the clusters reach the target an evaluation only shows progress: the final pass
-        # would cost minutes at every period.
-        if int(labels.max()) + 1 <= target:
-            if evaluation == "final_pass":
-                labels = agglomerate(feats, None, target, **merge_kwargs)[0]
-            elif evaluation == "spectral":
-                labels = spectral_labels(feats, target, key=key,
-                                         num_neighbours=spectral_neighbours)
-        return cluster_centroids(feats, labels, target)
-
     def recluster(params, cluster, context):
-        feats, current = np.asarray(context.features), np.asarray(cluster.labels)
         start = time.perf_counter()
-        if current.min() < 0:  # the start: the initial over-clustering
-            space = feats
-            if initial_space == "pixels":
-                space = np.asarray(context.inputs, np.float32).reshape(n, -1)
-            labels, info = agglomerate(space, None, n, **merge_kwargs)
-            period = 0
-        else:
-            period = int(cluster.period) + 1
-            period_eta_now = period_eta[period - 1] if period <= len(period_eta) else eta
-            labels, info = agglomerate(feats, current, target, max_merges=n,
-                                       **{**merge_kwargs, "eta": period_eta_now})
-            info.update(eta=period_eta_now)
+        labels, period, info = period_pass(
+            np.asarray(context.features), np.asarray(cluster.labels), int(cluster.period),
+            context.inputs, num_clusters=target, eta=eta, period_eta=period_eta,
+            initial_space=initial_space, merge_kwargs=merge_kwargs)
         count = int(labels.max()) + 1
         info.update(clusters=count, period=period, pass_seconds=time.perf_counter() - start,
                     largest_cluster=int(np.bincount(labels).max()))
         cluster = JuleState(labels=jnp.asarray(labels, jnp.int32),
                             num_clusters=jnp.asarray(count, jnp.int32),
-                            period=jnp.asarray(period, jnp.int32),
-                            eval_centroids=evaluation_centroids(feats, labels, context.key))
+                            period=jnp.asarray(period, jnp.int32))
         return params, cluster, info
-
-    def fit_evaluation(params, cluster, feats, *, key):
-        return cluster._replace(eval_centroids=evaluation_centroids(
-            np.asarray(feats), np.asarray(cluster.labels), key))
 
     def sampler(cluster):
         return SamplePlan(order=grouped_order(
@@ -328,14 +343,19 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             epochs=epochs_per_period, epoch_length=steps_per_epoch * batch_size))
 
     phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    recluster_every=epochs_per_period * steps_per_epoch,
-                    recluster_at_start=True),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                    recluster_every=epochs_per_period * steps_per_epoch, recluster_at_start=True),)
+    return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
                   done=lambda cluster: 0 < int(cluster.num_clusters) <= target,
-                  assignment_rule=ASSIGNMENT_RULE, training_labels=lambda cluster: cluster.labels,
-                  fit_evaluation=fit_evaluation, sampler=sampler if batch_groups else None,
-                  example_axes=JuleState(labels=0, num_clusters=None, period=None,
-                                         eval_centroids=None))
+                  assignment_rule=ASSIGNMENT_RULE,
+                  training_labels=lambda params, cluster, features: cluster.labels,
+                  evaluation=Evaluation(
+                      init=lambda dim: jnp.zeros((target, dim), float_dtype()),
+                      fit=functools.partial(evaluation_centroids, num_clusters=target,
+                                            evaluation=evaluation, merge_kwargs=merge_kwargs,
+                                            spectral_neighbours=spectral_neighbours),
+                      assign=nearest_centroid),
+                  sampler=sampler if batch_groups else None,
+                  example_axes=JuleState(labels=0, num_clusters=None, period=None))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

@@ -45,6 +45,7 @@ pass), confidence = the posterior gamma of that cluster. The embedding the train
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -60,7 +61,7 @@ from jclust.cluster import graph as jgraph
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
 from jclust.data import augment
-from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.base import Batch, DataSpec, Method, Params, Phase, ReclusterContext, SamplePlan
 from jclust.methods.common import check_cnn_config, steps_per_epoch
 from jclust.models.neck import MixtureHead
 from jclust.precision import float_dtype
@@ -88,6 +89,16 @@ class NMMState(NamedTuple):
     head_losses: jax.Array
     neighbours: jax.Array
     iteration: jax.Array
+
+    @classmethod
+    def initial(cls, num_heads: int, num_components: int, num_examples: int,
+                num_neighbours: int) -> "NMMState":
+        """Uniform weights, zero losses, no neighbours mined yet (-1)."""
+        k = num_components
+        return cls(log_weights=jnp.full((num_heads, k), -math.log(k), float_dtype()),
+                   head_losses=jnp.zeros((num_heads,), float_dtype()),
+                   neighbours=jnp.full((num_examples, num_neighbours), -1, jnp.int32),
+                   iteration=jnp.zeros((), jnp.int32))
 
     @property
     def selected_head(self) -> jax.Array:
@@ -184,11 +195,13 @@ def head_loss(log_densities: jax.Array, log_weights: jax.Array, *, em_weight: fl
     return loss, metrics, mass
 
 
-def advance_weights(cluster: NMMState, outputs: dict, *, estimate_weights: bool,
-                    weights_momentum: float, head_loss_momentum: float) -> tuple[NMMState, dict]:
+def advance_weights(cluster: NMMState, batch: Batch, outputs: dict, rng: jax.Array, *,
+                    estimate_weights: bool, weights_momentum: float,
+                    head_loss_momentum: float) -> tuple[NMMState, dict]:
     """The step's ``cluster_update``: the mixture weights follow the batch's mass
     (``outputs["mass"]`` [H, K]) by momentum when estimated; every head's loss average follows
     ``outputs["head_losses"]`` [H] (the first step's losses start it)."""
+    del batch, rng
     log_weights = cluster.log_weights
     if estimate_weights:
         weights = (weights_momentum * jnp.exp(log_weights)
@@ -203,6 +216,68 @@ def advance_weights(cluster: NMMState, outputs: dict, *, estimate_weights: bool,
     return cluster, {"min_weight_times_k": min_weight * k}
 
 
+def heads_loss(logits: jax.Array, cluster: NMMState, num_views: int, *, log_normalizer: float,
+               **term_weights) -> tuple[jax.Array, dict, dict]:
+    """Every head's :func:`head_loss`, vmapped.
+
+    Args:
+      logits: [V * B, H * K] s o~ of the V views of a batch (view-major).
+      cluster: the state (each head's log weights; the selected head).
+      num_views: V.
+      log_normalizer: log Z of the densities.
+      **term_weights: :func:`head_loss`'s weights.
+
+    Returns:
+      (the mean of the heads' losses, the selected head's metrics, outputs for
+      :func:`advance_weights`: each head's batch mass [H, K] and loss [H]).
+    """
+    num_heads, k = cluster.log_weights.shape
+    log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
+    # [V * B, H * K] -> [H, V, B, K]: every head is a mixture of its own.
+    log_densities = log_densities.reshape(num_views, -1, num_heads, k).transpose(2, 0, 1, 3)
+    losses, head_metrics, masses = jax.vmap(lambda ld, lw: head_loss(ld, lw, **term_weights))(
+        log_densities, cluster.log_weights)
+    selected = cluster.selected_head
+    metrics = {name: value[selected] for name, value in head_metrics.items()}
+    if num_heads > 1:
+        metrics.update(selected_head=selected, selected_head_loss=losses[selected])
+    outputs = {"mass": masses, "head_losses": jax.lax.stop_gradient(losses)}
+    return jnp.mean(losses), metrics, outputs
+
+
+def density_assignment(params: Params, cluster: NMMState, features: jax.Array, *,
+                       log_normalizer: float) -> tuple[jax.Array, jax.Array]:
+    """The assignment rule: the selected head's component of largest density, from the feature
+    pass's logits (its first H * K columns of features [B, D]); confidence = that component's
+    responsibility. -> (labels [B] int32, confidence [B])."""
+    selected = cluster.selected_head
+    k = cluster.log_weights.shape[1]
+    logits = jax.lax.dynamic_slice_in_dim(features, selected * k, k, axis=1)
+    log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
+    gamma = jcluster.responsibilities(log_densities,
+                                      cluster.log_weights[selected]).responsibilities
+    labels = jnp.argmax(log_densities, -1).astype(jnp.int32)
+    return labels, jnp.take_along_axis(gamma, labels[:, None], axis=1)[:, 0]
+
+
+def mine(params: Params, cluster: NMMState, context: ReclusterContext, *, space: str,
+         num_neighbours: int, pca_dim: int, logit_columns: int) -> tuple[Params, NMMState, dict]:
+    """The recluster: mines every example's ``num_neighbours`` neighbours, once in pixel space
+    (``space="pixels"``, PCA to ``pca_dim`` first) or at every call in the backbone features
+    (the feature pass's columns after the first ``logit_columns``); reports the share of the
+    neighbour lists that is new (1 at the first mining)."""
+    if space == "pixels":
+        if not context.first:
+            return params, cluster, {}
+        neighbours = mine_neighbours(context.inputs, num_neighbours, pca_dim)
+    else:
+        neighbours = mine_neighbours(np.asarray(context.features)[:, logit_columns:],
+                                     num_neighbours)
+    kept = jnp.any(neighbours[:, :, None] == cluster.neighbours[:, None, :], axis=-1)
+    changed = 1.0 - float(jnp.mean(kept))
+    return params, cluster._replace(neighbours=neighbours), {"neighbours_changed": changed}
+
+
 def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
          num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
          remine_every: int = 0, normalize: str = "batch", sigmoid_scale: float = 15.0,
@@ -214,9 +289,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          entropy_weight: float = 5.0, augment_anchor: bool = True,
          crop_scale: tuple[float, float] = (0.4, 1.0), flip: bool = True,
          max_degrees: float = 0.0) -> Method:
-    """The neural mixture model on ``backbone`` with ``tx`` for ``num_steps`` steps; neighbours
-    re-mined every ``remine_every`` steps (0: never) with ``neighbour_space="backbone"``. The other
-    arguments are the ``nmm`` config keys of the same names (docs/methods.md)."""
+    """The neural mixture model on ``backbone`` with ``tx`` for ``num_steps`` steps, neighbours
+    re-mined every ``remine_every`` steps (0: never); the rest: ``nmm`` keys (docs/methods.md)."""
     n, k = num_examples, num_clusters
     use_neighbours = neighbour_weight > 0 and neighbour_space != "none"
     num_neighbours = num_neighbours if use_neighbours else 0
@@ -233,11 +307,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         params = {"backbone": backbone_params, "head": head_vars["params"]}
         model_state = {"backbone": backbone_state,
                        "head": {c: v for c, v in head_vars.items() if c != "params"}}
-        state = NMMState(log_weights=jnp.full((num_heads, k), -math.log(k), float_dtype()),
-                         head_losses=jnp.zeros((num_heads,), float_dtype()),
-                         neighbours=jnp.full((n, num_neighbours), -1, jnp.int32),
-                         iteration=jnp.zeros((), jnp.int32))
-        return params, model_state, state
+        return params, model_state, NMMState.initial(num_heads, k, n, num_neighbours)
 
     def forward(params, model_state, x, train):
         """x [B, ...] -> (backbone features [B, D], s o~ [B, H * K], model_state)."""
@@ -250,10 +320,9 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             o, head_state = head.apply(variables, h, train=False), model_state["head"]
         return h, sigmoid_scale * o, {"backbone": backbone_state, "head": head_state}
 
-    def view(x, rng):
-        return augment.augment_view(x, rng, out_size=tuple(image_shape[:2]),
-                                    scale=tuple(crop_scale), flip=flip, max_degrees=max_degrees,
-                                    color=image_shape[-1] == 3)
+    view = functools.partial(augment.augment_view, out_size=tuple(image_shape[:2]),
+                             scale=tuple(crop_scale), flip=flip, max_degrees=max_degrees,
+                             color=image_shape[-1] == 3)
 
     def loss_fn(params, model_state, cluster, batch, rng):
         k_anchor, k_second, k_neighbour = jax.random.split(rng, 3)
@@ -265,55 +334,25 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             views.append(view(batch["neighbour_x"], k_neighbour))
         # All views in one forward pass: one set of batch statistics, as the densities share them.
         _, logits, model_state = forward(params, model_state, jnp.concatenate(views), True)
-        log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
-        # [V * B, H * K] -> [H, V, B, K]: every head is a mixture of its own.
-        log_densities = log_densities.reshape(len(views), x.shape[0], num_heads, k
-                                              ).transpose(2, 0, 1, 3)
-        losses, head_metrics, masses = jax.vmap(lambda ld, lw: head_loss(ld, lw, **term_weights))(
-            log_densities, cluster.log_weights)
-        selected = cluster.selected_head
-        metrics = {name: value[selected] for name, value in head_metrics.items()}
-        if num_heads > 1:
-            metrics.update(selected_head=selected, selected_head_loss=losses[selected])
-        outputs = {"mass": masses, "head_losses": jax.lax.stop_gradient(losses)}
-        return jnp.mean(losses), (model_state, metrics, outputs)
-
-    def update_state(cluster, batch, outputs, rng):
-        return advance_weights(cluster, outputs, estimate_weights=mixture_weights == "estimated",
-                               weights_momentum=weights_momentum,
-                               head_loss_momentum=head_loss_momentum)
+        loss, metrics, outputs = heads_loss(logits, cluster, len(views),
+                                            log_normalizer=log_normalizer, **term_weights)
+        return loss, (model_state, metrics, outputs)
 
     def embed(params, model_state, x):
         h, logits, _ = forward(params, model_state, x, train=False)
         return jnp.concatenate([logits, h.astype(logits.dtype)], axis=-1)
 
-    def assign(params, cluster, feats):
-        selected = cluster.selected_head
-        logits = jax.lax.dynamic_slice_in_dim(feats, selected * k, k, axis=1)
-        log_densities = jcluster.sigmoid_log_densities(logits, log_normalizer)
-        gamma = jcluster.responsibilities(log_densities,
-                                          cluster.log_weights[selected]).responsibilities
-        labels = jnp.argmax(log_densities, -1).astype(jnp.int32)
-        return labels, jnp.take_along_axis(gamma, labels[:, None], axis=1)[:, 0]
-
-    def recluster(params, cluster, context):
-        if neighbour_space == "pixels":
-            if not context.first:
-                return params, cluster, {}
-            neighbours = mine_neighbours(context.inputs, num_neighbours, neighbour_pca_dim)
-        else:
-            neighbours = mine_neighbours(np.asarray(context.features)[:, num_heads * k:],
-                                         num_neighbours)
-        # Share of the neighbour lists that is new (1 at the first mining).
-        kept = jnp.any(neighbours[:, :, None] == cluster.neighbours[:, None, :], axis=-1)
-        changed = 1.0 - float(jnp.mean(kept))
-        return params, cluster._replace(neighbours=neighbours), {"neighbours_changed": changed}
-
     phases = (Phase(name="nmm", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    recluster_every=remine_every if use_neighbours and neighbour_space == "backbone" else 0,
-                    recluster_at_start=use_neighbours, cluster_update=update_state),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign,
-                  recluster=recluster if use_neighbours else None, done=lambda cluster: False,
+                    recluster_every=remine_every if use_neighbours else 0,
+                    recluster_at_start=use_neighbours, cluster_update=functools.partial(
+                        advance_weights, estimate_weights=mixture_weights == "estimated",
+                        weights_momentum=weights_momentum,
+                        head_loss_momentum=head_loss_momentum)),)
+    remine = functools.partial(mine, space=neighbour_space, num_neighbours=num_neighbours,
+                               pca_dim=neighbour_pca_dim, logit_columns=num_heads * k)
+    return Method(init=init, phases=phases, embed=embed,
+                  assign=functools.partial(density_assignment, log_normalizer=log_normalizer),
+                  recluster=remine if use_neighbours else None, done=lambda cluster: False,
                   assignment_rule=ASSIGNMENT_RULE,
                   example_axes=NMMState(log_weights=None, head_losses=None, neighbours=0,
                                         iteration=None),
@@ -350,7 +389,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     num_steps = config.optim.epochs * epoch
     return make(backbone=models.make_backbone(config.model), image_shape=data_spec.input_shape,
                 num_examples=n, num_clusters=config.num_clusters, num_steps=num_steps,
-                tx=optim.make(config.optim, num_steps), remine_every=nm.remine_epochs * epoch,
+                tx=optim.make(config.optim, num_steps),
+                remine_every=nm.remine_epochs * epoch if nm.neighbour_space == "backbone" else 0,
                 log_normalizer=float(nm.log_normalizer), num_heads=int(nm.num_heads),
                 num_neighbours=int(nm.num_neighbours), crop_scale=tuple(nm.crop_scale),
                 **{key: nm[key] for key in PLAIN_KEYS})

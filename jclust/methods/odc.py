@@ -30,11 +30,11 @@ Every iteration, in the reference code's order:
 All of it runs inside the jitted train step with fixed shapes (the trainer's ``cluster_update``
 hook); step 5 costs O(N K) only at iterations that have a small cluster.
 
-Evaluation with K = ``num_clusters``: at the start and every ``odc.eval_epochs`` epochs, the
-unit neck features of the whole data set are PCA-whitened to ``odc.eval_pca_dim`` dimensions and
-L2-normalised (DeepCluster v1's rule; 0 skips the whitening) and clustered by spherical k-means
-(the memories are left alone), and again before any evaluation that comes without such a
-reclustering (the final one).
+Evaluation with K = ``num_clusters``: at the start and every ``odc.eval_epochs`` epochs (when the
+memories are also reported), the trainer's k-means probe (:func:`jclust.methods.evaluation.
+kmeans_probe`): the unit neck features of the whole data set PCA-whitened to ``odc.eval_pca_dim``
+dimensions and L2-normalised (DeepCluster v1's rule; 0 skips the whitening), clustered by spherical
+k-means (the memories are left alone).
 
 Deviations from the reference (ResNet-50 on ImageNet): no BatchNorm in the neck (its running
 statistics, momentum 0.001, would not settle in a few thousand steps); a 2-means split started
@@ -43,6 +43,7 @@ from the principal direction instead of scikit-learn's k-means++ restarts.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -54,12 +55,14 @@ import optax
 from jclust import cluster as jcluster
 from jclust import metrics as jmetrics
 from jclust import models, optim
+from jclust.cluster.splits import centroids_from_memory, fix_small_clusters
 from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods import losses
-from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.base import Batch, DataSpec, Method, Phase
 from jclust.methods.common import check_cnn_config, steps_per_epoch
-from jclust.precision import RANDOM_DTYPE, cast_floats, float_dtype
+from jclust.methods.evaluation import kmeans_probe
+from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("L2-normalised neck features (evaluation mode), whitened and L2-normalised by "
                    "the PCA of the latest evaluation (odc.eval_pca_dim; none if 0), go to the "
@@ -73,7 +76,6 @@ PLAIN_KEYS = ("train_clusters", "feature_dim", "neck_hidden", "neck_dropout", "m
               "kmeans_iters", "split_iters", "eval_pca_dim", "eval_n_init", "flip",
               "rotation_degrees")
 _PRECISION = jax.lax.Precision.HIGHEST  # full float32 dot products also on GPU/TPU
-_POWER_ITERS = 10  # power iterations for the principal direction that starts a 2-means split
 
 
 class ODCState(NamedTuple):
@@ -84,10 +86,6 @@ class ODCState(NamedTuple):
       labels: [N] int32 samples-memory pseudo-labels in [0, K).
       centroids: [K, D] float32 centroids memory (means of unit rows).
       iteration: [] int32 ODC iterations since the memories were initialised.
-      eval_mean: [D] float32, the evaluation PCA's mean (zeros without whitening).
-      eval_projection: [D, P] float32, the evaluation PCA's projection with the whitening folded
-        in (P = odc.eval_pca_dim; the identity [D, D] without whitening).
-      eval_centroids: [num_clusters, P] float32 unit rows, the evaluation clustering.
       recluster_labels: [N] int32 the memory labels at the last recluster (for the NMI
         between successive ones).
     """
@@ -95,9 +93,6 @@ class ODCState(NamedTuple):
     labels: jax.Array
     centroids: jax.Array
     iteration: jax.Array
-    eval_mean: jax.Array
-    eval_projection: jax.Array
-    eval_centroids: jax.Array
     recluster_labels: jax.Array
 
 
@@ -140,149 +135,12 @@ def nearest_centroid(features: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.argmax(sims, axis=-1).astype(jnp.int32)
 
 
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of the rows of x [n, D] where mask [n] is True ([D]; zeros if none)."""
-    w = mask.astype(x.dtype)
-    return jnp.dot(w, x, precision=_PRECISION) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def centroids_from_memory(memory: jax.Array, labels: jax.Array,
-                          previous: jax.Array) -> jax.Array:
-    """Cluster means of the memory; an empty cluster keeps its previous centroid.
-
-    memory: [N, D], labels: [N] in [0, K), previous: [K, D]. Returns [K, D].
-    """
-    k = previous.shape[0]
-    sums = jax.ops.segment_sum(memory, labels, num_segments=k)
-    counts = jax.ops.segment_sum(jnp.ones_like(labels, memory.dtype), labels, num_segments=k)
-    return jnp.where((counts > 0)[:, None], sums / jnp.maximum(counts, 1.0)[:, None], previous)
-
-
-def random_half(member: jax.Array, key: jax.Array) -> jax.Array:
-    """A uniformly random ``n - n // 2`` of the n members. member: [N] bool -> [N] bool."""
-    scores = jnp.where(member, jax.random.uniform(key, member.shape, RANDOM_DTYPE), jnp.inf)
-    rank = jnp.argsort(jnp.argsort(scores))
-    return member & (rank >= jnp.sum(member) // 2)
-
-
-def bisect(x: jax.Array, member: jax.Array, key: jax.Array, iters: int) -> jax.Array:
-    """Splits the member rows of x in two by 2-means (Euclidean).
-
-    Start: the sign of the projection on the members' principal direction (power iteration from
-    the member farthest from their mean); then Lloyd iterations until the partition stops
-    changing, at most ``iters``. If a side comes out empty (e.g. identical rows), a random half
-    is taken instead, as the reference does.
-
-    Args:
-      x: [N, D] float32.
-      member: [N] bool, the rows to split (at least two for a useful result).
-      key: PRNG key, used only by the random fallback.
-      iters: the most Lloyd iterations.
-
-    Returns:
-      [N] bool, the part that does *not* contain the lowest-index member (a subset of member).
-    """
-    w = member.astype(x.dtype)[:, None]
-    centred = (x - masked_mean(x, member)) * w
-    start = centred[jnp.argmax(jnp.sum(centred * centred, axis=1))]
-    scatter = jnp.dot(centred.T, centred, precision=_PRECISION)  # [D, D]
-
-    def power(_, v):
-        v = jnp.dot(scatter, v, precision=_PRECISION)
-        return v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(x.dtype).tiny)
-
-    direction = jax.lax.fori_loop(0, _POWER_ITERS, power, start)
-    part = member & (jnp.dot(centred, direction, precision=_PRECISION) > 0)
-
-    def lloyd(carry):
-        i, part, _ = carry
-        sides = jnp.stack([member & ~part, member & part]).astype(x.dtype)  # [2, N]
-        sums = jnp.dot(sides, x, precision=_PRECISION)
-        a, b = sums / jnp.maximum(jnp.sum(sides, axis=1), 1.0)[:, None]
-        # |x - b|² < |x - a|²  <=>  2 x·(b - a) > |b|² - |a|²
-        gap = 2.0 * jnp.dot(x, b - a, precision=_PRECISION) - (jnp.sum(b * b) - jnp.sum(a * a))
-        new = member & (gap > 0)
-        return i + 1, new, jnp.any(new != part)
-
-    _, part, _ = jax.lax.while_loop(lambda c: (c[0] < iters) & c[2], lloyd,
-                                    (jnp.int32(0), part, jnp.bool_(True)))
-    size = jnp.sum(part)
-    part = jax.lax.cond((size > 0) & (size < jnp.sum(member)), lambda: part,
-                        lambda: random_half(member, key))
-    return jnp.where(part[jnp.argmax(member)], member & ~part, part)
-
-
-def split_largest(memory: jax.Array, labels: jax.Array, centroids: jax.Array, empty: jax.Array,
-                  key: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
-    """Refills the empty cluster ``empty`` with part of the currently largest cluster.
-
-    The largest cluster j (lowest index on ties) is split by :func:`bisect` on its memory rows;
-    the part without j's lowest-index member takes label ``empty``; the centroids of j and
-    ``empty`` become the means of their parts. Nothing changes if j has fewer than two members.
-
-    Args:
-      memory: [N, D]; labels: [N] int32; centroids: [K, D]; empty: [] int, an empty cluster.
-      key: PRNG key for :func:`bisect`'s fallback; iters: its Lloyd iterations.
-
-    Returns:
-      (labels [N], centroids [K, D]).
-    """
-    sizes = jnp.bincount(labels, length=centroids.shape[0])
-    largest = jnp.argmax(sizes)
-    member = labels == largest
-    moved = bisect(memory, member, key, iters) & (sizes[largest] >= 2)
-    new_centroids = (centroids.at[largest].set(masked_mean(memory, member & ~moved))
-                     .at[empty].set(masked_mean(memory, moved)))
-    return (jnp.where(moved, empty, labels),
-            jnp.where(sizes[largest] >= 2, new_centroids, centroids))
-
-
-def fix_small_clusters(memory: jax.Array, labels: jax.Array, centroids: jax.Array,
-                       key: jax.Array, *, min_size: int,
-                       iters: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Dissolves clusters with fewer than ``min_size`` members and refills them by splitting.
-
-    Members of small clusters move to the nearest centroid (dot product) among the clusters that
-    are not small; then every small (now empty) cluster, in index order, takes part of the
-    then-largest cluster (:func:`split_largest`). Requires K * min_size <= N, so that some
-    cluster is not small.
-
-    Args:
-      memory: [N, D] unit rows; labels: [N] int32; centroids: [K, D].
-      key: PRNG key (random halving fallback of the splits).
-      min_size: the smallest allowed cluster size.
-      iters: Lloyd iterations of each 2-means split.
-
-    Returns:
-      (labels [N], centroids [K, D], number of small clusters [] int32).
-    """
-    k = centroids.shape[0]
-    small = jnp.bincount(labels, length=k) < min_size
-
-    def fix(operands):
-        labels, centroids = operands
-        sims = jnp.dot(memory, centroids.T, precision=_PRECISION)
-        target = jnp.argmax(jnp.where(small[None, :], -jnp.inf, sims), axis=1).astype(jnp.int32)
-        labels = jnp.where(small[labels], target, labels)
-
-        def refill(e, carry):
-            return jax.lax.cond(
-                small[e], lambda c: split_largest(memory, *c, e, jax.random.fold_in(key, e), iters),
-                lambda c: c, carry)
-
-        return jax.lax.fori_loop(0, k, refill, (labels, centroids))
-
-    labels, centroids = jax.lax.cond(jnp.any(small), fix, lambda operands: operands,
-                                     (labels, centroids))
-    return labels, centroids, jnp.sum(small, dtype=jnp.int32)
-
-
-def advance_memories(cluster: ODCState, index: jax.Array, features: jax.Array, key: jax.Array, *,
+def advance_memories(cluster: ODCState, batch: Batch, features: jax.Array, key: jax.Array, *,
                      momentum: float, centroid_update_every: int, min_cluster_size: int,
                      split_iters: int) -> tuple[ODCState, dict]:
     """One ODC iteration of the memories (the step's ``cluster_update``).
 
-    The batch's features [B, D] enter the samples memory at ``index`` [B] by momentum; its rows
+    The batch's features [B, D] enter the samples memory at ``batch["index"]`` by momentum; its rows
     take the label of their nearest centroid; every ``centroid_update_every`` iterations the
     centroids become the memory's cluster means; clusters under ``min_cluster_size`` are
     dissolved and refilled by splits (:func:`fix_small_clusters`, ``key`` its fallback).
@@ -290,6 +148,7 @@ def advance_memories(cluster: ODCState, index: jax.Array, features: jax.Array, k
     Returns:
       (the new state, metrics: the batch's label change, small clusters, min/max memory sizes).
     """
+    index = batch["index"]
     memory = update_memory(cluster.features, index, features, momentum)
     new = nearest_centroid(memory[index], cluster.centroids)
     changed = jnp.mean((new != cluster.labels[index]).astype(float_dtype()))
@@ -307,22 +166,31 @@ def advance_memories(cluster: ODCState, index: jax.Array, features: jax.Array, k
                             iteration=iteration), metrics
 
 
-def memory_report(labels: np.ndarray, eval_labels: np.ndarray, num_labels: int,
-                  num_clusters: int) -> dict:
-    """A recluster's report: the memory's cluster sizes, and a "warning" when the memory labels
-    [N] (in [0, num_labels)) or the evaluation labels [N] (in [0, num_clusters)) use one
-    cluster."""
-    n = labels.shape[0]
+def initial_memories(cluster: ODCState, z: jax.Array, key: jax.Array, *,
+                     kmeans_iters: int) -> tuple[ODCState, int]:
+    """The memories' start: the unit features z [N, D] as the samples memory, labelled by
+    k-means (random initial centroids, ``kmeans_iters`` iterations, empty clusters split), the
+    centroids their clusters' means. Returns (state, number of empty clusters repaired)."""
+    km = jcluster.kmeans(z, cluster.centroids.shape[0], key=key, init="random",
+                         max_iter=kmeans_iters, tol=0.0, empty_policy="split")
+    return cluster._replace(features=z, labels=km.labels,
+                            centroids=centroids_from_memory(z, km.labels, km.centroids),
+                            iteration=jnp.zeros((), jnp.int32)), int(km.n_empty_repaired)
+
+
+def memory_report(labels: np.ndarray, num_labels: int, previous: np.ndarray | None = None) -> dict:
+    """A recluster's report: the sizes of the memory's clusters (labels [N] in [0, num_labels)),
+    their NMI with the ``previous`` recluster's labels [N], and a "warning" when they are all in
+    one cluster."""
     sizes = np.bincount(labels, minlength=num_labels)
-    eval_used = int(np.sum(np.bincount(eval_labels, minlength=num_clusters) > 0))
     info = dict(memory_clusters_used=int(np.sum(sizes > 0)),
                 memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
                 memory_size_entropy=jmetrics.cluster_sizes(labels, num_labels)["size_entropy"])
+    if previous is not None:
+        info["memory_nmi_previous"] = float(jmetrics.nmi(previous, labels))
     if int(np.sum(sizes > 0)) == 1:
-        info["warning"] = f"pseudo-label collapse: all {n} examples in one memory cluster"
-    elif eval_used == 1 and num_clusters > 1:
-        info["warning"] = (f"feature collapse: the evaluation k-means put all {n} examples in "
-                           "one cluster")
+        info["warning"] = (f"pseudo-label collapse: all {labels.shape[0]} examples in one memory "
+                           "cluster")
     return info
 
 
@@ -335,13 +203,11 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          split_iters: int = 20, eval_pca_dim: int = 32, eval_n_init: int = 10,
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0) -> Method:
-    """ODC on ``backbone`` with ``tx`` (over params "body" and "head") for ``num_steps`` steps;
-    the memories initialised at the start, the evaluation refitted every ``recluster_every``
-    steps. The other arguments are the ``odc`` config keys of the same names (docs/methods.md)."""
-    n, k_train, k_eval = num_examples, train_clusters, num_clusters
+    """ODC on ``backbone`` with ``tx`` (params "body", "head") for ``num_steps`` steps, the
+    memories reported every ``recluster_every``; the rest are the ``odc`` keys (docs/methods.md)."""
+    n, k_train = num_examples, train_clusters
     neck = models.NonLinearNeck(hidden=neck_hidden, features=feature_dim, dropout=neck_dropout)
     head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(head_init_std))
-    eval_dim = eval_pca_dim or feature_dim
 
     def init_head(key):
         return cast_floats(head.init(key, jnp.zeros((1, feature_dim)))["params"])
@@ -349,16 +215,12 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     def init(rng, x):
         k_backbone, k_neck, k_head = jax.random.split(rng, 3)
         backbone_params, backbone_state = backbone.init(k_backbone, x)
-        params = {"backbone": backbone_params,
+        params = {"backbone": backbone_params, "head": init_head(k_head),
                   "neck": neck.init(k_neck, jnp.zeros((1, backbone.feature_dim)))["params"]}
-        params["head"] = init_head(k_head)
         state = ODCState(features=jnp.zeros((n, feature_dim), float_dtype()),
                          labels=jnp.zeros((n,), jnp.int32),
                          centroids=jnp.zeros((k_train, feature_dim), float_dtype()),
                          iteration=jnp.zeros((), jnp.int32),
-                         eval_mean=jnp.zeros((feature_dim,), float_dtype()),
-                         eval_projection=jnp.eye(feature_dim, eval_dim, dtype=float_dtype()),
-                         eval_centroids=jnp.zeros((k_eval, eval_dim), float_dtype()),
                          recluster_labels=jnp.zeros((n,), jnp.int32))
         return params, {"backbone": backbone_state}, state
 
@@ -384,66 +246,34 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
         return loss, (model_state, {"pseudo_label_acc": accuracy}, f)
 
-    def cluster_update(cluster, batch, f, rng):
-        return advance_memories(cluster, batch["index"], f, rng, momentum=memory_momentum,
-                                centroid_update_every=centroid_update_every,
-                                min_cluster_size=min_cluster_size, split_iters=split_iters)
-
     def embed(params, model_state, x):
         return normalize_rows(features(params, model_state, x)[0])
 
-    def assign(params, cluster, feats):
-        z = jcluster.whiten(normalize_rows(feats), cluster.eval_mean, cluster.eval_projection)
-        sims = jnp.dot(z, cluster.eval_centroids.T, precision=_PRECISION)
-        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
-
-    def evaluation_clustering(cluster, z, key):
-        """Fits the evaluation rule on unit features z [N, D]; returns (cluster, k-means labels)."""
-        if eval_pca_dim:
-            mean, projection = jcluster.fit_whitening(z, eval_pca_dim)
-        else:
-            mean, projection = cluster.eval_mean, cluster.eval_projection
-        evaluation = jcluster.kmeans(jcluster.whiten(z, mean, projection), k_eval, key=key,
-                                     n_init=eval_n_init, spherical=True)
-        cluster = cluster._replace(eval_mean=mean, eval_projection=projection,
-                                   eval_centroids=evaluation.centroids)
-        return cluster, evaluation.labels
-
     def recluster(params, cluster, context):
-        k_init, k_eval_km, k_head = jax.random.split(context.key, 3)
+        k_init, _, k_head = jax.random.split(context.key, 3)  # the second was the evaluation's
         z = normalize_rows(jnp.asarray(context.features, float_dtype()))
-        info = {}
+        info, previous = {}, np.asarray(cluster.recluster_labels)
         if context.first:
-            km = jcluster.kmeans(z, k_train, key=k_init, init="random", max_iter=kmeans_iters,
-                                 tol=0.0, empty_policy="split")
-            cluster = cluster._replace(
-                features=z, labels=km.labels,
-                centroids=centroids_from_memory(z, km.labels, km.centroids),
-                iteration=jnp.zeros((), jnp.int32))
-            params = {**params, "head": init_head(k_head)}
-            info["kmeans_splits"] = int(km.n_empty_repaired)
+            cluster, info["kmeans_splits"] = initial_memories(cluster, z, k_init,
+                                                              kmeans_iters=kmeans_iters)
+            params, previous = {**params, "head": init_head(k_head)}, None
         labels = np.asarray(cluster.labels)
-        if not context.first:
-            info["memory_nmi_previous"] = float(jmetrics.nmi(np.asarray(cluster.recluster_labels),
-                                                             labels))
-        cluster, eval_labels = evaluation_clustering(cluster, z, k_eval_km)
-        info.update(memory_report(labels, np.asarray(eval_labels), k_train, k_eval))
-        cluster = cluster._replace(recluster_labels=jnp.asarray(labels, jnp.int32))
-        return params, cluster, info
-
-    def fit_evaluation(params, cluster, feats, *, key):
-        return evaluation_clustering(cluster, normalize_rows(jnp.asarray(feats, float_dtype())),
-                                     key)[0]
+        info.update(memory_report(labels, k_train, previous))
+        return params, cluster._replace(recluster_labels=jnp.asarray(labels, jnp.int32)), info
 
     phases = (Phase(name="odc", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=recluster_every, recluster_at_start=True,
-                    cluster_update=cluster_update),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=recluster,
+                    cluster_update=functools.partial(
+                        advance_memories, momentum=memory_momentum, split_iters=split_iters,
+                        centroid_update_every=centroid_update_every,
+                        min_cluster_size=min_cluster_size)),)
+    return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
                   done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
-                  training_labels=lambda cluster: cluster.labels, fit_evaluation=fit_evaluation,
+                  training_labels=lambda params, cluster, features: cluster.labels,
+                  evaluation=kmeans_probe(num_clusters, pca_dim=eval_pca_dim, n_init=eval_n_init,
+                                          prepare=normalize_rows),
                   example_axes=ODCState(features=0, labels=0, centroids=None, iteration=None,
-                                        eval_mean=None, eval_projection=None,
-                                        eval_centroids=None, recluster_labels=0))
+                                        recluster_labels=0))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

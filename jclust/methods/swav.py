@@ -27,15 +27,17 @@ prototypes are in use for ``collapse_patience_steps`` consecutive steps, the ste
 Assignment rule (``swav.assignment``): "prototypes" (the default when K = num_clusters): the
 prototype of largest cosine with z, confidence = its softmax probability at the temperature;
 "kmeans" (the default otherwise): the nearest of num_clusters centroids of spherical k-means on
-the z of the un-augmented images, fitted before every evaluation; "backbone": DeepCluster v1's
-rule on the backbone features h of the un-augmented images (PCA-whitened to
-``swav.eval_pca_dim``, L2-normalised, spherical k-means with K = num_clusters), fitted before
-every evaluation. With K != num_clusters the prototype argmax is also logged as an
+the z of the un-augmented images; "backbone": DeepCluster v1's rule on the backbone features h of
+the un-augmented images (PCA-whitened to ``swav.eval_pca_dim``, L2-normalised, spherical k-means
+with K = num_clusters); both are the trainer's k-means probe
+(:func:`jclust.methods.evaluation.kmeans_probe`), fitted before every evaluation. With
+K != num_clusters the prototype argmax is also logged as an
 over-clustering (purity and NMI). With "backbone" the feature pass yields [z, h] concatenated.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -50,8 +52,9 @@ from jclust import models, optim
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
 from jclust.data import augment
-from jclust.methods.base import DataSpec, Method, Params, Phase
+from jclust.methods.base import Array, Batch, DataSpec, Evaluation, Method, Params, Phase
 from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.evaluation import kmeans_probe
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -80,22 +83,11 @@ class SwAVState(NamedTuple):
       queue_count: [] int32, rows pushed so far, capped at L (the queue is used once it is L).
       iteration: [] int32, train steps taken.
       collapse_steps: [] int32, consecutive steps that looked collapsed (see the module docstring).
-      eval_mean: [D] float32, the "backbone" rule's PCA mean (D: backbone features; [F] zeros
-        for the other rules).
-      eval_projection: [D, P] float32, its projection with the whitening folded in ([F, F]
-        identity for the other rules).
-      eval_centroids: [num_clusters, P] float32 unit rows (the "kmeans" and "backbone" rules).
-      prototype_labels: [N] int32 prototype argmax of every example at the last evaluation (-1
-        before it).
     """
     queue: jax.Array
     queue_count: jax.Array
     iteration: jax.Array
     collapse_steps: jax.Array
-    eval_mean: jax.Array
-    eval_projection: jax.Array
-    eval_centroids: jax.Array
-    prototype_labels: jax.Array
 
 
 def swapped_prediction_loss(scores: jax.Array, codes: jax.Array, temperature: float) -> jax.Array:
@@ -149,19 +141,45 @@ def codes_with_queue(scores: jax.Array, queue_scores: jax.Array, queue_full: jax
                         lambda: sinkhorn(scores))
 
 
-def step_diagnostics(loss: jax.Array, codes: jax.Array, z: jax.Array, *,
-                     min_prototypes: float) -> tuple[dict, jax.Array]:
+def assignment_codes(scores: jax.Array, queue: jax.Array, queue_count: jax.Array,
+                     prototypes: jax.Array, *, epsilon: float, num_iters: int, log_domain: bool,
+                     hard_codes: bool) -> jax.Array:
+    """The codes of the two assignment crops, without gradient.
+
+    Args:
+      scores: [V, B, K] the crops' scores (crops 0 and 1 are the assignment crops).
+      queue: [2, L, F] the queue; used once ``queue_count`` reaches L (:func:`codes_with_queue`).
+      queue_count: [] int32.
+      prototypes: [K, F] unit rows.
+      epsilon, num_iters, log_domain: of the Sinkhorn-Knopp iterations.
+      hard_codes: round the codes to one-hot.
+
+    Returns:
+      [2, B, K].
+    """
+    queue_scores = jnp.einsum("slf,kf->slk", queue, jax.lax.stop_gradient(prototypes))
+    codes = jax.lax.stop_gradient(jnp.stack([codes_with_queue(
+        jax.lax.stop_gradient(scores[s]), queue_scores[s], queue_count >= queue.shape[1],
+        epsilon=epsilon, num_iters=num_iters, log_domain=log_domain) for s in range(2)]))
+    if hard_codes:
+        codes = jax.nn.one_hot(jnp.argmax(codes, -1), scores.shape[-1], dtype=codes.dtype)
+    return codes
+
+
+def step_diagnostics(loss: jax.Array, codes: jax.Array, z: jax.Array, queue_count: jax.Array,
+                     queue_length: int, *, min_prototypes: float) -> tuple[dict, jax.Array]:
     """The step's collapse diagnostics (module docstring).
 
     Args:
       loss: [] the swapped-prediction loss.
       codes: [S, B, K] the assignment crops' codes.
       z: [V, B, F] the crops' unit features.
+      queue_count, queue_length: the queue's rows and length (in use once full, when L > 0).
       min_prototypes: fewer prototypes winning an example of the batch look collapsed.
 
     Returns:
       (metrics, collapsed): ``loss_over_log_k``, ``code_entropy``, ``prototypes_used``,
-      ``feature_std``; ``collapsed`` [] bool.
+      ``feature_std``, ``queue_in_use``; ``collapsed`` [] bool.
     """
     log_k = math.log(codes.shape[-1])
     winners = jax.nn.one_hot(jnp.argmax(codes[0], -1), codes.shape[-1])
@@ -169,15 +187,18 @@ def step_diagnostics(loss: jax.Array, codes: jax.Array, z: jax.Array, *,
     metrics = {"loss_over_log_k": loss / log_k,
                "code_entropy": -jnp.mean(jnp.sum(codes[0] * jnp.log(codes[0] + 1e-12), -1)),
                "prototypes_used": prototypes_used,
-               "feature_std": jnp.mean(jnp.std(z[0], axis=0))}
+               "feature_std": jnp.mean(jnp.std(z[0], axis=0)),
+               "queue_in_use": ((queue_count >= queue_length) & (queue_length > 0)
+                                ).astype(float_dtype())}
     return metrics, (loss >= 0.99 * log_k) | (prototypes_used < min_prototypes)
 
 
-def advance_queue(cluster: SwAVState, outputs: dict, *, queue_start_step: int,
-                  patience: int) -> tuple[SwAVState, dict]:
+def advance_queue(cluster: SwAVState, batch: Batch, outputs: dict, rng: jax.Array, *,
+                  queue_start_step: int, patience: int) -> tuple[SwAVState, dict]:
     """The step's ``cluster_update``: from ``queue_start_step`` on, the batch's z of the
     assignment crops (``outputs["z"]`` [2, B, F]) enter the queue; the collapse counter follows
     ``outputs["collapsed"]`` and ``warn_collapse`` is 1 once it reaches ``patience``."""
+    del batch, rng
     queue_length = cluster.queue.shape[1]
     started = cluster.iteration >= queue_start_step
     queue, count = cluster.queue, cluster.queue_count
@@ -190,6 +211,40 @@ def advance_queue(cluster: SwAVState, outputs: dict, *, queue_start_step: int,
                                collapse_steps=collapse_steps)
     return cluster, {"collapse_steps": collapse_steps.astype(float_dtype()),
                      "warn_collapse": (collapse_steps >= patience).astype(float_dtype())}
+
+
+def prototype_assignment(params: Params, cluster: SwAVState, features: jax.Array, *,
+                         temperature: float) -> tuple[jax.Array, jax.Array]:
+    """The "prototypes" rule: features [B, F] (z) -> (the prototype of largest cosine [B], its
+    softmax probability at ``temperature`` [B])."""
+    scores = l2_normalize(features) @ l2_normalize(params["prototypes"]).T
+    probs = jax.nn.softmax(scores / temperature, axis=-1)
+    return jnp.argmax(scores, -1).astype(jnp.int32), jnp.max(probs, -1)
+
+
+def prototype_labels(params: Params, cluster: SwAVState, features: Array, *,
+                     feature_dim: int) -> jax.Array:
+    """The over-clustering evaluations score: the prototype of largest score with each
+    example's z (the first ``feature_dim`` columns of features [N, D]). [N] int32."""
+    scores = jnp.asarray(features)[:, :feature_dim] @ l2_normalize(params["prototypes"]).T
+    return jnp.argmax(scores, -1).astype(jnp.int32)
+
+
+def evaluation_rule(assignment: str, num_clusters: int, feature_dim: int, *, pca_dim: int,
+                    n_init: int) -> Evaluation | None:
+    """The trainer's evaluation for ``swav.assignment``: None for "prototypes" (the method's
+    own rule); the k-means probe on z (the first ``feature_dim`` columns of the feature pass,
+    L2-normalised) for "kmeans", or on the backbone features h (the rest, PCA-whitened to
+    ``pca_dim``) for "backbone"."""
+    if assignment == "kmeans":
+        return kmeans_probe(num_clusters, n_init=n_init,
+                            prepare=lambda f: l2_normalize(f[:, :feature_dim]),
+                            input_dim=lambda dim: feature_dim)
+    if assignment == "backbone":
+        return kmeans_probe(num_clusters, pca_dim=pca_dim, n_init=n_init,
+                            prepare=lambda f: f[:, feature_dim:],
+                            input_dim=lambda dim: dim - feature_dim)
+    return None
 
 
 def normalize_prototypes(params: Params) -> Params:
@@ -216,18 +271,13 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          small_crop_scale: tuple[float, float] = (0.2, 0.5), flip: bool = True,
          assignment: str = "backbone", eval_pca_dim: int = 32, eval_n_init: int = 10,
          collapse_prototype_fraction: float = 0.1, collapse_patience_steps: int = 200) -> Method:
-    """SwAV on ``backbone`` with ``tx`` for ``num_steps`` steps of ``batch_size`` examples; a
-    queue of ``queue_length`` rows (a multiple of the batch) filled from ``queue_start_step``;
-    ``assignment`` one of "prototypes", "kmeans", "backbone". The other arguments are the ``swav``
-    config keys of the same names (docs/methods.md)."""
+    """SwAV on ``backbone`` with ``tx`` for ``num_steps`` steps of ``batch_size`` examples, a queue
+    of ``queue_length`` rows (a multiple of the batch) from ``queue_start_step``; the rest are the
+    ``swav`` keys ("prototypes", "kmeans" or "backbone" for ``assignment``; docs/methods.md)."""
     k, f_dim, num_small = prototypes, feature_dim, num_small_crops
     projection = ProjectionHead(hidden=projection_hidden, out=f_dim,
                                 batch_norm=projection_batch_norm)
     min_prototypes = collapse_prototype_fraction * min(k, batch_size)
-    if assignment == "backbone":
-        eval_in, eval_dim = backbone.feature_dim, eval_pca_dim
-    else:
-        eval_in = eval_dim = f_dim
 
     def init(rng, x):
         k_backbone, k_projection, k_prototypes = jax.random.split(rng, 3)
@@ -236,25 +286,21 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         prototype_rows = jax.random.normal(k_prototypes, (k, f_dim), RANDOM_DTYPE)
         params = {"backbone": backbone_params, "projection": projection_vars["params"],
                   "prototypes": l2_normalize(prototype_rows.astype(float_dtype()))}
-        state = SwAVState(
-            queue=jnp.zeros((2, queue_length, f_dim), float_dtype()),
-            queue_count=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
-            collapse_steps=jnp.zeros((), jnp.int32),
-            eval_mean=jnp.zeros((eval_in,), float_dtype()),
-            eval_projection=jnp.eye(eval_in, eval_dim, dtype=float_dtype()),
-            eval_centroids=jnp.zeros((num_clusters, eval_dim), float_dtype()),
-            prototype_labels=jnp.full((num_examples,), -1, jnp.int32))
+        state = SwAVState(queue=jnp.zeros((2, queue_length, f_dim), float_dtype()),
+                          queue_count=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
+                          collapse_steps=jnp.zeros((), jnp.int32))
         model_state = {"backbone": backbone_state,
                        "projection": {k: v for k, v in projection_vars.items() if k != "params"}}
         return params, model_state, state
 
     def project(params, model_state, x, train):
+        """-> (z [B, F], backbone features h [B, D], the new model state)."""
         h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
         variables = {"params": params["projection"], **model_state["projection"]}
         if train and projection_batch_norm:
             z, updates = projection.apply(variables, h, train=True, mutable=["batch_stats"])
-            return z, {"backbone": backbone_state, "projection": dict(updates)}
-        return (projection.apply(variables, h, train=False),
+            return z, h, {"backbone": backbone_state, "projection": dict(updates)}
+        return (projection.apply(variables, h, train=False), h,
                 {"backbone": backbone_state, "projection": model_state["projection"]})
 
     def loss_fn(params, model_state, cluster, batch, rng):
@@ -262,75 +308,38 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             batch["x"], rng, large_size=tuple(image_shape[:2]), small_size=tuple(small_crop_size),
             num_large=2, num_small=num_small, large_scale=tuple(large_crop_scale),
             small_scale=tuple(small_crop_scale), flip=flip, color=image_shape[-1] == 3)
-        z, model_state = project(params, model_state, jnp.concatenate(crops[:2]), True)
+        z, _, model_state = project(params, model_state, jnp.concatenate(crops[:2]), True)
         if num_small:
-            z_small, model_state = project(params, model_state, jnp.concatenate(crops[2:]), True)
+            z_small, _, model_state = project(params, model_state, jnp.concatenate(crops[2:]), True)
             z = jnp.concatenate([z, z_small])
         z = z.reshape(2 + num_small, batch["x"].shape[0], -1)  # [V, B, F]
         scores = jnp.einsum("vbf,kf->vbk", z, params["prototypes"])
-        queue_scores = jnp.einsum("slf,kf->slk", cluster.queue,
-                                  jax.lax.stop_gradient(params["prototypes"]))
-        codes = jax.lax.stop_gradient(jnp.stack([codes_with_queue(
-            jax.lax.stop_gradient(scores[s]), queue_scores[s], cluster.queue_count >= queue_length,
-            epsilon=epsilon, num_iters=sinkhorn_iters, log_domain=sinkhorn_log_domain)
-            for s in range(2)]))
-        if hard_codes:
-            codes = jax.nn.one_hot(jnp.argmax(codes, -1), k, dtype=codes.dtype)
+        codes = assignment_codes(scores, cluster.queue, cluster.queue_count, params["prototypes"],
+                                 epsilon=epsilon, num_iters=sinkhorn_iters,
+                                 log_domain=sinkhorn_log_domain, hard_codes=hard_codes)
         loss = swapped_prediction_loss(scores, codes, temperature)
-        metrics, collapsed = step_diagnostics(loss, codes, z, min_prototypes=min_prototypes)
-        metrics["queue_in_use"] = ((cluster.queue_count >= queue_length) & (queue_length > 0)
-                                   ).astype(float_dtype())
+        metrics, collapsed = step_diagnostics(loss, codes, z, cluster.queue_count, queue_length,
+                                              min_prototypes=min_prototypes)
         return loss, (model_state, metrics, {"z": z[:2], "collapsed": collapsed})
 
     def embed(params, model_state, x):
-        if assignment != "backbone":
-            return project(params, model_state, x, train=False)[0]
-        h, _ = backbone.apply(params["backbone"], model_state["backbone"], x, False)
-        variables = {"params": params["projection"], **model_state["projection"]}
-        return jnp.concatenate([projection.apply(variables, h, train=False), h], axis=-1)
-
-    def evaluation_features(cluster, feats):
-        """The rule's unit features: whitened backbone features, or z as it is. [B, P]."""
-        if assignment == "backbone":
-            return jcluster.whiten(feats[:, f_dim:], cluster.eval_mean, cluster.eval_projection)
-        return l2_normalize(feats[:, :f_dim])
-
-    def assign(params, cluster, feats):
-        if assignment == "prototypes":
-            scores = l2_normalize(feats) @ l2_normalize(params["prototypes"]).T
-            probs = jax.nn.softmax(scores / temperature, axis=-1)
-            return jnp.argmax(scores, -1).astype(jnp.int32), jnp.max(probs, -1)
-        sims = evaluation_features(cluster, feats) @ cluster.eval_centroids.T
-        return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
-
-    def fit_evaluation(params, cluster, feats, *, key):
-        feats = jnp.asarray(feats)
-        labels = jnp.argmax(feats[:, :f_dim] @ l2_normalize(params["prototypes"]).T, -1)
-        cluster = cluster._replace(prototype_labels=labels.astype(jnp.int32))
-        if assignment == "backbone":
-            mean, whitening = jcluster.fit_whitening(feats[:, f_dim:], eval_pca_dim)
-            cluster = cluster._replace(eval_mean=mean, eval_projection=whitening)
-        if assignment != "prototypes":
-            evaluation = jcluster.kmeans(evaluation_features(cluster, feats), num_clusters,
-                                         key=key, n_init=eval_n_init, spherical=True)
-            cluster = cluster._replace(eval_centroids=evaluation.centroids)
-        return cluster
-
-    def update_state(cluster, batch, outputs, rng):
-        return advance_queue(cluster, outputs, queue_start_step=queue_start_step,
-                             patience=collapse_patience_steps)
+        z, h, _ = project(params, model_state, x, train=False)
+        return jnp.concatenate([z, h], axis=-1) if assignment == "backbone" else z
 
     phases = (Phase(name="swav", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
-                    cluster_update=update_state, prepare_params=normalize_prototypes),)
-    return Method(init=init, phases=phases, embed=embed, assign=assign, recluster=None,
+                    cluster_update=functools.partial(advance_queue,
+                                                     queue_start_step=queue_start_step,
+                                                     patience=collapse_patience_steps),
+                    prepare_params=normalize_prototypes),)
+    evaluation = evaluation_rule(assignment, num_clusters, f_dim, pca_dim=eval_pca_dim,
+                                 n_init=eval_n_init)
+    return Method(init=init, phases=phases, embed=embed, recluster=None,
+                  assign=(functools.partial(prototype_assignment, temperature=temperature)
+                          if evaluation is None else None), evaluation=evaluation,
                   done=lambda cluster: False, assignment_rule=RULES[assignment],
-                  training_labels=(lambda c: c.prototype_labels) if k != num_clusters else None,
-                  fit_evaluation=fit_evaluation,
-                  warnings={"warn_collapse": collapse_warning(collapse_patience_steps)},
-                  example_axes=SwAVState(queue=None, queue_count=None, iteration=None,
-                                         collapse_steps=None, eval_mean=None,
-                                         eval_projection=None, eval_centroids=None,
-                                         prototype_labels=0))
+                  training_labels=(functools.partial(prototype_labels, feature_dim=f_dim)
+                                   if k != num_clusters else None),
+                  warnings={"warn_collapse": collapse_warning(collapse_patience_steps)})
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
@@ -359,7 +368,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     if 0 < sw.queue_length < batch_size:
         raise ConfigError(f"config.swav.queue_length={sw.queue_length} is shorter than one batch "
                           f"({batch_size}); the queue holds whole batches (0: no queue)")
-    if sw.num_small_crops and config.model.name == "small_cnn" and not config.model.get("global_pool"):
+    if (sw.num_small_crops and config.model.name == "small_cnn"
+            and not config.model.get("global_pool")):
         raise ConfigError("swav.num_small_crops > 0 feeds a second resolution to the network: set "
                           "model.global_pool=True for the small CNN (its flattening Dense takes one "
                           "size only)")
