@@ -22,16 +22,21 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: nothing here needs jax at run time
+    import jax
     from matplotlib.figure import Figure
+
+    # Inputs may be host or device arrays (converted with np.asarray); paths str or pathlib.
+    Array = jax.Array | np.ndarray
+    StrPath = str | os.PathLike[str]
 
 # matplotlib is imported inside the functions that draw: importing it costs ~0.6 s, which every
 # training process would otherwise pay at start-up whether or not it draws a picture.
 
 _DPI = 100
 # Keys of a training log line that are bookkeeping, not losses.
-_NOT_LOSSES = frozenset({"step", "time", "grad_norm", "steps_per_s", "epoch", "batch_in_epoch", "lr",
-                         "learning_rate"})
+_NOT_LOSSES = frozenset({"step", "time", "grad_norm", "steps_per_s", "epoch", "batch_in_epoch",
+                         "lr", "learning_rate"})
 _QUALITY_KEYS = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
 _HEALTH_KEYS = (("size_entropy", "cluster-size entropy (normalised)"),
                 ("nmi_previous", "NMI with previous assignment"))
@@ -55,7 +60,8 @@ def _check_ids(values: np.ndarray, count: int, what: str) -> np.ndarray:
     return values
 
 
-def top_per_cluster(labels, confidence, num_clusters: int, per_cluster: int) -> list[np.ndarray]:
+def top_per_cluster(labels: Array, confidence: Array, num_clusters: int,
+                    per_cluster: int) -> list[np.ndarray]:
     """The most confident members of each cluster.
 
     Args:
@@ -81,11 +87,21 @@ def top_per_cluster(labels, confidence, num_clusters: int, per_cluster: int) -> 
             for j in range(num_clusters)]
 
 
-def contingency_table(true_labels, pred_labels, num_classes: int, num_clusters: int) -> np.ndarray:
+def contingency_table(true_labels: Array, pred_labels: Array, num_classes: int,
+                      num_clusters: int) -> np.ndarray:
     """int64 [num_classes, num_clusters]: how many examples of class i fell in cluster j.
 
     Unlike :func:`jclust.metrics.contingency`, absent classes and empty clusters keep their
     (all-zero) row or column, so indices are the label values themselves.
+
+    Args:
+      true_labels: int [N], classes in ``0..num_classes-1``.
+      pred_labels: int [N], clusters in ``0..num_clusters-1``.
+      num_classes: C.
+      num_clusters: K.
+
+    Returns:
+      int64 [C, K]; entry [i, j] counts the examples of class i in cluster j.
     """
     true_labels = _check_ids(true_labels, num_classes, "true_labels")
     pred_labels = _check_ids(pred_labels, num_clusters, "pred_labels")
@@ -111,7 +127,8 @@ def _order_from_table(table: np.ndarray) -> np.ndarray:
     return np.concatenate([cols, rest]).astype(np.int64)
 
 
-def matched_order(true_labels, pred_labels, num_clusters: int, num_classes: int) -> np.ndarray:
+def matched_order(true_labels: Array, pred_labels: Array, num_clusters: int,
+                  num_classes: int) -> np.ndarray:
     """Orders the clusters so the one matched to class 0 comes first, then class 1's, and so on.
 
     The matching is the Hungarian one (as for ACC): a one-to-one map between classes and clusters
@@ -256,7 +273,7 @@ def _is_number(value: Any) -> bool:
 # Saving
 
 
-def _save(fig: Figure, path: str, dpi: int = _DPI) -> None:
+def _save(fig: Figure, path: StrPath, dpi: int = _DPI) -> None:
     """Writes ``fig`` as a PNG at ``path`` atomically, creating the parent folders."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     path = os.fspath(path)
@@ -310,13 +327,15 @@ def _row_labels(labels: np.ndarray, num_clusters: int, class_labels: np.ndarray 
     return texts, majors
 
 
-def cluster_grid(images, labels, confidence, path, *, num_clusters: int, per_cluster: int = 10,
-                 class_labels=None, class_names: Sequence[str] | None = None, title: str = "",
+def cluster_grid(images: Array, labels: Array, confidence: Array, path: StrPath, *,
+                 num_clusters: int, per_cluster: int = 10, class_labels: Array | None = None,
+                 class_names: Sequence[str] | None = None, title: str = "",
                  mark_minority: bool = True) -> list[np.ndarray]:
     """A grid of each cluster's most confident images: one row per cluster, best first.
 
     Args:
-      images: uint8 [N, H, W, C], C in {1, 3} ([N, H, W] is taken as grayscale).
+      images: uint8 [N, H, W, C], C in {1, 3} ([N, H, W] is taken as grayscale; floats are
+        taken in [0, 1] and scaled to uint8).
       labels: int [N], cluster ids in ``0..num_clusters-1``.
       confidence: float [N]; higher is more confident.
       path: where to write the PNG.
@@ -414,7 +433,7 @@ def cluster_grid(images, labels, confidence, path, *, num_clusters: int, per_clu
     return tops
 
 
-def confusion_matrix(true_labels, pred_labels, path, *, num_clusters: int,
+def confusion_matrix(true_labels: Array, pred_labels: Array, path: StrPath, *, num_clusters: int,
                      class_names: Sequence[str] | None = None, title: str = "",
                      num_classes: int | None = None) -> np.ndarray:
     """Heat map of true classes against clusters, columns in Hungarian-matched order.
@@ -495,8 +514,9 @@ def confusion_matrix(true_labels, pred_labels, path, *, num_clusters: int,
     return table
 
 
-def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_points: int = 5000,
-                         seed: int = 0, title: str = "", num_clusters: int | None = None,
+def embedding_projection(embeddings: Array, labels: Array, path: StrPath, *, method: str = "pca",
+                         max_points: int = 5000, seed: int = 0, title: str = "",
+                         num_clusters: int | None = None,
                          num_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """Scatter of a 2-D projection of the embeddings, coloured by cluster.
 
@@ -510,9 +530,8 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
       seed: seed of the subset and of t-SNE.
       title: figure title.
       num_clusters: K for the colours; defaults to ``max(labels) + 1``.
-      num_threads: BLAS/OpenMP threads for the projection; None keeps the libraries' defaults.
-        One by default: these pictures are usually drawn while training keeps the cores busy,
-        where more threads are much slower (see ``_thread_limit``).
+      num_threads: BLAS/OpenMP threads for the projection; None keeps the libraries' defaults. One
+        by default: beside training on busy cores, more threads are much slower (``_thread_limit``).
 
     Returns:
       (coords, indices): float64 [M, 2] plotted coordinates, int64 [M] their rows in
@@ -577,8 +596,8 @@ def embedding_projection(embeddings, labels, path, *, method: str = "pca", max_p
     return coords, indices
 
 
-def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict], path, *,
-                    title: str = "") -> None:
+def training_curves(eval_records: Sequence[dict], train_records: Sequence[dict], path: StrPath,
+                    *, title: str = "") -> None:
     """Stacked panels over training steps: losses, ACC/NMI/ARI, cluster health.
 
     Args:
@@ -679,6 +698,19 @@ def write_pictures(out: str, inputs: np.ndarray | None, labels: np.ndarray,
     [N, H, W, C]), ``confusion.png`` (only with ``class_labels`` [N]) and ``embedding.png`` (a 2-D
     ``projection`` of ``embeddings`` [N, D]); ``labels`` [N] and ``confidence`` [N] are the
     assignment.
+
+    Args:
+      out: the folder (created if missing).
+      inputs: uint8 or [0, 1] float images [N, H, W, C] (or [N, H, W]), or None for no grid.
+      labels: int [N], cluster ids in ``0..num_clusters-1``.
+      confidence: float [N]; higher is more confident (orders the grid).
+      embeddings: float [N, D], projected to 2-D.
+      num_clusters: K.
+      class_labels: optional int [N] true classes (the confusion matrix, the grid's majorities).
+      class_names: optional names of the classes (indexed by class id).
+      title: every figure's title.
+      projection: "pca" or "tsne", see :func:`embedding_projection`.
+      max_points, seed: the projection's subset size and seed.
 
     Returns:
       The paths written.

@@ -17,6 +17,9 @@ import numpy as np
 from jclust.cluster.norms import l2_normalize
 from jclust.precision import float_dtype
 
+# Inputs may be device or host arrays (converted with jnp.asarray); outputs are device arrays.
+Array = jax.Array | np.ndarray
+
 
 class KNNOutput(NamedTuple):
     """k nearest neighbours of every row, nearest first.
@@ -60,17 +63,17 @@ def _knn(x, *, k, chunk):
     return indices.reshape(-1, k)[:n], dists.reshape(-1, k)[:n]
 
 
-def knn(x, k: int, *, chunk_size: int = 1024) -> KNNOutput:
+def knn(x: Array, k: int, *, chunk_size: int = 1024) -> KNNOutput:
     """Exact k nearest neighbours (squared Euclidean), the point itself excluded.
 
     Args:
-      x: [N, D] float.
+      x: [N, D] float (cast to float32).
       k: neighbours per point, 1 <= k < N.
       chunk_size: rows whose [chunk, N] distances are held at once.
 
     Returns:
-      KNNOutput with indices [N, k] and squared distances [N, k], nearest first. Ties go to the
-      lower index (``lax.top_k``).
+      KNNOutput with indices [N, k] int32 and squared distances [N, k] float32, nearest first.
+      Ties go to the lower index (``lax.top_k``).
     """
     x = jnp.asarray(x, float_dtype())
     if x.ndim != 2:
@@ -82,17 +85,19 @@ def knn(x, k: int, *, chunk_size: int = 1024) -> KNNOutput:
     return KNNOutput(indices=indices, sq_distances=dists)
 
 
-def affinity_graph(features, k: int, *, chunk_size: int = 1024) -> AffinityGraph:
+def affinity_graph(features: Array, k: int, *, chunk_size: int = 1024) -> AffinityGraph:
     """JULE's sample affinity graph on L2-normalised features.
 
     Args:
-      features: [N, D]; rows are L2-normalised first (the reference's ``-normalize 1``).
+      features: [N, D] float (cast to float32); rows are L2-normalised first (the reference's
+        ``-normalize 1``).
       k: K_s, neighbours per sample (reference 20).
       chunk_size: see :func:`knn`.
 
     Returns:
-      AffinityGraph: neighbours, W_ij = exp(-||x_i - x_j||^2 / sigma2), sigma2 = mean ||x_i - x_j||^2
-      over the graph's edges.
+      AffinityGraph: neighbours [N, k] int32, weights [N, k] float32
+      W_ij = exp(-||x_i - x_j||^2 / sigma2), sigma2 [] = mean ||x_i - x_j||^2 over the graph's
+      edges.
     """
     x = jnp.asarray(features, float_dtype())
     x = l2_normalize(x)
@@ -123,7 +128,7 @@ def _components(nearest):
     return labels
 
 
-def nearest_neighbour_clusters(nearest) -> jax.Array:
+def nearest_neighbour_clusters(nearest: Array) -> jax.Array:
     """JULE's initial over-clustering: connected components of the 1-NN graph.
 
     Every sample is joined to its nearest neighbour; each connected component is a cluster. (The
@@ -199,7 +204,7 @@ def _search_pairs(keys_major, keys_minor, query_major, query_minor):
     return lo
 
 
-def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int, *,
+def gdl_affinity(graph: AffinityGraph, labels: Array, num_clusters: int, *,
                  symmetric: bool = True) -> tuple[jax.Array, jax.Array | None]:
     """Graph-degree-linkage affinities between clusters (JULE, after Zhang et al. 2012).
 
@@ -214,10 +219,12 @@ def gdl_affinity(graph: AffinityGraph, labels, num_clusters: int, *,
       symmetric: also return A (False saves a second C x C matrix; the merge scan needs A_us only).
 
     Returns:
-      (unnormalised [C, C] A_us, where [a, b] = A_us(a -> b); symmetric [C, C] A with a zero
-      diagonal, or None). Dense: C x C floats (C = 20,000 is 1.6 GB).
+      (unnormalised [C, C] float32 A_us, where [a, b] = A_us(a -> b); symmetric [C, C] float32 A
+      with a zero diagonal, or None). Dense: C x C floats (C = 20,000 is 1.6 GB).
     """
     labels = jnp.asarray(labels, jnp.int32)
+    if labels.shape != graph.indices.shape[:1]:
+        raise ValueError(f"labels must be [N] = {graph.indices.shape[:1]}, got {labels.shape}")
     a_us = _gdl(graph.indices, graph.weights, labels, num_clusters=num_clusters)
     if not symmetric:
         return a_us, None
@@ -242,32 +249,60 @@ class MergeState(NamedTuple):
     parent: jax.Array
 
 
-def merge_state(affinity_us, sizes) -> MergeState:
-    """A merge scan's start: every slot an active cluster. affinity_us [C, C], sizes [C]."""
+def merge_state(affinity_us: Array, sizes: Array) -> MergeState:
+    """A merge scan's start: every slot an active cluster.
+
+    Args:
+      affinity_us: [C, C] unnormalised directed GDL affinities (``gdl_affinity``'s first result),
+        cast to float32.
+      sizes: [C] cluster sizes (any number dtype), cast to float32.
+
+    Returns:
+      MergeState with every slot active and its own parent.
+    """
+    affinity_us = jnp.asarray(affinity_us, float_dtype())
+    sizes = jnp.asarray(sizes, float_dtype())
+    if affinity_us.ndim != 2 or affinity_us.shape[0] != affinity_us.shape[1]:
+        raise ValueError(f"affinity_us must be [C, C], got shape {affinity_us.shape}")
     c = affinity_us.shape[0]
-    return MergeState(affinity_us=jnp.asarray(affinity_us, float_dtype()),
-                      sizes=jnp.asarray(sizes, float_dtype()), active=jnp.ones(c, bool),
+    if sizes.shape != (c,):
+        raise ValueError(f"sizes must be [C] = ({c},), got shape {sizes.shape}")
+    return MergeState(affinity_us=affinity_us, sizes=sizes, active=jnp.ones(c, bool),
                       parent=jnp.arange(c, dtype=jnp.int32))
 
 
 def symmetric_affinity(state: MergeState) -> jax.Array:
     """A(a, b) = A_us(a->b)/|b|^2 + A_us(b->a)/|a|^2 between active clusters, -inf elsewhere and on
-    the diagonal. [C, C]."""
+    the diagonal.
+
+    Args:
+      state: the merge scan's clusters (C slots).
+
+    Returns:
+      [C, C] float32 symmetric affinities.
+    """
     directed = state.affinity_us / jnp.maximum(state.sizes, 1.0)[None, :] ** 2
     a = directed + directed.T
     valid = state.active[:, None] & state.active[None, :] & ~jnp.eye(a.shape[0], dtype=bool)
     return jnp.where(valid, a, -jnp.inf)
 
 
-def merge_scores(affinity: jax.Array, *, num_neighbours: int, local_weight: float):
+def merge_scores(affinity: jax.Array, *, num_neighbours: int,
+                 local_weight: float | jax.Array) -> tuple[jax.Array, jax.Array]:
     """JULE's merge criterion for every cluster.
 
     score(i) = A_1 + lambda / (K_c - 1) * sum_{k=2..K_c} (A_1 - A_k), with A_1 >= A_2 >= ... the
     affinities of cluster i to the others (K_c = ``num_neighbours``, lambda = ``local_weight``);
     inactive clusters score -inf.
 
+    Args:
+      affinity: [C, C] float32 symmetric affinities, -inf for inactive pairs and the diagonal
+        (:func:`symmetric_affinity`).
+      num_neighbours: K_c.
+      local_weight: lambda (a python float, or a [] float32 when traced by the merge scan).
+
     Returns:
-      (scores [C], best neighbour [C] int32).
+      (scores [C] float32, best neighbour [C] int32).
     """
     k = min(num_neighbours, affinity.shape[0] - 1)
     top, idx = jax.lax.top_k(affinity, max(k, 1))
@@ -482,15 +517,25 @@ def merge_clusters(state: MergeState, num_merges: int, *, num_neighbours: int = 
                            num_neighbours=num_neighbours)
     c = state.active.shape[0]
     depth = min(max(cache_size, num_neighbours), c - 1)
-    return _merge_scan_cached(state, jnp.asarray(local_weight, float_dtype()), num_merges=num_merges,
-                              num_neighbours=num_neighbours, depth=depth,
+    return _merge_scan_cached(state, jnp.asarray(local_weight, float_dtype()),
+                              num_merges=num_merges, num_neighbours=num_neighbours, depth=depth,
                               rescan=min(rescan_rows, c))
 
 
-def resolve_labels(parent, labels) -> jax.Array:
+def resolve_labels(parent: Array, labels: Array) -> jax.Array:
     """Sample labels after merges: follow every slot's parent chain to its surviving slot, then
-    renumber the survivors 0..C'-1 in slot order. parent [C], labels [N] -> [N] int32."""
+    renumber the survivors 0..C'-1 in slot order.
+
+    Args:
+      parent: [C] int, ``MergeState.parent`` after the merges.
+      labels: [N] int slot of every sample before the merges, in 0..C-1.
+
+    Returns:
+      [N] int32 labels in 0..C'-1 (C' surviving clusters).
+    """
     parent = jnp.asarray(parent, jnp.int32)
+    if parent.ndim != 1:
+        raise ValueError(f"parent must be [C], got shape {parent.shape}")
     root = parent
     for _ in range(max(1, int(np.ceil(np.log2(parent.shape[0] + 1))))):
         root = root[root]  # pointer jumping: chains halve each round

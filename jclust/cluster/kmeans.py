@@ -45,6 +45,8 @@ assigns by maximal cosine similarity and re-normalises the centroids after each
 update; distances and inertia are then ``1 - cos``.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 from typing import NamedTuple
@@ -55,6 +57,9 @@ import numpy as np
 
 from jclust.cluster.norms import l2_normalize
 from jclust.precision import RANDOM_DTYPE, float_dtype
+
+# Inputs may be device or host arrays (converted with jnp.asarray); outputs are device arrays.
+Array = jax.Array | np.ndarray
 
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
@@ -286,14 +291,16 @@ def _repair_empty(x, valid, centroids, labels, sums, counts, spherical):
     return sums, counts, jnp.sum(ok, dtype=jnp.int32)
 
 
-def split_empty(centroids, counts, key, eps):
+def split_empty(centroids: jax.Array, counts: jax.Array, key: jax.Array,
+                eps: float | jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Fills empty clusters by splitting non-empty ones (DeepCluster / faiss policy).
 
     Args:
       centroids: [k, d] float32 centroids (an empty cluster's row is ignored).
       counts: [k] float32 cluster sizes.
       key: PRNG key choosing the donor clusters.
-      eps: relative size of the symmetric perturbation.
+      eps: relative size of the symmetric perturbation (a python float, or a [] float32 when
+        traced inside :func:`kmeans`).
 
     Returns:
       (centroids [k, d], counts [k], n_split [] int32). Empty clusters are visited in index
@@ -487,7 +494,8 @@ def _assign(x, centroids, *, spherical, chunk):
 # Public API.
 
 
-def kmeans_plusplus(x, k, *, key, n_local_trials=None):
+def kmeans_plusplus(x: Array, k: int, *, key: jax.Array,
+                    n_local_trials: int | None = None) -> jax.Array:
     """Greedy k-means++ seeding, as scikit-learn's ``kmeans_plusplus``.
 
     The first centroid is a uniformly random point; each next one is the best
@@ -514,7 +522,7 @@ def kmeans_plusplus(x, k, *, key, n_local_trials=None):
     return x[_plusplus_indices(x, key, k=k, n_local_trials=n_local_trials)]
 
 
-def random_init(x, k, *, key):
+def random_init(x: Array, k: int, *, key: jax.Array) -> jax.Array:
     """k distinct data points chosen uniformly at random.
 
     Args:
@@ -530,7 +538,8 @@ def random_init(x, k, *, key):
     return x[_random_indices(key, n=x.shape[0], k=k)]
 
 
-def assign(x, centroids, *, spherical=False, chunk_size=None):
+def assign(x: Array, centroids: Array, *, spherical: bool = False,
+           chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Nearest centroid of every point, computed in chunks.
 
     The nearest centroid is found with the ``||c||² - 2 x·c`` expansion (one
@@ -540,7 +549,7 @@ def assign(x, centroids, *, spherical=False, chunk_size=None):
 
     Args:
       x: [n, d] float32 (numpy or jax).
-      centroids: [k, d] float32.
+      centroids: [k, d] float32 (numpy or jax).
       spherical: assign by maximal cosine similarity (rows are normalised).
       chunk_size: rows per chunk; default derived from a 256 MiB budget for
         the [chunk, k] distance block.
@@ -564,20 +573,20 @@ def assign(x, centroids, *, spherical=False, chunk_size=None):
 
 
 def kmeans(
-    x,
-    k,
+    x: Array,
+    k: int,
     *,
-    key,
-    init="k-means++",
-    n_init=1,
-    max_iter=300,
-    tol=1e-4,
-    spherical=False,
-    chunk_size=None,
-    memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES,
-    empty_policy="farthest",
-    split_eps=1.0 / 1024,
-):
+    key: jax.Array,
+    init: str | Array = "k-means++",
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    spherical: bool = False,
+    chunk_size: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    empty_policy: str = "farthest",
+    split_eps: float = 1.0 / 1024,
+) -> KMeansOutput:
     """k-means clustering with Lloyd iterations (scikit-learn semantics).
 
     Each iteration assigns labels with the current centroids and recomputes
@@ -716,8 +725,9 @@ def _streamed_chunk(xb, n_valid, centroids, *, block):
     return sums, counts, labels, jnp.sum(jnp.where(valid, distances, 0.0))
 
 
-def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_size=None,
-                    memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES):
+def kmeans_streamed(x: Array, k: int, *, key: jax.Array, init: str | Array = "random",
+                    max_iter: int = 20, tol: float = 1e-4, chunk_size: int | None = None,
+                    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> KMeansOutput:
     """k-means on points that stay in host memory (or on disk), one chunk on the device at a time.
 
     The memory-bounded path for data sets larger than the device (or than a second copy of them
@@ -733,7 +743,7 @@ def kmeans_streamed(x, k, *, key, init="random", max_iter=20, tol=1e-4, chunk_si
       x: [n, d] array-like of floats, indexable by row slices (numpy array or ``np.memmap``).
       k: number of clusters, 1 <= k <= n.
       key: PRNG key of the random initialisation (k distinct data points).
-      init: "random", or [k, d] initial centroids.
+      init: "random", or [k, d] initial centroids (numpy or jax).
       max_iter: maximum number of Lloyd iterations.
       tol: relative tolerance on the centroid shift (0: only strict convergence stops early).
       chunk_size: rows per [chunk, k] distance block; default derived from

@@ -13,14 +13,20 @@ Whitening is a property of the fitted state: ``PCAState.scale`` holds
 ones otherwise, and :func:`pca_transform` always multiplies by it.
 """
 
+from __future__ import annotations
+
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jclust.cluster import norms
 from jclust.precision import float_dtype
+
+# Inputs may be device or host arrays (converted with jnp.asarray); outputs are device arrays.
+Array = jax.Array | np.ndarray
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -82,7 +88,8 @@ def _fit(x, eps, *, n_components, whiten):
     return PCAState(mean, components, variance, scale)
 
 
-def pca_fit(x, n_components, *, whiten=False, eps=1e-8):
+def pca_fit(x: Array, n_components: int, *, whiten: bool = False,
+            eps: float = 1e-8) -> PCAState:
     """Fits PCA by eigendecomposition of the float32 covariance.
 
     Args:
@@ -93,7 +100,7 @@ def pca_fit(x, n_components, *, whiten=False, eps=1e-8):
       eps: added to the variance before whitening.
 
     Returns:
-      PCAState(mean [d], components [m, d], explained_variance [m], scale [m]).
+      PCAState(mean [d], components [m, d], explained_variance [m], scale [m]), all float32.
     """
     x = _check_fit_args(x, n_components)
     return _fit(x, jnp.asarray(eps, float_dtype()), n_components=n_components, whiten=whiten)
@@ -109,12 +116,12 @@ def _transform(state, x, *, l2_normalize):
     return y
 
 
-def pca_transform(state, x, *, l2_normalize=False):
+def pca_transform(state: PCAState, x: Array, *, l2_normalize: bool = False) -> jax.Array:
     """Projects data on the fitted components.
 
     Args:
       state: a PCAState from :func:`pca_fit`.
-      x: [n, d] float32 data.
+      x: [n, d] float32 data (numpy or jax).
       l2_normalize: scale every output row to unit L2 norm (after whitening),
         as DeepCluster does before k-means.
 
@@ -128,11 +135,12 @@ def pca_transform(state, x, *, l2_normalize=False):
     return _transform(state, x, l2_normalize=l2_normalize)
 
 
-def pca(x, n_components, *, whiten=False, l2_normalize=False):
+def pca(x: Array, n_components: int, *, whiten: bool = False,
+        l2_normalize: bool = False) -> tuple[PCAState, jax.Array]:
     """Fits PCA on x and transforms x.
 
     Args:
-      x: [n, d] float32 data.
+      x: [n, d] float32 data (numpy or jax).
       n_components: m, with 1 <= m <= min(n, d).
       whiten: unit-variance components, see :func:`pca_fit`.
       l2_normalize: unit-norm output rows, see :func:`pca_transform`.
@@ -144,12 +152,16 @@ def pca(x, n_components, *, whiten=False, l2_normalize=False):
     return state, pca_transform(state, x, l2_normalize=l2_normalize)
 
 
-def fit_whitening(features, dim: int) -> tuple[jax.Array, jax.Array]:
+def fit_whitening(features: Array, dim: int) -> tuple[jax.Array, jax.Array]:
     """PCA-whitening of features [N, D] to ``dim`` dimensions in folded form, for :func:`whiten`
     (DeepCluster's, ODC's and SwAV's evaluation and clustering features).
 
+    Args:
+      features: [N, D] float32 (numpy or jax), N >= 2.
+      dim: output dimensions, 1 <= dim <= min(N, D).
+
     Returns:
-      (mean [D], projection [D, dim] with the whitening scale folded into the components).
+      (mean [D], projection [D, dim] with the whitening scale folded into the components), float32.
     """
     state = pca_fit(features, dim, whiten=True)
     return state.mean, (state.components * state.scale[:, None]).T
@@ -158,6 +170,15 @@ def fit_whitening(features, dim: int) -> tuple[jax.Array, jax.Array]:
 def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:
     """PCA-whitened, L2-normalised features [B, D] -> [B, dim], from :func:`fit_whitening`'s
     folded projection (one matrix product; :func:`pca_transform` scales after projecting, which
-    rounds differently)."""
+    rounds differently).
+
+    Args:
+      features: [B, D] float.
+      mean: [D], from :func:`fit_whitening`.
+      projection: [D, dim], from :func:`fit_whitening`.
+
+    Returns:
+      [B, dim], rows of unit L2 norm.
+    """
     z = (features - mean) @ projection
     return norms.l2_normalize(z)

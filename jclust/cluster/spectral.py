@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.experimental.sparse import linalg as sparse_linalg
 
 from jclust.cluster import graph
+from jclust.cluster.graph import Array
 from jclust.cluster.kmeans import KMeansOutput, _as_data, _check_k, kmeans
 from jclust.cluster.norms import l2_normalize
 from jclust.precision import float_dtype
@@ -61,16 +62,16 @@ class KNNAffinity(NamedTuple):
     sigma2: jax.Array
 
 
-def knn_affinity(x, num_neighbours: int, *, chunk_size: int = 1024) -> KNNAffinity:
+def knn_affinity(x: Array, num_neighbours: int, *, chunk_size: int = 1024) -> KNNAffinity:
     """Gaussian weights on the k nearest neighbours (Euclidean) of every point.
 
     Args:
-      x: [N, D] float32.
+      x: [N, D] float32 (numpy or jax).
       num_neighbours: k, 1 <= k < N.
       chunk_size: rows whose [chunk, N] distances the neighbour search holds at once.
 
     Returns:
-      KNNAffinity(indices [N, k], weights [N, k], sigma2 []).
+      KNNAffinity(indices [N, k] int32, weights [N, k] float32, sigma2 [] float32).
     """
     nearest = graph.knn(x, num_neighbours, chunk_size=chunk_size)
     sigma2 = jnp.median(nearest.sq_distances[:, -1])
@@ -113,7 +114,14 @@ def normalized_affinity(affinity: KNNAffinity) -> Callable[[jax.Array], jax.Arra
 
 
 def dense_normalized_affinity(affinity: KNNAffinity) -> jax.Array:
-    """A = D^-1/2 S D^-1/2 as an [N, N] matrix (small N only; tests and the exact path)."""
+    """A = D^-1/2 S D^-1/2 as an [N, N] matrix (small N only; tests and the exact path).
+
+    Args:
+      affinity: the k-NN graph W ([N, k] indices and weights).
+
+    Returns:
+      [N, N] float32, symmetric.
+    """
     n = affinity.indices.shape[0]
     rows = jnp.repeat(jnp.arange(n), affinity.indices.shape[1])
     w = jnp.zeros((n, n), float_dtype()).at[rows, affinity.indices.ravel()].add(
@@ -144,12 +152,14 @@ def _dense_eigh(indices, weights, sigma2, *, dim):
     return values, vectors, residual
 
 
-def spectral_embedding(x, dim: int, *, key, num_neighbours: int = 10, max_iter: int = 100,
-                       chunk_size: int = 1024, dense_max_points: int = DENSE_MAX_POINTS):
+def spectral_embedding(x: Array, dim: int, *, key: jax.Array, num_neighbours: int = 10,
+                       max_iter: int = 100, chunk_size: int = 1024,
+                       dense_max_points: int = DENSE_MAX_POINTS
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The ``dim`` leading eigenvectors of the normalised k-NN affinity of ``x``.
 
     Args:
-      x: [N, D] float32.
+      x: [N, D] float32 (numpy or jax).
       dim: number of eigenvectors, at most N; with the iterative solver 5 * dim < N.
       key: PRNG key of LOBPCG's random start.
       num_neighbours: k of the k-NN graph.
@@ -158,7 +168,8 @@ def spectral_embedding(x, dim: int, *, key, num_neighbours: int = 10, max_iter: 
       dense_max_points: up to this N, A is formed and diagonalised exactly instead.
 
     Returns:
-      (eigenvectors [N, dim] with unit columns, eigenvalues [dim] descending, residual []).
+      (eigenvectors [N, dim] float32 with unit columns, eigenvalues [dim] float32 descending,
+      residual [] float32).
     """
     x = _as_data(x)
     n = x.shape[0]
@@ -176,13 +187,14 @@ def spectral_embedding(x, dim: int, *, key, num_neighbours: int = 10, max_iter: 
     return vectors, values, residual
 
 
-def spectral_clustering(x, k: int, *, key, num_neighbours: int = 10, n_init: int = 10,
-                        max_iter: int = 300, eig_iter: int = 100, chunk_size: int = 1024,
+def spectral_clustering(x: Array, k: int, *, key: jax.Array, num_neighbours: int = 10,
+                        n_init: int = 10, max_iter: int = 300, eig_iter: int = 100,
+                        chunk_size: int = 1024,
                         dense_max_points: int = DENSE_MAX_POINTS) -> SpectralOutput:
     """Spectral clustering (Ng-Jordan-Weiss) of ``x`` into k clusters.
 
     Args:
-      x: [N, D] float32 points.
+      x: [N, D] float32 points (numpy or jax).
       k: number of clusters (and of eigenvectors), 1 <= k <= N.
       key: PRNG key (LOBPCG's start and the k-means restarts).
       num_neighbours: k of the k-NN graph.
@@ -192,7 +204,8 @@ def spectral_clustering(x, k: int, *, key, num_neighbours: int = 10, n_init: int
       dense_max_points: up to this N the eigenvectors come from a dense ``eigh``.
 
     Returns:
-      SpectralOutput(labels [N], embedding [N, k], eigenvalues [k], residual [], kmeans).
+      SpectralOutput(labels [N] int32, embedding [N, k] float32, eigenvalues [k] float32,
+      residual [] float32, kmeans).
     """
     x = _as_data(x)
     _check_k(k, x.shape[0])

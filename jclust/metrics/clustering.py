@@ -9,10 +9,19 @@ be arbitrary (non-contiguous, negative) integers; they are relabelled to
 ``0..m-1`` in sorted order.
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.optimize
+
+if TYPE_CHECKING:  # annotations only: the metrics run on the host and need no jax at run time
+    import jax
+
+    # Labels may be host or device arrays (converted with np.asarray).
+    Array = jax.Array | np.ndarray
 
 _AVERAGE_METHODS = ("arithmetic", "geometric", "min", "max")
 
@@ -36,7 +45,7 @@ def _check_labels(y_true, y_pred):
     return y_true, y_pred
 
 
-def contingency(y_true, y_pred):
+def contingency(y_true: Array, y_pred: Array) -> np.ndarray:
     """Counts how many examples of each class fall in each predicted cluster.
 
     Args:
@@ -56,7 +65,7 @@ def contingency(y_true, y_pred):
     return table
 
 
-def accuracy(y_true, y_pred):
+def accuracy(y_true: Array, y_pred: Array) -> float:
     """Unsupervised clustering accuracy with the best one-to-one matching.
 
     Each cluster is matched to at most one class (and each class to at most
@@ -104,7 +113,7 @@ def _mutual_info(table):
     return float(np.clip(mi.sum(), 0.0, None))
 
 
-def nmi(y_true, y_pred, average_method="arithmetic"):
+def nmi(y_true: Array, y_pred: Array, average_method: str = "arithmetic") -> float:
     """Normalised mutual information, as sklearn's ``normalized_mutual_info_score``.
 
     ``MI / mean(H(true), H(pred))`` where the mean is given by
@@ -144,7 +153,7 @@ def nmi(y_true, y_pred, average_method="arithmetic"):
     return float(mi / norm)
 
 
-def ari(y_true, y_pred):
+def ari(y_true: Array, y_pred: Array) -> float:
     """Adjusted Rand index, as ``sklearn.metrics.adjusted_rand_score``.
 
     Computed from the pair-confusion counts of the contingency table with
@@ -175,7 +184,7 @@ def ari(y_true, y_pred):
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
-def purity(y_true, y_pred):
+def purity(y_true: Array, y_pred: Array) -> float:
     """Majority-vote purity: each cluster predicts its most frequent class.
 
     Unlike :func:`accuracy`, several clusters may map to the same class, so it
@@ -192,7 +201,7 @@ def purity(y_true, y_pred):
     return float(table.max(axis=1).sum() / table.sum())
 
 
-def evaluate(y_true, y_pred):
+def evaluate(y_true: Array, y_pred: Array) -> dict[str, float]:
     """All clustering metrics at once.
 
     Args:
@@ -210,23 +219,26 @@ def evaluate(y_true, y_pred):
     )
 
 
-def cluster_sizes(labels, num_clusters: int, prefix: str = "") -> dict:
+def cluster_sizes(labels: Array, num_clusters: int, prefix: str = "") -> dict[str, int | float]:
     """Label-free health of a partition: used/empty clusters, min/max size, size entropy.
 
     Args:
-      labels: int [N] in [0, num_clusters).
+      labels: [N] int in [0, num_clusters).
       num_clusters: K (empty clusters count).
       prefix: prepended to every key (e.g. "pseudo_" for an over-clustering).
 
     Returns:
       {prefix + "clusters_used", "empty_clusters", "cluster_size_min", "cluster_size_max",
-      "size_entropy"}; the entropy of the size distribution divided by log K (1 = all equal,
-      0 = one cluster; 0 when K = 1).
+      "size_entropy"}: python ints, and the entropy of the size distribution divided by log K
+      as a python float (1 = all equal, 0 = one cluster; 0 when K = 1).
     """
     labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}.")
     sizes = np.bincount(labels, minlength=num_clusters)
     frac = sizes[sizes > 0] / labels.size
-    entropy = float(-np.sum(frac * np.log(frac)) / math.log(num_clusters)) if num_clusters > 1 else 0.0
+    entropy = (float(-np.sum(frac * np.log(frac)) / math.log(num_clusters)) if num_clusters > 1
+               else 0.0)
     stats = {"clusters_used": int(np.sum(sizes > 0)), "empty_clusters": int(np.sum(sizes == 0)),
              "cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
              "size_entropy": entropy}
