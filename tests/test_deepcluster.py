@@ -135,8 +135,9 @@ def test_collapse_warns_with_the_count():
     feats[:, 0] = np.r_[np.zeros(n - 1), 1.0]
     context = ReclusterContext(jnp.asarray(feats), jax.random.PRNGKey(1))
     _, cluster, info = method.recluster(params, cluster, context)
-    assert info["pseudo_size_max"] >= n - 1
-    assert "warning" in info and "collapse" in info["warning"] and str(info["pseudo_size_max"]) in info["warning"]
+    assert info["pseudo_cluster_size_max"] >= n - 1
+    assert ("warning" in info and "collapse" in info["warning"]
+            and str(info["pseudo_cluster_size_max"]) in info["warning"])
 
 
 def test_k_larger_than_the_data_is_a_config_error(tmp_path):
@@ -162,8 +163,8 @@ def test_end_to_end_logs_pseudo_label_health(reference_run):
         records = [json.loads(line) for line in f]
     assert records[-1]["step"] == 3 * (256 // 32)
     assert len(records) == 4  # a reclustering (and evaluation) at the start of every epoch, and the end
-    for key in ("acc", "nmi", "ari", "pseudo_purity", "pseudo_nmi", "pseudo_clusters_used", "pseudo_size_min", "pseudo_size_max",
-                "kmeans_splits"):
+    for key in ("acc", "nmi", "ari", "pseudo_purity", "pseudo_nmi", "pseudo_clusters_used",
+                "pseudo_cluster_size_min", "pseudo_cluster_size_max", "kmeans_splits"):
         assert key in records[1], key
     assert "pseudo_nmi_previous" in records[1]
     assert 0.0 <= final["acc"] <= 1.0

@@ -219,10 +219,13 @@ def test_one_jitted_train_step_updates_params_and_memories():
 
 
 def test_memory_in_one_cluster_warns():
-    info = odc.memory_report(np.zeros(40, np.int32), 6)
-    assert "pseudo-label collapse: all 40 examples" in info["warning"]
-    assert info["memory_clusters_used"] == 1 and info["memory_size_max"] == 40
-    assert "warning" not in odc.memory_report(np.arange(40, dtype=np.int32) % 6, 6)
+    from jclust.methods.common import labels_report
+    info = labels_report(np.zeros(40, np.int32), 6, prefix="memory")
+    assert "pseudo-label collapse: 40 of 40 examples in one cluster (1 of 6 used)" in info["warning"]
+    assert info["memory_clusters_used"] == 1 and info["memory_cluster_size_max"] == 40
+    fine = labels_report(np.arange(40, dtype=np.int32) % 6, 6, prefix="memory",
+                         previous=np.arange(40) % 3)
+    assert "warning" not in fine and 0 < fine["memory_nmi_previous"] < 1
 
 
 @pytest.mark.parametrize("overrides, spec, match", [

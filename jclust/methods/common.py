@@ -1,11 +1,14 @@
-"""What the CNN methods' ``from_config`` check and compute alike."""
+"""What the CNN methods' ``from_config`` check and compute alike, and the report on the labels
+they train on."""
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
+from jclust import metrics as jmetrics
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec
 
@@ -46,3 +49,33 @@ def check_cnn_config(config: ml_collections.ConfigDict, data_spec: DataSpec, tit
 def steps_per_epoch(config: ml_collections.ConfigDict, data_spec: DataSpec) -> int:
     """Whole batches per pass over the data (a partial last batch is not drawn)."""
     return data_spec.num_examples // config.batch_size
+
+
+def labels_report(labels: np.ndarray, num_labels: int, *, prefix: str,
+                  previous: np.ndarray | None = None, collapse_fraction: float = 1.0,
+                  what: str = "pseudo-label", remedies: str = "") -> dict:
+    """A recluster's report on the labels a method trains on (pseudo-labels, memory labels).
+
+    Args:
+      labels: [N] int in [0, num_labels), the new labels.
+      num_labels: how many labels there may be.
+      prefix: of every key, e.g. "pseudo" -> ``pseudo_clusters_used``.
+      previous: [N] the labels they replace (no NMI when None or -1 anywhere: none yet).
+      collapse_fraction: warn when one label holds this fraction of the examples or more.
+      what: the collapse's name in the warning.
+      remedies: the config changes the warning suggests ("" for none).
+
+    Returns:
+      :func:`jclust.metrics.cluster_sizes` under ``prefix``, ``<prefix>_nmi_previous`` and, on
+      collapse, a "warning" text.
+    """
+    n = labels.shape[0]
+    info = jmetrics.cluster_sizes(labels, num_labels, prefix=f"{prefix}_")
+    if previous is not None and previous.min() >= 0:
+        info[f"{prefix}_nmi_previous"] = float(jmetrics.nmi(previous, labels))
+    largest, used = info[f"{prefix}_cluster_size_max"], info[f"{prefix}_clusters_used"]
+    if largest >= collapse_fraction * n:
+        info["warning"] = (f"{what} collapse: {largest} of {n} examples in one cluster ({used} of "
+                           f"{num_labels} used); training goes on"
+                           + (f". Remedies: {remedies}" if remedies else ""))
+    return info

@@ -35,13 +35,12 @@ import numpy as np
 import optax
 
 from jclust import cluster as jcluster
-from jclust import metrics as jmetrics
 from jclust import models, optim
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment, samplers
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
-from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.common import check_cnn_config, labels_report, steps_per_epoch
 from jclust.methods.evaluation import kmeans_probe
 from jclust.precision import cast_floats, float_dtype
 
@@ -94,18 +93,11 @@ def epoch_plan(labels: np.ndarray, previous: np.ndarray, num_labels: int, key: j
     else:
         order = rng.permutation(n)
     weights = (1.0 / np.maximum(sizes, 1)) * (n / max(int(np.sum(sizes > 0)), 1))
-    info = {"pseudo_clusters_used": int(np.sum(sizes > 0)),
-            "pseudo_size_min": int(sizes.min()), "pseudo_size_max": int(sizes.max()),
-            "pseudo_size_entropy": jmetrics.cluster_sizes(labels, num_labels)["size_entropy"],
-            "kmeans_splits": splits}
-    if previous.min() >= 0:
-        info["pseudo_nmi_previous"] = float(jmetrics.nmi(previous, labels))
-    if sizes.max() >= collapse_fraction * n:
-        info["warning"] = (
-            f"pseudo-label collapse: {int(sizes.max())} of {n} examples in one cluster "
-            f"({int(np.sum(sizes > 0))} of {num_labels} clusters used); training goes on. "
-            "Remedies: deepcluster.sampling='uniform', a lower optim.learning_rate, "
-            "more deepcluster.recluster_epochs")
+    info = labels_report(labels, num_labels, prefix="pseudo", previous=previous,
+                         collapse_fraction=collapse_fraction,
+                         remedies="deepcluster.sampling='uniform', a lower optim.learning_rate, "
+                                  "more deepcluster.recluster_epochs")
+    info["kmeans_splits"] = splits
     return order, weights, info
 
 

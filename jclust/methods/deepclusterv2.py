@@ -40,13 +40,12 @@ import numpy as np
 import optax
 
 from jclust import cluster as jcluster
-from jclust import metrics as jmetrics
 from jclust import models, optim
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods.base import Batch, DataSpec, Method, Phase
-from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.common import check_cnn_config, labels_report, steps_per_epoch
 from jclust.methods.evaluation import kmeans_probe
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
@@ -108,33 +107,23 @@ def cluster_heads(memory: jax.Array, previous: jax.Array, num_prototypes: int, k
       collapse_fraction: warn when head 0's largest cluster holds this fraction of N or more.
 
     Returns:
-      (prototypes [H, K, F], assignments [H, N] int32, info): head 0's cluster sizes and NMI
-      with its previous assignment, each head's clusters used, and a "warning" on collapse.
+      (prototypes [H, K, F], assignments [H, N] int32, info): each head's clusters used, and
+      head 0's :func:`jclust.methods.common.labels_report` (sizes, NMI with its previous
+      assignment, a "warning" on collapse).
     """
-    n = memory.shape[0]
     prototypes, assignments, info = [], [], {}
     for h in range(keys.shape[0]):
         km = jcluster.kmeans(memory[:, h % 2], num_prototypes, key=keys[h], init="random",
                              max_iter=kmeans_iters, tol=0.0, spherical=True, empty_policy="keep")
         prototypes.append(km.centroids)
         assignments.append(km.labels)
-        sizes = np.bincount(np.asarray(km.labels), minlength=num_prototypes)
-        info[f"head{h}_clusters_used"] = int(np.sum(sizes > 0))
-        if h == 0:
-            info.update(pseudo_size_min=int(sizes.min()), pseudo_size_max=int(sizes.max()),
-                        pseudo_empty=int(np.sum(sizes == 0)),
-                        pseudo_size_entropy=jmetrics.cluster_sizes(
-                            np.asarray(km.labels), num_prototypes)["size_entropy"])
-            if sizes.max() >= collapse_fraction * n:
-                info["warning"] = (
-                    f"assignment collapse: {int(sizes.max())} of {n} examples in one cluster "
-                    f"({int(np.sum(sizes > 0))} of {num_prototypes} used); training goes on. "
-                    "Remedies: a higher deepclusterv2.temperature, a lower optim.learning_rate, "
-                    "more prototypes")
+        info[f"head{h}_clusters_used"] = int(np.unique(np.asarray(km.labels)).size)
     assignments = jnp.stack(assignments).astype(jnp.int32)
-    if int(previous[0].min()) >= 0:
-        info["pseudo_nmi_previous"] = float(jmetrics.nmi(np.asarray(previous[0]),
-                                                         np.asarray(assignments[0])))
+    info.update(labels_report(
+        np.asarray(assignments[0]), num_prototypes, prefix="pseudo",
+        previous=np.asarray(previous[0]), collapse_fraction=collapse_fraction,
+        what="assignment", remedies="a higher deepclusterv2.temperature, a lower "
+                                    "optim.learning_rate, more prototypes"))
     return jnp.stack(prototypes), assignments, info
 
 

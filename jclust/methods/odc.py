@@ -53,14 +53,13 @@ import numpy as np
 import optax
 
 from jclust import cluster as jcluster
-from jclust import metrics as jmetrics
 from jclust import models, optim
 from jclust.cluster.splits import centroids_from_memory, fix_small_clusters
 from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods import losses
 from jclust.methods.base import Batch, DataSpec, Method, Phase
-from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.common import check_cnn_config, labels_report, steps_per_epoch
 from jclust.methods.evaluation import kmeans_probe
 from jclust.precision import cast_floats, float_dtype
 
@@ -178,22 +177,6 @@ def initial_memories(cluster: ODCState, z: jax.Array, key: jax.Array, *,
                             iteration=jnp.zeros((), jnp.int32)), int(km.n_empty_repaired)
 
 
-def memory_report(labels: np.ndarray, num_labels: int, previous: np.ndarray | None = None) -> dict:
-    """A recluster's report: the sizes of the memory's clusters (labels [N] in [0, num_labels)),
-    their NMI with the ``previous`` recluster's labels [N], and a "warning" when they are all in
-    one cluster."""
-    sizes = np.bincount(labels, minlength=num_labels)
-    info = dict(memory_clusters_used=int(np.sum(sizes > 0)),
-                memory_size_min=int(sizes.min()), memory_size_max=int(sizes.max()),
-                memory_size_entropy=jmetrics.cluster_sizes(labels, num_labels)["size_entropy"])
-    if previous is not None:
-        info["memory_nmi_previous"] = float(jmetrics.nmi(previous, labels))
-    if int(np.sum(sizes > 0)) == 1:
-        info["warning"] = (f"pseudo-label collapse: all {labels.shape[0]} examples in one memory "
-                           "cluster")
-    return info
-
-
 def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
          num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
          recluster_every: int, train_clusters: int = 100, feature_dim: int = 64,
@@ -258,7 +241,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                                                               kmeans_iters=kmeans_iters)
             params, previous = {**params, "head": init_head(k_head)}, None
         labels = np.asarray(cluster.labels)
-        info.update(memory_report(labels, k_train, previous))
+        info.update(labels_report(labels, k_train, prefix="memory", previous=previous))
         return params, cluster._replace(recluster_labels=jnp.asarray(labels, jnp.int32)), info
 
     phases = (Phase(name="odc", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
