@@ -25,7 +25,7 @@ def dec_sections(config: ml_collections.ConfigDict) -> None:
 
     config.pretrain = ml_collections.ConfigDict()
     # DEC-keras's optimiser for MNIST/Fashion-MNIST (SGD lr 1, momentum 0.9), 60 epochs instead of
-    # its 300. Tried on Fashion-MNIST (BENCHMARKS.md, exploration): 100 constant epochs, no gain;
+    # its 300. Tried on Fashion-MNIST (docs/experiments/dec.md): 100 constant epochs, no gain;
     # 150 epochs with a cosine decay, mean ACC 0.563 over 3 seeds against 0.587 for this recipe
     # (the k-means initialisation, not the autoencoder, decides most of the spread).
     config.pretrain.epochs = 60

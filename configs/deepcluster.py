@@ -16,7 +16,7 @@ def get_config(arg: str = ""):
     config.method = "deepcluster"
 
     # Pooling after the first conv too (28 -> 14 -> 7 -> 3) makes the convs ~4x cheaper, but on
-    # Fashion-MNIST it cost ~0.06 ACC (BENCHMARKS.md, DeepCluster exploration).
+    # Fashion-MNIST it cost ~0.06 ACC (docs/experiments/deepcluster_gpu.md).
     config.model = config_lib.small_cnn_model(pool_first=False)
 
     config.optim = config_lib.optim_section()
