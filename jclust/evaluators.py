@@ -62,8 +62,10 @@ class ClusterEvaluator:
         if true_labels is not None:
             record.update(jmetrics.evaluate(true_labels, labels))
         if true_labels is not None and self.method.training_labels is not None:
-            params, cluster = distributed.host_side((state.params, state.cluster))
-            pseudo = np.asarray(self.method.training_labels(params, cluster, features))
+            # Host copies of the (replicated) parameters only: a per-example label vector of the
+            # clustering state is gathered alone, not the state's memories.
+            pseudo = distributed.fetch(self.method.training_labels(
+                distributed.host_side(state.params), state.cluster, features))
             if pseudo.min() >= 0:
                 record["pseudo_purity"] = float(jmetrics.purity(true_labels, pseudo))
                 record["pseudo_nmi"] = float(jmetrics.nmi(true_labels, pseudo))

@@ -24,7 +24,7 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def assignment_rule(method: jmethods.Method):
+def assign_fn(method: jmethods.Method):
     """The method's assignment rule as one function ``(params, cluster, eval, features [B, D]) ->
     (labels [B], confidence [B])``: its ``evaluation``'s when it has one, else its ``assign``."""
     if method.evaluation is not None:
@@ -46,7 +46,7 @@ class Runner:
         self._embed = jax.jit(method.embed, in_shardings=(self.replicated, self.replicated,
                                                           self.batch_sharding),
                               out_shardings=self.batch_sharding)
-        self._assign = jax.jit(assignment_rule(method),
+        self._assign = jax.jit(assign_fn(method),
                                in_shardings=(self.replicated, self.state_sharding.cluster,
                                              self.replicated, self.batch_sharding),
                                out_shardings=(self.batch_sharding, self.batch_sharding))

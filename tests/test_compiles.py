@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jclust import cluster as jcluster
 from jclust import state as jstate
@@ -32,20 +33,31 @@ def counting_traces():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_each_phase_step_is_traced_once_in_a_whole_run(tmp_path, monkeypatch):
-    """A tiny DEC run (pretraining, then clustering with target updates from host-side
-    reclusters, evaluations and checkpoints in between): its two phase steps are traced twice
-    in all. chex counts the traces of a function by where it was made, so both phases' steps
-    share one count: a retrace of either (a weak type or a sharding that changed after a
-    recluster, a batch of another shape) would be a third."""
+def _dec_config():
+    return tiny_config(**{"dec.max_steps": 30})
+
+
+def _deepcluster_config():
+    from tests import test_deepcluster
+    return test_deepcluster.tiny_config(**{"optim.epochs": 2, "checkpoint_every_steps": 8})
+
+
+@pytest.mark.parametrize("make_config", [_dec_config, _deepcluster_config],
+                         ids=["dec", "deepcluster"])
+def test_each_phase_step_is_traced_once_in_a_whole_run(make_config, tmp_path, monkeypatch):
+    """Whole tiny runs: DEC (pretraining, then clustering with target updates from host-side
+    reclusters, evaluations and checkpoints in between) and DeepCluster (its head re-initialised
+    and its pseudo-labels replaced by every recluster, the trainer's evaluation state replaced at
+    every evaluation). chex counts the traces of a function by where it was made, so the phases'
+    steps share one count: a retrace of any (a weak type or a sharding that changed after a
+    recluster or an evaluation, a batch of another shape) would exceed the number of phases."""
     build = jstate.make_train_step
     monkeypatch.setattr(jstate, "make_train_step",
                         lambda method, phase_index: chex.assert_max_traces(
                             build(method, phase_index), n=len(method.phases)))
     chex.clear_trace_counter()
     try:
-        record = train.train_and_evaluate(tiny_config(**{"dec.max_steps": 30}),
-                                          str(tmp_path / "run"))
+        record = train.train_and_evaluate(make_config(), str(tmp_path / "run"))
     finally:
         chex.clear_trace_counter()
     assert record["step"] > 0

@@ -206,7 +206,7 @@ def test_one_jitted_train_step_updates_params_and_memories():
     index = np.arange(8, 16)
     state, metrics = step(state, {"x": jnp.asarray(x[index]), "index": jnp.asarray(index, jnp.int32)})
     for key in ("loss", "grad_norm", "pseudo_label_acc", "memory_label_change", "small_clusters",
-                "memory_size_min", "memory_size_max"):
+                "memory_cluster_size_min", "memory_cluster_size_max"):
         assert np.isfinite(float(metrics[key])), key
     assert int(state.step) == 1 and int(state.cluster.iteration) == 1
     memory, old = np.asarray(state.cluster.features), np.asarray(before.cluster.features)

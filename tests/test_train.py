@@ -412,3 +412,12 @@ def test_checkpoints_keep_zero_size_state(tmp_path):
     assert restored["queue"].shape == (2, 0, 4) and restored["neighbours"].dtype == jnp.int32
     assert restored["neighbours"].shape == (5, 0)
     np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0])
+
+
+def test_an_evaluation_in_one_cluster_warns():
+    """The one collapse rule every method's evaluation shares (printed by the trainer)."""
+    from jclust import evaluators
+    record = {"clusters_used": 1}
+    assert "all 300 examples in one cluster" in evaluators.collapse_warning(record, 10, 300)
+    assert evaluators.collapse_warning(record, 1, 300) is None  # K = 1: one cluster is right
+    assert evaluators.collapse_warning({"clusters_used": 2}, 10, 300) is None

@@ -1,6 +1,7 @@
-"""Clustering methods: each module exposes ``make(*, backbone, ..., hyperparameters) -> Method``,
-the method's math, and ``from_config(config, data_spec) -> Method``, which checks a config and
-maps its keys to ``make``'s arguments."""
+"""Clustering methods: each module exposes ``make(*, <network>, <sizes>, tx, num_steps,
+<hyperparameters>) -> Method``, the method's math (the network: a backbone, DEC's autoencoder),
+and ``from_config(config, data_spec) -> Method``, which checks a config and maps its keys to
+``make``'s arguments."""
 
 from typing import Callable
 

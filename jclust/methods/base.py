@@ -116,7 +116,8 @@ class Evaluation(NamedTuple):
       init: ``(feature_dim) -> state``, a state of the fitted shapes (zeros), for the TrainState's
         structure before the first fit.
       fit: ``(features [N, D], cluster, key) -> state``, host-driven (may call jitted primitives);
-        ``cluster`` is the method's clustering state (host arrays), for rules that read it.
+        ``cluster`` is the method's clustering state (whole on this process), for rules that read
+        it.
       assign: ``(state, features [B, D]) -> (labels [B] int32, confidence [B] float)``, jittable.
     """
     init: Callable[[int], Any]
@@ -186,8 +187,8 @@ class Method(NamedTuple):
         has the same structure and the step compiles once).
       training_labels: ``(params, cluster, features [N, D]) -> int [N]``, or None: the labels
         the method trains on when they are not the K = ``num_clusters`` assignment (DeepCluster's
-        over-clustering pseudo-labels, -1 where none yet), read from host copies of the state and
-        the evaluation's feature pass. Evaluations then also report their majority-vote purity
+        over-clustering pseudo-labels, -1 where none yet), read from host copies of the
+        parameters, the clustering state and the evaluation's feature pass (host numpy). Evaluations then also report their majority-vote purity
         and NMI against the ground truth.
       evaluation: see :class:`Evaluation`, or None: the assignment rule the trainer fits before
         every evaluation, when ``assign`` is None.

@@ -37,8 +37,9 @@ def check_cnn_config(config: ml_collections.ConfigDict, data_spec: DataSpec, tit
     if not data_spec.is_image:
         raise ConfigError(f"{title} trains a CNN on images; the data are feature vectors")
     if config.model.name not in backbones:
+        names = [repr(b) for b in backbones]
         raise ConfigError(f"config.model.name={config.model.name!r}: {title} needs "
-                          + " or ".join(repr(b) for b in backbones))
+                          + (", ".join(names[:-1]) + " or " if len(names) > 1 else "") + names[-1])
     shared = {"num_clusters": 1 <= config.num_clusters <= n,
               "optim.epochs": config.optim.epochs >= 1,
               "batch_size": config.batch_size <= n}

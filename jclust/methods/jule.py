@@ -259,7 +259,7 @@ def evaluation_centroids(features: Array, cluster: JuleState, key: jax.Array, *,
     return cluster_centroids(features, labels, num_clusters)
 
 
-def nearest_centroid(centroids: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+def centroid_assignment(centroids: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The assignment rule: centroids [K, E] unit rows, features [B, E] -> (the centroid of
     largest cosine [B] int32, that cosine [B])."""
     sims = l2_normalize(features) @ centroids.T
@@ -353,7 +353,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                       fit=functools.partial(evaluation_centroids, num_clusters=target,
                                             evaluation=evaluation, merge_kwargs=merge_kwargs,
                                             spectral_neighbours=spectral_neighbours),
-                      assign=nearest_centroid),
+                      assign=centroid_assignment),
                   sampler=sampler if batch_groups else None,
                   example_axes=JuleState(labels=0, num_clusters=None, period=None))
 

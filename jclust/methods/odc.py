@@ -160,7 +160,8 @@ def advance_memories(cluster: ODCState, batch: Batch, features: jax.Array, key: 
         memory, labels, centroids, key, min_size=min_cluster_size, iters=split_iters)
     sizes = jnp.bincount(labels, length=cluster.centroids.shape[0])
     metrics = {"memory_label_change": changed, "small_clusters": n_small,
-               "memory_size_min": jnp.min(sizes), "memory_size_max": jnp.max(sizes)}
+               "memory_cluster_size_min": jnp.min(sizes),
+               "memory_cluster_size_max": jnp.max(sizes)}
     return cluster._replace(features=memory, labels=labels, centroids=centroids,
                             iteration=iteration), metrics
 
@@ -186,8 +187,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          split_iters: int = 20, eval_pca_dim: int = 32, eval_n_init: int = 10,
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0) -> Method:
-    """ODC on ``backbone`` with ``tx`` (params "body", "head") for ``num_steps`` steps, the
-    memories reported every ``recluster_every``; the rest are the ``odc`` keys (docs/methods.md)."""
+    """ODC on ``backbone`` with ``tx`` (params "backbone", "neck", "head") for ``num_steps``
+    steps, memories reported every ``recluster_every``; the rest: ``odc`` keys (docs/methods.md)."""
     n, k_train = num_examples, train_clusters
     neck = models.NonLinearNeck(hidden=neck_hidden, features=feature_dim, dropout=neck_dropout)
     head = models.nn.Dense(k_train, kernel_init=models.nn.initializers.normal(head_init_std))

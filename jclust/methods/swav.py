@@ -213,6 +213,15 @@ def advance_queue(cluster: SwAVState, batch: Batch, outputs: dict, rng: jax.Arra
                      "warn_collapse": (collapse_steps >= patience).astype(float_dtype())}
 
 
+def check_assignment(assignment: str, prototypes: int, num_clusters: int) -> None:
+    """Raises a ValueError unless ``assignment`` is a rule of :data:`RULES` that ``prototypes``
+    and ``num_clusters`` allow ("prototypes" needs as many prototypes as clusters)."""
+    if assignment not in RULES or (assignment == "prototypes" and prototypes != num_clusters):
+        raise ValueError(f"assignment={assignment!r} with {prototypes} prototypes and "
+                         f"{num_clusters} clusters: use 'prototypes' (prototypes = num_clusters), "
+                         "'kmeans' or 'backbone'")
+
+
 def prototype_assignment(params: Params, cluster: SwAVState, features: jax.Array, *,
                          temperature: float) -> tuple[jax.Array, jax.Array]:
     """The "prototypes" rule: features [B, F] (z) -> (the prototype of largest cosine [B], its
@@ -260,8 +269,8 @@ def collapse_warning(patience: int) -> str:
             "shorter swav.queue_length, another swav.temperature, a lower optim.learning_rate")
 
 
-def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
-         num_clusters: int, tx: optax.GradientTransformation, num_steps: int, batch_size: int,
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_clusters: int,
+         tx: optax.GradientTransformation, num_steps: int, batch_size: int,
          prototypes: int = 100, feature_dim: int = 64, projection_hidden: int = 128,
          projection_batch_norm: bool = True, temperature: float = 0.1, epsilon: float = 0.05,
          sinkhorn_iters: int = 3, sinkhorn_log_domain: bool = True, hard_codes: bool = False,
@@ -271,9 +280,9 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          small_crop_scale: tuple[float, float] = (0.2, 0.5), flip: bool = True,
          assignment: str = "backbone", eval_pca_dim: int = 32, eval_n_init: int = 10,
          collapse_prototype_fraction: float = 0.1, collapse_patience_steps: int = 200) -> Method:
-    """SwAV on ``backbone`` with ``tx`` for ``num_steps`` steps of ``batch_size`` examples, a queue
-    of ``queue_length`` rows (a multiple of the batch) from ``queue_start_step``; the rest are the
-    ``swav`` keys ("prototypes", "kmeans" or "backbone" for ``assignment``; docs/methods.md)."""
+    """SwAV on ``backbone`` with ``tx`` (which freezes params["prototypes"] or not) for
+    ``num_steps`` steps of ``batch_size``; the rest are ``swav`` keys (docs/methods.md)."""
+    check_assignment(assignment, prototypes, num_clusters)
     k, f_dim, num_small = prototypes, feature_dim, num_small_crops
     projection = ProjectionHead(hidden=projection_hidden, out=f_dim,
                                 batch_norm=projection_batch_norm)
@@ -344,7 +353,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
     """SwAV as ``config`` sets it (sections ``model``, ``optim``, ``swav``)."""
-    sw, n, batch_size = config.swav, data_spec.num_examples, config.batch_size
+    sw, batch_size = config.swav, config.batch_size
     assignment = sw.assignment
     if assignment == "auto":
         assignment = "prototypes" if sw.prototypes == config.num_clusters else "kmeans"
@@ -382,7 +391,7 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     # Frozen prototypes get no update at all (no weight decay, no momentum), as in the reference
     # where their gradients are set to None.
     frozen = optim.Group(frozen_steps=config_lib.steps(config, "swav.freeze_prototypes", epoch))
-    return make(backbone=backbone, image_shape=data_spec.input_shape, num_examples=n,
+    return make(backbone=backbone, image_shape=data_spec.input_shape,
                 num_clusters=config.num_clusters, num_steps=num_steps, batch_size=batch_size,
                 tx=optim.make(config.optim, num_steps, groups={"prototypes": frozen}),
                 # The reference rounds the queue down to a multiple of the global batch.
