@@ -214,12 +214,13 @@ def advance_queue(cluster: SwAVState, batch: Batch, outputs: dict, rng: jax.Arra
 
 
 def check_assignment(assignment: str, prototypes: int, num_clusters: int) -> None:
-    """Raises a ValueError unless ``assignment`` is a rule of :data:`RULES` that ``prototypes``
-    and ``num_clusters`` allow ("prototypes" needs as many prototypes as clusters)."""
+    """Raises a ConfigError (a ValueError) unless ``assignment`` is a rule of :data:`RULES` that
+    ``prototypes`` and ``num_clusters`` allow ("prototypes" needs as many prototypes as
+    clusters)."""
     if assignment not in RULES or (assignment == "prototypes" and prototypes != num_clusters):
-        raise ValueError(f"assignment={assignment!r} with {prototypes} prototypes and "
-                         f"{num_clusters} clusters: use 'prototypes' (prototypes = num_clusters), "
-                         "'kmeans' or 'backbone'")
+        raise ConfigError(f"swav.assignment={assignment!r} with {prototypes} prototypes and "
+                          f"num_clusters={num_clusters}: use 'prototypes' (only with prototypes = "
+                          "num_clusters), 'kmeans', 'backbone' or 'auto' (which picks)")
 
 
 def prototype_assignment(params: Params, cluster: SwAVState, features: jax.Array, *,
@@ -367,13 +368,7 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
         "swav.collapse_prototype_fraction": 0 <= sw.collapse_prototype_fraction <= 1,
         "swav.collapse_patience_steps": sw.collapse_patience_steps >= 1,
         "swav.eval_pca_dim": sw.eval_pca_dim >= 1})
-    if assignment not in RULES:
-        raise ConfigError(f"config.swav.assignment={sw.assignment!r}: use 'auto', 'prototypes', "
-                          "'kmeans' or 'backbone'")
-    if assignment == "prototypes" and sw.prototypes != config.num_clusters:
-        raise ConfigError(f"config.swav.assignment='prototypes' needs swav.prototypes = "
-                          f"num_clusters ({sw.prototypes} != {config.num_clusters}); use 'kmeans' "
-                          "or 'auto'")
+    check_assignment(assignment, sw.prototypes, config.num_clusters)
     if 0 < sw.queue_length < batch_size:
         raise ConfigError(f"config.swav.queue_length={sw.queue_length} is shorter than one batch "
                           f"({batch_size}); the queue holds whole batches (0: no queue)")
