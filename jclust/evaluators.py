@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from jclust import data as jdata
+from jclust import loader
 from jclust import distributed
 from jclust import inference
 from jclust import methods as jmethods
@@ -31,7 +31,7 @@ class ClusterEvaluator:
     Args:
       method: the run's method (its assignment rule and pseudo-labels).
       runner: the run's compiled passes.
-      dataset: the training data (labels, when present, are used for ACC/NMI/ARI only).
+      data: the training data (labels, when present, are used for ACC/NMI/ARI only).
       workdir: where ``assignments.npz`` and ``pictures/`` go (None: nowhere).
       writer: the run's metrics writer.
       num_clusters: K.
@@ -40,11 +40,11 @@ class ClusterEvaluator:
       title: of the pictures.
     """
 
-    def __init__(self, method: jmethods.Method, runner: inference.Runner, dataset: jdata.Dataset,
+    def __init__(self, method: jmethods.Method, runner: inference.Runner, data: loader.Loader,
                  workdir: str | None, writer: writers.RunWriter, *, num_clusters: int,
                  pictures_every: int = 0, projection: str = "pca", max_points: int = 5000,
                  seed: int = 0, title: str = ""):
-        self.method, self.runner, self.dataset = method, runner, dataset
+        self.method, self.runner, self.data = method, runner, data
         self.workdir, self.writer, self.num_clusters = workdir, writer, num_clusters
         self.pictures_every, self.title = pictures_every, title
         self.projection, self.max_points, self.seed = projection, max_points, seed
@@ -58,7 +58,7 @@ class ClusterEvaluator:
         evaluation (pictures are always drawn then). Returns the record."""
         labels, confidence = self.runner.assign(state, features)
         record = {"step": step, "phase": phase}
-        true_labels = self.dataset.labels
+        true_labels = self.data.labels
         if true_labels is not None:
             record.update(jmetrics.evaluate(true_labels, labels))
         if true_labels is not None and self.method.training_labels is not None:
@@ -89,8 +89,8 @@ class ClusterEvaluator:
         """Overwrites ``WORKDIR/pictures/*.png``: the assignment's pictures
         (:func:`jclust.viz.write_pictures`) and ``curves.png`` (losses and metrics so far)."""
         out = os.path.join(self.workdir, jworkdir.PICTURES)
-        data = self.dataset
-        viz.write_pictures(out, data.inputs if data.is_image else None, labels, confidence,
+        data = self.data
+        viz.write_pictures(out, data.images(), labels, confidence,
                            features, num_clusters=self.num_clusters, class_labels=data.labels,
                            class_names=data.class_names, title=f"{self.title}, step {step}",
                            projection=self.projection, max_points=self.max_points, seed=self.seed)

@@ -1,6 +1,11 @@
-"""Where a run's data comes from: a config's data source, limited, and optionally encoded by the
-frozen encoder of another run (the DELIUS recipe). The trainer and :mod:`jclust.predict` both load
-data through here.
+"""Where a run's data comes from, and the one seam through which it reaches the trainer, its
+evaluations, :mod:`jclust.predict` and the DELIUS encoder.
+
+:func:`load` reads a config's data source (limited, and optionally encoded by the frozen encoder
+of another run: the DELIUS recipe) into a :class:`Loader`. The loader's users ask it for training
+batches by example index and for the feature pass over every example; none of them indexes the
+data itself, so that a source larger than memory (streamed from TFDS or from files) changes this
+module, not theirs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,85 @@ from jclust import state as jstate
 from jclust import workdir as jworkdir
 
 ENCODED_FEATURES = "encoder_features.npy"
+
+
+class Loader:
+    """A data set as the trainer, the evaluations and predict use it.
+
+    Today the data are in memory (a :class:`jclust.data.Dataset`); examples are named by their
+    index, the row of the arrays.
+
+    Args:
+      dataset: the examples, their labels (if any), names and source.
+    """
+
+    def __init__(self, dataset: jdata.Dataset):
+        self.dataset = dataset
+
+    @property
+    def spec(self) -> jmethods.DataSpec:
+        """What a method may know about the data: N, per-example shape, images or features."""
+        return data_spec_of(self.dataset)
+
+    @property
+    def num_examples(self) -> int:
+        return self.dataset.num_examples
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int32 [N] class labels (for metrics only), or None."""
+        return self.dataset.labels
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each label value, or None."""
+        return self.dataset.class_names
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        """Each example's identifier (file paths for ``folder:``), or None."""
+        return self.dataset.names
+
+    @property
+    def source(self) -> str:
+        return self.dataset.source
+
+    def describe(self) -> str:
+        """One line: source, N, per-example shape, labels."""
+        return jdata.describe(self.dataset)
+
+    def sample(self, size: int) -> np.ndarray:
+        """The inputs [min(size, N), ...] of the first examples: what a model's initialisation
+        needs (shapes and dtype)."""
+        return self.dataset.inputs[:size]
+
+    def batch(self, indices: np.ndarray, neighbours: np.ndarray | None = None) -> dict:
+        """A training batch (host arrays) of the examples ``indices`` [B]: ``x`` [B, ...] and
+        ``index`` int32 [B]; with ``neighbours`` [B] (the sampler's pairs) also ``neighbour_x``
+        and ``neighbour_index``."""
+        batch = {"x": self.dataset.inputs[indices], "index": indices.astype(np.int32)}
+        if neighbours is not None:
+            batch.update(neighbour_x=self.dataset.inputs[neighbours], neighbour_index=neighbours)
+        return batch
+
+    def features(self, runner: inference.Runner, state: jstate.TrainState) -> np.ndarray:
+        """The feature pass: every example embedded by ``state`` in index order -> [N, D] float32
+        (host, whole on every process)."""
+        return runner.features(state, self.dataset.inputs)
+
+    def inputs(self) -> np.ndarray:
+        """Every example's inputs [N, ...]: for a recluster that works in input space (JULE's
+        pixel-space start, NMM's neighbour mining)."""
+        return self.dataset.inputs
+
+    def images(self) -> np.ndarray | None:
+        """Every example's image [N, H, W, C] uint8 for pictures, or None for feature vectors."""
+        return self.dataset.inputs if self.dataset.is_image else None
+
+
+def load(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> Loader:
+    """The :class:`Loader` of ``config.data`` (see :func:`load_dataset`)."""
+    return Loader(load_dataset(config, cache_dir))
 
 
 def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> jdata.Dataset:
@@ -65,12 +149,12 @@ def data_spec_of(dataset: jdata.Dataset) -> jmethods.DataSpec:
                              is_image=dataset.is_image)
 
 
-def freeze_encoded(config: ml_collections.ConfigDict, workdir: str, dataset: jdata.Dataset) -> None:
+def freeze_encoded(config: ml_collections.ConfigDict, workdir: str, data: Loader) -> None:
     """With ``data.encoder_workdir``, saves the encoded features with the run (once), so that a
     resume trains on the same ones even if the encoder run has moved on."""
     path = os.path.join(workdir, ENCODED_FEATURES)
     if config.data.encoder_workdir and not os.path.exists(path):
-        np.save(path, dataset.inputs)
+        np.save(path, data.inputs())
 
 
 def _encoder_run_info(encoder_workdir: str) -> dict:
@@ -98,7 +182,6 @@ def encode_dataset(dataset: jdata.Dataset, encoder_workdir: str, batch_size: int
         raise jdata.DataError(f"images of shape {tuple(dataset.input_shape)} do not match the shape "
                               f"the encoder in {encoder_workdir} was trained on ({spec.input_shape})")
     runner = inference.Runner(method, jstate.make_mesh(), batch_size, spec.num_examples)
-    state = runner.place(state)
-    features = runner.features(state, dataset.inputs).astype(np.float32)
+    features = Loader(dataset).features(runner, runner.place(state)).astype(np.float32)
     return dataclasses.replace(dataset, inputs=features,
                                source=f"{dataset.source} encoded by {encoder_workdir}")

@@ -153,7 +153,12 @@ class Predictor:
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """Features the assignment rule acts on. inputs: [N, ...] or one example -> [N, D] float32."""
         inputs = self.check_inputs(inputs)
-        return self._runner(inputs.shape[0]).features(self.state, inputs).astype(np.float32)
+        return self.embed_data(loader.Loader(jdata.Dataset(inputs, None, None, None, "inputs")))
+
+    def embed_data(self, data: loader.Loader) -> np.ndarray:
+        """The feature pass over a loaded data source -> [N, D] float32."""
+        self.check_inputs(data.sample(1))  # the per-example shape and dtype trained on
+        return data.features(self._runner(data.num_examples), self.state).astype(np.float32)
 
     def assign(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Applies the run's assignment rule.
@@ -165,25 +170,31 @@ class Predictor:
         Returns:
           (labels int32 [N], confidence float32 [N], embeddings float32 [N, D]).
         """
-        features = self.embed(inputs)
+        return self._assign_features(self.embed(inputs))
+
+    def assign_data(self, data: loader.Loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`assign` for a loaded data source (its feature pass runs through the loader)."""
+        return self._assign_features(self.embed_data(data))
+
+    def _assign_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         labels, confidence = self._runner(features.shape[0]).assign(self.state, features)
         return labels.astype(np.int32), confidence.astype(np.float32), features
 
 
-def load_data(predictor: Predictor, source: str, *, limit: int = 0) -> tuple[jdata.Dataset, list[str]]:
+def load_data(predictor: Predictor, source: str, *, limit: int = 0) -> tuple[loader.Loader, list[str]]:
     """Loads ``source`` as the run's model expects it (resized folders, the DELIUS encoder).
 
     Returns:
-      (dataset, warnings): warnings are the loader's messages, e.g. files it skipped.
+      (data, warnings): warnings are the loader's messages, e.g. files it skipped.
     """
     config = ml_collections.ConfigDict(predictor.config.to_dict())
     config.data.source = source
     config.data.limit = limit
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", jdata.DataWarning)
-        dataset = loader.load_dataset(config, cache_dir=None)
+        data = loader.load(config, cache_dir=None)
     messages = [str(w.message) for w in caught if issubclass(w.category, jdata.DataWarning)]
-    return dataset, messages
+    return data, messages
 
 
 def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
@@ -208,39 +219,39 @@ def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
     if out is not None:
         config_lib.check_output_dir(out, "out")  # before the work, so that a bad path costs none
     predictor = predictor or Predictor.from_workdir(workdir)
-    dataset, messages = load_data(predictor, data, limit=limit)
+    examples, messages = load_data(predictor, data, limit=limit)
     for message in messages:
         say(f"warning: {message}")
-    labels, confidence, embeddings = predictor.assign(dataset.inputs)
+    labels, confidence, embeddings = predictor.assign_data(examples)
     k = predictor.config.num_clusters
-    ids = dataset.names or tuple(str(i) for i in range(dataset.num_examples))
+    ids = examples.names or tuple(str(i) for i in range(examples.num_examples))
     summary = {"workdir": os.path.abspath(workdir), "step": predictor.step,
-               "method": predictor.config.method, "data": dataset.source,
-               "num_examples": dataset.num_examples, "num_clusters": k,
+               "method": predictor.config.method, "data": examples.source,
+               "num_examples": examples.num_examples, "num_clusters": k,
                "assignment_rule": predictor.assignment_rule,
                "cluster_sizes": np.bincount(labels, minlength=k).tolist(),
                "mean_confidence": float(np.mean(confidence)), "warnings": messages}
     summary.update(jmetrics.cluster_sizes(labels, k))
     contingency = None
-    if dataset.labels is not None:
-        summary.update(jmetrics.evaluate(dataset.labels, labels))
-        num_classes = int(max(dataset.labels.max() + 1, len(dataset.class_names or ())))
-        contingency = viz.contingency_table(dataset.labels, labels, num_classes, k)
+    if examples.labels is not None:
+        summary.update(jmetrics.evaluate(examples.labels, labels))
+        num_classes = int(max(examples.labels.max() + 1, len(examples.class_names or ())))
+        contingency = viz.contingency_table(examples.labels, labels, num_classes, k)
     prediction = Prediction(ids=ids, labels=labels, confidence=confidence, embeddings=embeddings,
-                            true_labels=dataset.labels, summary=summary, contingency=contingency)
+                            true_labels=examples.labels, summary=summary, contingency=contingency)
     shown = ", ".join(f"{m.upper()}={summary[m]:.4f}" for m in ("acc", "nmi", "ari") if m in summary)
-    say(f"assigned {dataset.num_examples} examples of {dataset.source} with {workdir} (step "
+    say(f"assigned {examples.num_examples} examples of {examples.source} with {workdir} (step "
         f"{predictor.step}): clusters used {summary['clusters_used']}/{k}"
         + (f"; {shown}" if shown else "; no labels, so no ACC/NMI/ARI"))
     if out is not None:
-        write_outputs(out, prediction, dataset, pictures=pictures)
+        write_outputs(out, prediction, examples, pictures=pictures)
         say(f"wrote {out}/assignments.csv, embeddings.npy, summary.json"
             + (", confusion.csv" if contingency is not None else "")
             + (" and pictures" if pictures else ""))
     return prediction
 
 
-def write_outputs(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
+def write_outputs(out: str, prediction: Prediction, examples: loader.Loader, *,
                   pictures: bool = True) -> None:
     """Writes a prediction into ``out``: staged in a temporary folder, then moved in file by file."""
     parent = os.path.dirname(os.path.abspath(out))
@@ -265,12 +276,12 @@ def write_outputs(out: str, prediction: Prediction, dataset: jdata.Dataset, *,
             json.dump(prediction.summary, f, indent=1)
         if pictures:
             viz.write_pictures(
-                stage, dataset.inputs if dataset.is_image else None, prediction.labels,
+                stage, examples.images(), prediction.labels,
                 prediction.confidence, prediction.embeddings,
                 num_clusters=prediction.summary["num_clusters"],
-                class_labels=prediction.true_labels, class_names=dataset.class_names,
+                class_labels=prediction.true_labels, class_names=examples.class_names,
                 title=(f"{prediction.summary['method']} step {prediction.summary['step']} on "
-                       f"{dataset.source}"))
+                       f"{examples.source}"))
         os.makedirs(out, exist_ok=True)
         written = set(os.listdir(stage))
         for name in sorted(written):

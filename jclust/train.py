@@ -21,14 +21,13 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jclust import checkpointing
 from jclust import config_lib
-from jclust import data as jdata
 from jclust import distributed
 from jclust import evaluators
 from jclust import inference
@@ -82,7 +81,7 @@ class _Run(NamedTuple):
     """What the loop's parts share; none of it is reassigned while the run goes on."""
     config: ml_collections.ConfigDict
     workdir: str
-    dataset: jdata.Dataset
+    data: loader.Loader
     method: jmethods.Method
     bounds: list[tuple[int, int]]
     batches: jschedule.BatchSchedule
@@ -117,15 +116,19 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
     if not (due or eval_due):
         return state, None
     run.metrics.flush()  # never cluster or evaluate parameters that already went NaN
-    features = run.runner.features(state, run.dataset.inputs)
+    features = run.data.features(run.runner, state)
+    chex.assert_shape(features, (run.data.num_examples, None))  # the contract's [N, D]
     extra = {}
     if due:
         context = jmethods.ReclusterContext(
             features=features,
             key=jax.random.fold_in(jax.random.fold_in(state.rng, step), RECLUSTER_STREAM),
-            phase=jschedule.phase_at(bounds, step), first=first, inputs=run.dataset.inputs)
+            phase=jschedule.phase_at(bounds, step), first=first, inputs=run.data.inputs())
         params, cluster = distributed.host_side((state.params, state.cluster))
+        before = (params, cluster)
         params, cluster, extra = method.recluster(params, cluster, context)
+        # Values only: the compiled steps and the checkpoints are laid out for the state's shapes.
+        chex.assert_trees_all_equal_shapes_and_dtypes((params, cluster), before)
         params, cluster = distributed.agreed((params, cluster))
         state = run.runner.place(state.replace(params=params, cluster=cluster))
         run.sampler.follow(state.cluster, step)
@@ -136,12 +139,13 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
     if method.evaluation is not None:
         key = jax.random.fold_in(jax.random.fold_in(state.rng, step), EVALUATION_STREAM)
         fitted = method.evaluation.fit(features, distributed.host_side(state.cluster), key)
+        chex.assert_trees_all_equal_shapes_and_dtypes(fitted, state.eval)
         state = run.runner.place(state.replace(eval=distributed.agreed(fitted)))
     final = step >= run.total_steps or method.done(state.cluster)
     record = run.evaluate(state, step, features, phase=run.phase_name(max(step - 1, 0)),
                           extra=extra, final=final)
     run.say(evaluators.eval_line(record, run.config.num_clusters))
-    warning = evaluators.collapse_warning(record, run.config.num_clusters, run.dataset.num_examples)
+    warning = evaluators.collapse_warning(record, run.config.num_clusters, run.data.num_examples)
     if warning:
         run.say(f"warning at step {step}: {warning}")
     return state, record
@@ -166,14 +170,14 @@ def _build(config: ml_collections.ConfigDict, workdir: str):
     the workdir, loads the data, builds the method, its compiled passes and the initial state.
 
     Returns:
-      (dataset, method, runner, initial state on the mesh, imported initial params or None,
+      (data, method, runner, initial state on the mesh, imported initial params or None,
       keys changed since the workdir's run.json).
     """
     config_lib.validate(config, jmethods.REGISTRY)
     config_lib.check_output_dir(workdir, "workdir")
     changed, trained_on = jworkdir.check_resume(config, workdir)  # before any restore or write
-    dataset = loader.load_dataset(config, cache_dir=workdir)
-    spec = loader.data_spec_of(dataset)
+    data = loader.load(config, cache_dir=workdir)
+    spec = data.spec
     jworkdir.check_same_data(trained_on, spec, workdir)
     mesh = jstate.make_mesh()
     if config.batch_size % mesh.size:
@@ -181,10 +185,10 @@ def _build(config: ml_collections.ConfigDict, workdir: str):
                                      f"the number of devices ({mesh.size})")
     method = jmethods.from_config(config, spec)
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
-    state = jstate.init_state(method, config.seed, dataset.inputs[:config.batch_size])
+    state = jstate.init_state(method, config.seed, data.sample(config.batch_size))
     initial_params = (jworkdir.import_params(config.init_params, state.params)
                       if config.init_params else None)
-    return dataset, method, runner, runner.place(state), initial_params, changed
+    return data, method, runner, runner.place(state), initial_params, changed
 
 
 def _restore(checkpoints: Checkpoints, state: jstate.TrainState, changed: list[str],
@@ -207,14 +211,14 @@ def _restore(checkpoints: Checkpoints, state: jstate.TrainState, changed: list[s
 
 def _banner(run: _Run, state: jstate.TrainState) -> None:
     mesh = run.runner.mesh
-    run.say(f"jclust {run.config.method}: {jdata.describe(run.dataset)}; {mesh.size} device(s) "
+    run.say(f"jclust {run.config.method}: {run.data.describe()}; {mesh.size} device(s) "
             f"({jax.default_backend()}); {run.total_steps} steps at most in phases "
             + ", ".join(f"{p.name}={p.num_steps}" for p in run.method.phases))
     run.say(f"assignment rule: {run.method.assignment_rule}")
     placement = jstate.sharding_summary(run.method, mesh, state)
     if placement:
         run.say(placement)
-    if run.dataset.labels is None:
+    if run.data.labels is None:
         run.say("note: the data has no labels, so ACC/NMI/ARI are skipped (training is unaffected)")
 
 
@@ -245,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if primary:
             print(text, file=out, flush=True)
 
-    dataset, method, runner, state, initial_params, changed = _build(config, workdir)
+    data, method, runner, state, initial_params, changed = _build(config, workdir)
 
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
@@ -253,8 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     checkpoints = Checkpoints(workdir, config.keep_checkpoints, warn=say)
     restored = _restore(checkpoints, state, changed, workdir)
     if primary:  # run.json describes what the checkpoints hold: written once they are known to match
-        jworkdir.write_run_info(workdir, config, loader.data_spec_of(dataset), dataset.source)
-        loader.freeze_encoded(config, workdir, dataset)
+        jworkdir.write_run_info(workdir, config, data.spec, data.source)
+        loader.freeze_encoded(config, workdir, data)
     if restored is not None:
         state = runner.place(restored[0])
         checkpoints.last_saved = int(state.step)
@@ -265,19 +269,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     writer = writers.RunWriter(workdir, checkpoints.last_saved, tensorboard=config.tensorboard,
                                write=primary)
     bounds = jschedule.phase_bounds(method)
-    batches = jschedule.BatchSchedule(dataset.num_examples, config.batch_size, config.seed,
+    batches = jschedule.BatchSchedule(data.num_examples, config.batch_size, config.seed,
                                       config.data.shuffle)
     run = _Run(
-        config=config, workdir=workdir, dataset=dataset, method=method, bounds=bounds,
+        config=config, workdir=workdir, data=data, method=method, bounds=bounds,
         batches=batches,
         eval_every=config_lib.steps(config, "eval_every", batches.steps_per_epoch, default=0),
         sampler=jschedule.Sampler(method, batches, config.seed, state.cluster),
-        runner=runner, train_steps=jstate.jit_train_steps(method, runner.mesh, dataset.num_examples),
+        runner=runner, train_steps=jstate.jit_train_steps(method, runner.mesh, data.num_examples),
         evaluate=evaluators.ClusterEvaluator(
-            method, runner, dataset, workdir if primary else None, writer,
+            method, runner, data, workdir if primary else None, writer,
             num_clusters=config.num_clusters, pictures_every=config.pictures.every_evals,
             projection=config.pictures.projection, max_points=config.pictures.max_points,
-            seed=config.seed, title=f"{config.method} on {dataset.source}"),
+            seed=config.seed, title=f"{config.method} on {data.source}"),
         metrics=monitor.StepMetrics(lambda s: method.phases[jschedule.phase_at(bounds, s)].name,
                                     checkpoints.kept),
         checkpoints=checkpoints, writer=writer, say=say)
@@ -318,11 +322,8 @@ def _train(run: _Run, state: jstate.TrainState, resumed: bool, initial_params,
         phase_index = jschedule.phase_at(bounds, step)
         phase = method.phases[phase_index].name
         indices, neighbours = run.sampler.batch(step)
-        mine = indices[rows[0]:rows[1]]  # the rows of the batch this process supplies
-        batch = {"x": run.dataset.inputs[mine], "index": mine.astype(np.int32)}
-        if neighbours is not None:
-            theirs = neighbours[rows[0]:rows[1]]
-            batch.update(neighbour_x=run.dataset.inputs[theirs], neighbour_index=theirs)
+        mine = slice(*rows)  # the rows of the batch this process supplies
+        batch = run.data.batch(indices[mine], None if neighbours is None else neighbours[mine])
         state, metrics = run.train_steps[phase_index](
             state, run.runner.put_batch(batch, config.batch_size))
         run.metrics.add(step, metrics)

@@ -19,7 +19,7 @@ MAY_IMPORT = {
     "workdir": {"checkpointing", "config_lib", "data", "methods"},
     "inference": {"checkpointing", "config_lib", "distributed", "methods", "state", "workdir"},
     "loader": {"checkpointing", "config_lib", "data", "inference", "methods", "state", "workdir"},
-    "evaluators": {"data", "distributed", "inference", "methods", "metrics", "state", "viz",
+    "evaluators": {"distributed", "inference", "loader", "methods", "metrics", "state", "viz",
                    "workdir", "writers"},
     "predict": {"checkpointing", "config_lib", "data", "inference", "loader", "methods",
                 "metrics", "state", "viz"},

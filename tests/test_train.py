@@ -1,5 +1,7 @@
 """The trainer end to end on real data (digits): metrics, resume, DELIUS, bad input, devices."""
 
+import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -57,6 +59,49 @@ def test_end_to_end_writes_metrics_and_checkpoint(reference_run):
     labels, confidence = runner.assign(state, runner.features(state, dataset.inputs))
     assert np.isclose(metrics.accuracy(dataset.labels, labels), final["acc"])
     assert np.all((confidence > 0) & (confidence <= 1))
+
+
+def test_the_trainer_reads_its_data_only_through_the_loader(reference_run, tmp_path, monkeypatch):
+    """The data seam: a loader over a read-only memory-mapped file (the stand-in for a data set
+    larger than memory) trains to the very same parameters and final record; every batch and
+    feature pass went through the loader's methods."""
+    ref_dir, ref_final = reference_run
+    in_memory = loader.load_dataset(tiny_config())
+    np.save(tmp_path / "inputs.npy", in_memory.inputs)
+    mapped = dataclasses.replace(in_memory, inputs=np.load(tmp_path / "inputs.npy", mmap_mode="r"))
+    calls = collections.Counter()
+
+    class MappedLoader(loader.Loader):
+        def batch(self, indices, neighbours=None):
+            calls["batch"] += 1
+            return super().batch(indices, neighbours)
+
+        def features(self, runner, state):
+            calls["features"] += 1
+            return super().features(runner, state)
+
+    monkeypatch.setattr(loader, "load", lambda config, cache_dir=None: MappedLoader(mapped))
+    workdir = str(tmp_path / "run")
+    final = train.train_and_evaluate(tiny_config(), workdir)
+    assert calls["batch"] == 64 and calls["features"] >= 2  # 64 steps; the recluster, evaluations
+    assert {k: v for k, v in final.items() if k != "time"} == {
+        k: v for k, v in ref_final.items() if k != "time"}
+    for ours, theirs in zip(final_params(workdir)[0], final_params(ref_dir)[0]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_loader_batch_holds_the_examples_and_their_neighbours():
+    dataset = loader.load_dataset(tiny_config())
+    data = loader.Loader(dataset)
+    indices, neighbours = np.array([5, 0, 7]), np.array([1, 5, 2])
+    batch = data.batch(indices)
+    assert set(batch) == {"x", "index"} and batch["index"].dtype == np.int32
+    np.testing.assert_array_equal(batch["x"], dataset.inputs[indices])
+    batch = data.batch(indices, neighbours)
+    np.testing.assert_array_equal(batch["neighbour_x"], dataset.inputs[neighbours])
+    np.testing.assert_array_equal(batch["neighbour_index"], neighbours)
+    assert data.spec == loader.data_spec_of(dataset) and data.images().shape == (256, 8, 8, 1)
+    np.testing.assert_array_equal(data.sample(3), dataset.inputs[:3])
 
 
 def test_rerun_of_finished_workdir_resumes_without_training(reference_run, capsys):
