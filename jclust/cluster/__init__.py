@@ -1,5 +1,5 @@
 """Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
-nearest-neighbour graphs, average linkage, spectral clustering."""
+nearest-neighbour graphs, average linkage, spectral clustering, triangle encoding."""
 
 from jclust.cluster.em import EMOutput
 from jclust.cluster.em import expected_complete_log_likelihood
@@ -30,6 +30,8 @@ from jclust.cluster.sinkhorn import sinkhorn_knopp
 from jclust.cluster.spectral import SpectralOutput
 from jclust.cluster.spectral import spectral_clustering
 from jclust.cluster.spectral import spectral_embedding
+from jclust.cluster.triangle import centroid_distances
+from jclust.cluster.triangle import triangle_encode
 
 __all__ = [
     "AffinityGraph",
@@ -47,6 +49,7 @@ __all__ = [
     "SinkhornOutput",
     "SpectralOutput",
     "assign",
+    "centroid_distances",
     "average_linkage",
     "fit_whitening",
     "kmeans",
@@ -60,5 +63,6 @@ __all__ = [
     "sinkhorn_knopp",
     "spectral_clustering",
     "spectral_embedding",
+    "triangle_encode",
     "whiten",
 ]

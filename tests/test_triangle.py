@@ -1,0 +1,80 @@
+"""Triangle encoding (Coates, Lee & Ng 2011) by hand, against a float64 NumPy reference, jitted
+and not.
+
+Tolerance: the reference is computed in float64 from the same float32 inputs; the largest
+relative drift measured (AMD EPYC Zen 4, 2026-12-04; max |got - want| / max |want|) was 1.7e-7
+for 1280-d non-negative features with k-means centroids (some examples are their own cluster's
+centroid: distance 0); RTOL = 5e-6 is 30 times that. The expanded distance
+|x|^2 - 2x.c + |c|^2 fails it (9e-4: cancellation at small distances).
+"""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from absl.testing import absltest
+
+from jclust.cluster import centroid_distances, kmeans, triangle_encode
+
+RTOL = 5e-6
+
+
+def numpy_triangle(x, centroids):
+    """f_k = max(0, mean_j z_j - z_k), z_k = ||x - c_k||, in float64."""
+    x, centroids = np.asarray(x, np.float64), np.asarray(centroids, np.float64)
+    z = np.sqrt(((x[:, None, :] - centroids[None]) ** 2).sum(-1))
+    return np.maximum(z.mean(1, keepdims=True) - z, 0.0)
+
+
+def relative_drift(got, want):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
+
+
+def test_hand_computed_one_dimension():
+    # x = 0 against centroids at -1, 2 and 6: z = (1, 2, 6), mean 3 -> codes (2, 1, 0).
+    codes = triangle_encode(np.zeros((1, 1), np.float32), np.array([[-1.0], [2.0], [6.0]],
+                                                                     np.float32))
+    np.testing.assert_allclose(codes, [[2.0, 1.0, 0.0]], atol=1e-6)
+    # Equidistant centroids: every z equals the mean, the code is all zeros.
+    codes = triangle_encode(np.zeros((1, 2), np.float32),
+                            np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32))
+    np.testing.assert_allclose(codes, 0.0, atol=1e-6)
+
+
+def test_zeros_and_the_mean_property():
+    """sum_k (mean z - z_k) = 0: the positive codes sum to the total of the negative parts, and
+    every centroid farther than the mean distance is coded 0."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    centroids = rng.normal(size=(12, 8)).astype(np.float32)
+    codes = np.asarray(triangle_encode(x, centroids), np.float64)
+    z = np.asarray(centroid_distances(x, centroids), np.float64)
+    unclipped = z.mean(1, keepdims=True) - z
+    np.testing.assert_allclose(unclipped.sum(1), 0.0, atol=1e-5)
+    assert np.all(codes[z > z.mean(1, keepdims=True)] == 0.0)
+    np.testing.assert_allclose(codes.sum(1), np.maximum(-unclipped, 0).sum(1), rtol=1e-5)
+    assert np.all((codes > 0).sum(1) <= 11)  # never all K positive (K - 1 at most)
+
+
+def test_bad_shapes_are_errors():
+    with pytest.raises(ValueError, match="same D|centroids"):
+        triangle_encode(np.zeros((3, 4), np.float32), np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="K >= 2"):
+        triangle_encode(np.zeros((3, 4), np.float32), np.zeros((1, 4), np.float32))
+
+
+class TriangleVariants(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_the_float64_reference_on_k_means_centroids(self):
+        rng = np.random.default_rng(1)
+        x = np.abs(rng.normal(size=(300, 1280))).astype(np.float32)  # ReLU-like deep features
+        centroids = kmeans(x, 16, key=jax.random.PRNGKey(0), n_init=1,
+                           max_iter=20).centroids
+        codes = self.variant(triangle_encode)(x, centroids)
+        chex.assert_shape(codes, (300, 16))
+        assert relative_drift(codes, numpy_triangle(x, centroids)) <= RTOL
+
+
+if __name__ == "__main__":
+    absltest.main()
