@@ -1,4 +1,4 @@
-"""Clustering evaluation metrics (host-side NumPy/SciPy)."""
+"""Evaluation metrics: clustering (host-side NumPy/SciPy) and the linear probe (jax.numpy)."""
 
 from jclust.metrics.clustering import accuracy
 from jclust.metrics.clustering import ari
@@ -7,5 +7,10 @@ from jclust.metrics.clustering import contingency
 from jclust.metrics.clustering import evaluate
 from jclust.metrics.clustering import nmi
 from jclust.metrics.clustering import purity
+from jclust.metrics.probe import ProbeOutput
+from jclust.metrics.probe import linear_probe
 
-__all__ = ["accuracy", "ari", "cluster_sizes", "contingency", "evaluate", "nmi", "purity"]
+__all__ = [
+    "ProbeOutput", "accuracy", "ari", "cluster_sizes", "contingency", "evaluate", "linear_probe",
+    "nmi", "purity",
+]
