@@ -467,7 +467,7 @@ def validate(config: ml_collections.ConfigDict, methods: Collection[str]) -> Non
                           "use 'pca' or 'tsne'")
     for key, valid in (("conv_impl", ("auto", "native", "im2col")),
                        ("compute_dtype", ("float32", "bfloat16"))):
-        if key in config.model and config.model[key] not in valid:
+        if key in config.get("model", {}) and config.model[key] not in valid:
             raise ConfigError(f"config.model.{key}={config.model[key]!r}; use one of "
                               f"{', '.join(valid)}")
     shape = tuple(config.data.image_shape)

@@ -355,11 +355,13 @@ def _train(run: _Run, state: jstate.TrainState, resumed: bool, initial_params,
         if step % config.checkpoint_every_steps == 0 or phase_end or done:
             save(run, state, step)
         stopped = stop.should_stop()
+    if not stopped and (not last_record or last_record.get("step") != step):
+        # A run without training steps (every phase's end is evaluated in the loop): the
+        # evaluation's fit is part of the state saved below, which predict applies.
+        state, last_record = recluster_and_evaluate(run, state, step, force_eval=True,
+                                                    allow_recluster=False)
     if run.checkpoints.last_saved != step:
         save(run, state, step)
-    if not stopped and (not last_record or last_record.get("step") != step):
-        _, last_record = recluster_and_evaluate(run, state, step, force_eval=True,
-                                                allow_recluster=False)
     # Every process leaves together: one that exits while process 0 is still writing its files
     # could see the coordination service go away under it.
     distributed.barrier("jclust:done")

@@ -78,3 +78,74 @@ class TriangleVariants(chex.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+# The method: k-means codebooks per layer, fused triangle codes, K clusters (no training step).
+
+
+@pytest.fixture(scope="module")
+def digits_features(tmp_path_factory):
+    """scikit-learn's digits as 64-d feature vectors in an npz, read as two 'layers' of 32."""
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path_factory.mktemp("tri") / "digits.npz"
+    np.savez(path, feature=x.astype(np.float32), label=y)
+    return str(path), x.astype(np.float32), y
+
+
+def _triangle_config(source, **overrides):
+    from jclust import config_lib
+    from tests.conftest import ROOT
+    import os
+    config = config_lib.load_config(os.path.join(ROOT, "configs", f"triangle.py:npz:{source}"))
+    return config_lib.apply_overrides(config, {"triangle.layer_widths": (32, 32),
+                                               "triangle.codebook_sizes": (16, 24), **overrides})
+
+
+def test_method_end_to_end_its_fused_codes_and_predict(digits_features, tmp_path):
+    from jclust import inference, predict, train
+    from jclust.methods import triangle
+    path, x, y = digits_features
+    workdir = str(tmp_path / "run")
+    final = train.train_and_evaluate(_triangle_config(path), workdir)
+    assert final["step"] == 0 and final["acc"] > 0.5  # 10 digit classes, chance 0.1
+    _, method, state, _ = inference.load_run(workdir)
+    fitted = jax.device_get(state.eval)
+    np.testing.assert_allclose(fitted.mean, x.mean(0), rtol=1e-5, atol=1e-4)
+    assert [c.shape for c in fitted.codebooks] == [(16, 32), (24, 32)]
+    # The fused code again in float64 NumPy from the fitted codebooks: blocks of unit norm.
+    standard = (x - fitted.mean) / fitted.scale
+    blocks = [numpy_triangle(standard[:, s], c) for s, c in
+              zip(triangle.layer_slices((32, 32)), fitted.codebooks)]
+    codes = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks], 1)
+    ours = np.asarray(triangle.fused_codes(fitted, x, (32, 32)), np.float64)
+    assert relative_drift(ours, codes) <= RTOL
+    np.testing.assert_allclose(np.linalg.norm(ours[:, :16], axis=1), 1.0, rtol=1e-5)
+    # The assignment is the nearest centroid by cosine; predict reproduces the evaluation.
+    labels = np.argmax(codes / np.linalg.norm(codes, axis=1, keepdims=True)
+                       @ np.asarray(fitted.centroids, np.float64).T, axis=1)
+    prediction = predict.predict(workdir, f"npz:{path}")
+    assert np.mean(prediction.labels == labels) > 0.999  # ties at float32 rounding, if any
+    assert prediction.summary["acc"] == pytest.approx(final["acc"])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"triangle.layer_widths": (30, 30)}, "sum to 60"),
+    ({"triangle.codebook_sizes": (16,)}, "one size >= 2 per layer"),
+    ({"triangle.codebook_sizes": (16, 1)}, "one size >= 2 per layer"),
+    ({"triangle.codebook_sizes": (16, 5000)}, "more centroids than"),
+    ({"triangle.n_init": 0}, "n_init must be >= 1"),
+])
+def test_bad_triangle_configs_are_config_errors(digits_features, tmp_path, overrides, match):
+    from jclust import config_lib, train
+    with pytest.raises(config_lib.ConfigError, match=match):
+        train.train_and_evaluate(_triangle_config(digits_features[0], **overrides),
+                                 str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_images_are_refused_with_the_fix(tmp_path):
+    from jclust import config_lib, train
+    config = _triangle_config("unused", **{"data.source": "digits", "data.image_shape": (8, 8, 1)})
+    with pytest.raises(config_lib.ConfigError, match="data.backbone"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
