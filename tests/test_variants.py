@@ -20,6 +20,7 @@ from absl.testing import absltest
 from jclust.cluster import em, l2_normalize, sinkhorn_knopp
 from jclust.cluster.pca import fit_whitening, whiten
 from jclust.methods import dec, losses, swav
+from tests.test_sinkhorn import numpy_sinkhorn as ref_sinkhorn
 
 RTOL = 2e-5
 WHITEN_RTOL = 1e-4
@@ -61,16 +62,6 @@ def ref_swapped_prediction(scores, codes, temperature):
             if v != s:
                 total += np.mean(-(codes[s] * log_p[v]).sum(-1))
     return total / (num_assign * (num_views - 1))
-
-
-def ref_sinkhorn(scores, epsilon, num_iters):
-    q = np.exp(scores / epsilon).T
-    q /= q.sum()
-    k, b = q.shape
-    for _ in range(num_iters):
-        q /= q.sum(axis=1, keepdims=True) * k
-        q /= q.sum(axis=0, keepdims=True) * b
-    return (q * b).T
 
 
 def ref_responsibilities(log_densities, log_weights):
