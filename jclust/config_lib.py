@@ -43,8 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     # DELIUS recipe: a jclust workdir whose trained encoder turns the images into features first.
     c.data.encoder_workdir = ""
     # Or a pretrained network's features of the images (jclust/features.py, docs/pretrained.md):
-    # the method then sees float32 [N, sum of the layers' widths] (several layers: each
-    # L2-normalised). folder: images are decoded in ImageNet's evaluation view (centre crop) at
+    # the method then sees float32 [N, sum of the layers' widths]. folder: images are decoded in ImageNet's evaluation view (centre crop) at
     # image_size; images in memory are resized whole; data.image_shape is then not used.
     c.data.backbone = ml_collections.ConfigDict()
     c.data.backbone.name = ""  # "" (none) | efficientnet_lite0
@@ -52,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.backbone.layers = ("pooled",)  # e.g. ("group5", "pooled")
     c.data.backbone.image_size = 224  # Lite0 was trained at 224x224
     c.data.backbone.batch_size = 64  # images per extraction batch over all devices
+    # Several layers: each L2-normalised before concatenation (False: as they are, e.g. for the
+    # triangle method, which standardises each layer itself).
+    c.data.backbone.normalize_layers = True
     # Where extracted features are cached ("": WORKDIR/features); one folder may serve several
     # runs and methods on the same data.
     c.data.feature_cache = ""

@@ -247,10 +247,12 @@ def load(source: str, spec: features.Spec, *, limit: int = 0, data_dir: str | No
     if extracted.skipped:
         jdata.warn_skipped(src.folder, [f"{src.names[row]} ({why})"
                                         for row, why in extracted.skipped.items()])
-    dataset = src.build(extracted.kept, features.combine(extracted.features, spec.layers))
+    dataset = src.build(extracted.kept, features.combine(extracted.features, spec.layers,
+                                                          spec.normalize_layers))
     record = {"key": key, "backbone": spec.name, "weights": resolved.weights,
               "weights_sha256": what["weights_sha256"], "layers": resolved.widths,
               "image_size": spec.image_size, "version": what["version"], "file": path,
-              "combined": "as is" if len(spec.layers) == 1 else "each layer L2-normalised"}
+              "combined": ("each layer L2-normalised" if len(spec.layers) > 1
+                           and spec.normalize_layers else "as is")}
     described = f"{source} as {spec.name} {'+'.join(spec.layers)} features at {spec.image_size}px"
     return Loaded(dataclasses.replace(dataset, source=described), record, extracted, what)

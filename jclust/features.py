@@ -79,12 +79,15 @@ class Spec:
       layers: the layers whose features are returned, e.g. ("pooled",) or ("group5", "pooled").
       image_size: the network's input is image_size x image_size (Lite0 was trained at 224).
       batch_size: images per batch over all devices (how, not what: not part of the key).
+      normalize_layers: with several layers, each L2-normalised before they are concatenated
+        (:func:`combine`; applied after the cache, not part of its key).
     """
     name: str
     weights: str = ""
     layers: tuple[str, ...] = ("pooled",)
     image_size: int = 224
     batch_size: int = 64
+    normalize_layers: bool = True
 
 
 def spec_from_config(section: ml_collections.ConfigDict | None) -> Spec | None:
@@ -93,7 +96,7 @@ def spec_from_config(section: ml_collections.ConfigDict | None) -> Spec | None:
     if section is None or not section.name:
         return None
     return Spec(section.name, section.weights, tuple(section.layers), int(section.image_size),
-                int(section.batch_size))
+                int(section.batch_size), bool(section.get("normalize_layers", True)))
 
 
 class Resolved(NamedTuple):
@@ -295,17 +298,21 @@ def extract(images, spec: Spec, *, limit: int = 0, mesh: Mesh | None = None,
                      {row: why for row, why in sorted(skipped.items()) if row < end}, n)
 
 
-def combine(features: dict[str, np.ndarray], layers: Sequence[str]) -> np.ndarray:
-    """The inputs of a method: one layer's features as they are; several layers each
-    L2-normalised per example, then concatenated -> [N, sum D] float32.
+def combine(features: dict[str, np.ndarray], layers: Sequence[str],
+            normalize: bool = True) -> np.ndarray:
+    """The inputs of a method: the layers' features concatenated in ``layers``' order -> [N, sum
+    D] float32; one layer as it is, several each L2-normalised per example first unless
+    ``normalize`` is False.
 
     Several layers differ in scale by orders of magnitude (the pooled head's ReLU6 averages
     against a mid-level block's BatchNorm outputs) and in width (1280 against 112): normalised,
     each layer weighs the same in a distance whatever its scale, and a method sees the features'
-    directions, which are what a pretrained network's similarity lives in.
+    directions, which are what a pretrained network's similarity lives in. A method that treats
+    each layer on its own (the triangle method standardises each) may want them as they are.
     """
     if len(layers) == 1:
         return np.asarray(features[layers[0]], np.float32)
-    parts = [f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-             for f in (features[layer].astype(np.float32) for layer in layers)]
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    parts = [np.asarray(features[layer], np.float32) for layer in layers]
+    if normalize:
+        parts = [f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in parts]
+    return np.concatenate(parts, axis=1)

@@ -161,7 +161,7 @@ class Predictor:
             return images
         images = images[None] if images.ndim == 3 else images
         extracted = features.extract(jdata.ArrayImages(images), spec, say=lambda _: None)
-        return features.combine(extracted.features, spec.layers)
+        return features.combine(extracted.features, spec.layers, spec.normalize_layers)
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """Features the assignment rule acts on. inputs: [N, ...] or one example -> [N, D] float32

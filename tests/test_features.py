@@ -252,6 +252,9 @@ def test_layers_and_sources_in_memory(tiny):
     np.testing.assert_allclose(np.linalg.norm(combined[:, :8], axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(combined[:, 8:], axis=1), 1, rtol=1e-6)
     assert features.combine(one.features, ("pooled",)) is one.features["pooled"]
+    np.testing.assert_array_equal(
+        features.combine(one.features, ("pooled", "group1"), normalize=False),
+        np.concatenate([one.features["pooled"], one.features["group1"]], axis=1))
     # The same pixels resized beforehand to 32x32 RGB (where the pass resizes nothing) give the
     # same features.
     resized = np.asarray(features.resize_images(jnp.asarray(grey), 32))
@@ -334,7 +337,9 @@ def test_the_cache_is_read_on_a_rerun_and_keyed_by_all_that_makes_the_features(
     np.testing.assert_array_equal(again.dataset.inputs, first.dataset.inputs)
     assert again.dataset.names == first.dataset.names
     np.testing.assert_array_equal(again.dataset.labels, first.dataset.labels)
-    assert load(batch_size=5).record["key"] == first.record["key"]  # how, not what
+    # How, not what: the batch, and how layers are combined (after the cache).
+    assert load(batch_size=5, normalize_layers=False).record["key"] == first.record["key"]
+    assert len(extractions) == 1
 
     keys = {first.record["key"]}
 
