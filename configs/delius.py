@@ -1,18 +1,31 @@
-"""DELIUS recipe: DEC on features of a frozen encoder, for image collections such as paintings.
+"""DELIUS as its paper runs it: DEC on the features of a pretrained CNN (Castellano & Vessio).
 
-Either pre-computed features in an ``.npz`` (array ``feature`` [N, D], optional ``label``/``name``):
+  python -m jclust.main --config=configs/delius.py:folder:/data/paintings --workdir=runs/paintings
+
+Arg (after the first colon): the data source, any image source (``folder:DIR``, ``fashion_mnist``,
+``tfds:NAME``, ``idx:DIR``, an ``npz:`` of images with ``--config.data.backbone.name=
+efficientnet_lite0``). Its images become EfficientNet-Lite0's pooled 1280-d head with ImageNet
+weights (``data.backbone``; a folder's files in ImageNet's evaluation view at 224x224: the
+central 224/256 of the shorter side; docs/pretrained.md), extracted once and cached in
+``WORKDIR/features`` (``--config.data.feature_cache=DIR`` shares them between runs and methods).
+The paper used VGG16's last convolutional block; Lite0 is jclust's pretrained network.
+
+The earlier DELIUS inputs still work. Pre-computed features in an ``.npz`` (array ``feature``
+[N, D], optional ``label``/``name``; no backbone then):
 
   python -m jclust.main --config=configs/delius.py:npz:/data/art_features.npz --workdir=runs/art
 
-or a folder of images encoded by a trained jclust run's encoder (the images are resized to the
-shape that encoder was trained on):
+or the images encoded by a trained jclust run's encoder (resized to the shape it was trained on),
+in place of the backbone:
 
   python -m jclust.main --config=configs/delius.py:folder:/data/paintings \
-      --config.data.encoder_workdir=runs/dec --workdir=runs/paintings
+      --config.data.backbone.name= --config.data.encoder_workdir=runs/dec --workdir=runs/paint
 
-Arg (after the first colon): the data source. Defaults follow Castellano & Vessio's notebook:
-autoencoder D-500-500-2000-10 trained 200 epochs with Adam, then DEC with Adam, update interval
-140, at most 8000 steps, tol 0.001.
+Defaults follow Castellano & Vessio's notebook: autoencoder D-500-500-2000-10 (D = 1280 here: its
+first layer narrows 2.6x, as 784 -> 500 does for MNIST pixels, and 10 embedding dimensions as
+for every DEC data set), trained 200 epochs with Adam, then DEC with Adam, update interval 140,
+at most 8000 steps, tol 0.001. Without an argument: Fashion-MNIST's 70,000 images through Lite0
+(each 28x28 image resized to 224x224 on the devices, a batch at a time).
 """
 
 from jclust import config_lib
@@ -21,8 +34,14 @@ from jclust import config_lib
 def get_config(arg: str = ""):
     config = config_lib.load_sibling(__file__, "dec.py")
     config.method = "dec"
-    config.data.source = arg or "npz:features.npz"
+    config.data.source = arg or "fashion_mnist"
+    if not config.data.source.startswith("npz:"):
+        config.data.backbone.name = "efficientnet_lite0"
+        config.data.backbone.layers = ("pooled",)
+        config.data.backbone.image_size = 224
     config.num_clusters = 10
+    config.model.hidden = (500, 500, 2000)
+    config.model.embed_dim = 10
     config.pretrain.epochs = 200
     config.pretrain.optimizer = "adam"
     config.pretrain.learning_rate = 1e-3

@@ -42,6 +42,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
     # DELIUS recipe: a jclust workdir whose trained encoder turns the images into features first.
     c.data.encoder_workdir = ""
+    # Or a pretrained network's features of the images (jclust/features.py, docs/pretrained.md):
+    # the method then sees float32 [N, sum of the layers' widths]. folder: images are decoded in ImageNet's evaluation view (centre crop) at
+    # image_size; images in memory are resized whole; data.image_shape is then not used.
+    c.data.backbone = ml_collections.ConfigDict()
+    c.data.backbone.name = ""  # "" (none) | efficientnet_lite0
+    c.data.backbone.weights = ""  # the weights file ("": the installed package's)
+    c.data.backbone.layers = ("pooled",)  # e.g. ("group5", "pooled")
+    c.data.backbone.image_size = 224  # Lite0 was trained at 224x224
+    c.data.backbone.batch_size = 64  # images per extraction batch over all devices
+    # Several layers: each L2-normalised before concatenation (False: as they are, e.g. for the
+    # triangle method, which standardises each layer itself).
+    c.data.backbone.normalize_layers = True
+    # Where extracted features are cached ("": WORKDIR/features); one folder may serve several
+    # runs and methods on the same data.
+    c.data.feature_cache = ""
 
     # A params file exported by another run at the end of a phase (WORKDIR/params_<phase>.msgpack),
     # loaded into a fresh run before training, e.g. IDEC on DEC's pretrained autoencoder with
@@ -72,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
 # arrays, their shapes and meaning), the data and every train step as they were. They set when
 # things are logged, saved, evaluated or drawn; how an evaluation reads the state out (the
 # method refits its evaluation state at the next evaluation); how the same computation is run
-# (feature passes' batch, the convolution's implementation, where TFDS data lives); and
+# (feature passes' batch, the convolution's implementation, where TFDS data lives, the feature
+# extraction's batch and cache folder: a run trains on the features frozen in its workdir); and
 # init_params, which a resume ignores. Any other key (model, data, seed, batch size, optimiser,
 # schedule, clustering...) makes a different run, which needs a new workdir.
 RESUMABLE_KEYS = frozenset({
@@ -80,6 +96,7 @@ RESUMABLE_KEYS = frozenset({
     "keep_checkpoints",
     "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
     "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
+    "data.backbone.batch_size", "data.feature_cache",
     "jule.evaluation", "jule.spectral_neighbours", "deepcluster.eval_n_init",
     "deepclusterv2.eval_n_init", "odc.eval_n_init", "swav.eval_n_init",
 })
@@ -473,3 +490,28 @@ def validate(config: ml_collections.ConfigDict, methods: Collection[str]) -> Non
     shape = tuple(config.data.image_shape)
     if len(shape) != 3 or min(shape) <= 0:
         raise ConfigError(f"config.data.image_shape must be (H, W, C) with positive sizes, got {shape}")
+    _validate_backbone(config.data)
+
+
+def _validate_backbone(data: ml_collections.ConfigDict) -> None:
+    """The data.backbone section's values (its name and layers are checked against the network
+    by jclust.features.resolve, which knows them)."""
+    backbone = data.backbone
+    if not backbone.name:
+        return
+    if data.encoder_workdir:
+        raise ConfigError(f"config.data.encoder_workdir and config.data.backbone.name="
+                          f"{backbone.name!r} are both set, and a run's images are encoded by one "
+                          "network: set --config.data.backbone.name= to use the encoder run, or "
+                          "--config.data.encoder_workdir= for the backbone")
+    layers = tuple(backbone.layers)
+    if not layers or len(set(layers)) != len(layers) or not all(
+            isinstance(layer, str) and layer for layer in layers):
+        raise ConfigError(f"config.data.backbone.layers={layers} must name one or more distinct "
+                          "layers, e.g. ('pooled',) or ('group5', 'pooled')")
+    if backbone.image_size < 32:
+        raise ConfigError(f"config.data.backbone.image_size={backbone.image_size} is below 32, "
+                          "the network's total stride; Lite0 was trained at 224")
+    if backbone.batch_size <= 0:
+        raise ConfigError(f"config.data.backbone.batch_size must be positive, got "
+                          f"{backbone.batch_size}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -19,6 +21,8 @@ import numpy as np
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
+from jclust import feature_cache
+from jclust import features as jfeatures
 from jclust import inference
 from jclust import methods as jmethods
 from jclust import state as jstate
@@ -35,10 +39,22 @@ class Loader:
 
     Args:
       dataset: the examples, their labels (if any), names and source.
+      features: with ``data.backbone``, what :func:`jclust.feature_cache.load` returned, else None.
     """
 
-    def __init__(self, dataset: jdata.Dataset):
+    def __init__(self, dataset: jdata.Dataset, features: feature_cache.Loaded | None = None):
         self.dataset = dataset
+        self.extracted = features
+
+    @property
+    def feature_record(self) -> dict | None:
+        """With ``data.backbone``, what the inputs are, as run.json records it: cache key,
+        backbone, weights file and its sha256, {layer: width}, image size, version, how layers
+        were combined (:class:`jclust.feature_cache.Loaded`'s record less where it was read);
+        else None."""
+        if self.extracted is None:
+            return None
+        return {k: v for k, v in self.extracted.record.items() if k != "file"}
 
     @property
     def spec(self) -> jmethods.DataSpec:
@@ -101,20 +117,47 @@ class Loader:
         return self.dataset.inputs if self.dataset.is_image else None
 
 
-def load(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> Loader:
-    """The :class:`Loader` of ``config.data`` (see :func:`load_dataset`)."""
-    return Loader(load_dataset(config, cache_dir))
-
-
-def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> jdata.Dataset:
-    """Loads ``config.data.source`` (applying ``data.limit`` and ``data.encoder_workdir``).
+def load(config: ml_collections.ConfigDict, cache_dir: str | None = None,
+         say: Callable[[str], None] | None = None, trained_on: dict | None = None) -> Loader:
+    """The :class:`Loader` of ``config.data``.
 
     Args:
       config: the run's config.
-      cache_dir: the run's workdir; with ``data.encoder_workdir``, features already encoded for
+      cache_dir: the run's workdir: with ``data.encoder_workdir``, features already encoded for
         this run are read from ``cache_dir/encoder_features.npy`` instead of being recomputed (a
-        resumed run must see the same features even if the encoder run has moved on).
+        resumed run must see the same features even if the encoder run has moved on); with
+        ``data.backbone``, features are looked up in ``cache_dir/features`` first (those this run
+        trained on), then in ``data.feature_cache``; newly extracted ones are saved at once in
+        ``data.feature_cache`` when set, and in ``cache_dir/features`` by :func:`freeze_features`
+        (the trainer writes nothing in its workdir before the config and data have passed every
+        check).
+      say: where the feature extraction's progress lines go (default: stdout, process 0).
+      trained_on: the record of the backbone features a resumed run was trained on (run.json's
+        ``features``): other features (their weights or images changed) are refused before they
+        are extracted.
     """
+    spec = jfeatures.spec_from_config(config.data.get("backbone"))  # absent: an older run's
+    if spec is None:
+        return Loader(load_dataset(config, cache_dir))
+    own = os.path.join(cache_dir, feature_cache.FOLDER) if cache_dir else None
+    shared = config.data.get("feature_cache") or None
+    loaded = feature_cache.load(
+        config.data.source, spec, limit=config.data.limit, data_dir=config.data.data_dir or None,
+        read_dirs=[d for d in (own, shared) if d], write_dir=shared, say=say,
+        expect_key=trained_on["key"] if trained_on else None)
+    return Loader(loaded.dataset, loaded)
+
+
+def load_dataset(config: ml_collections.ConfigDict, cache_dir: str | None = None) -> jdata.Dataset:
+    """Loads ``config.data.source`` (applying ``data.limit`` and ``data.encoder_workdir``) without
+    a backbone (:func:`load` handles ``data.backbone``).
+
+    Args:
+      config: the run's config.
+      cache_dir: see :func:`load`.
+    """
+    if jfeatures.spec_from_config(config.data.get("backbone")) is not None:
+        return load(config, cache_dir).dataset
     image_shape = tuple(config.data.image_shape)
     if config.data.encoder_workdir:
         encoder = _encoder_run_info(config.data.encoder_workdir)
@@ -149,12 +192,32 @@ def data_spec_of(dataset: jdata.Dataset) -> jmethods.DataSpec:
                              is_image=dataset.is_image)
 
 
-def freeze_encoded(config: ml_collections.ConfigDict, workdir: str, data: Loader) -> None:
-    """With ``data.encoder_workdir``, saves the encoded features with the run (once), so that a
-    resume trains on the same ones even if the encoder run has moved on."""
-    path = os.path.join(workdir, ENCODED_FEATURES)
-    if config.data.encoder_workdir and not os.path.exists(path):
-        np.save(path, data.inputs())
+def freeze_features(config: ml_collections.ConfigDict, workdir: str, data: Loader) -> None:
+    """Keeps the features a run trains on in its workdir (once), so that a resume trains on the
+    same ones: the encoder's (``encoder_features.npy``) even if the encoder run has moved on; a
+    backbone's (``features/<key>.npz``: written, or hard-linked or copied from a shared
+    ``data.feature_cache``) even if that folder is cleaned. Also the run's feature cache: a rerun
+    or a second method pointed at this workdir's ``features`` folder reads them."""
+    if config.data.encoder_workdir:
+        path = os.path.join(workdir, ENCODED_FEATURES)
+        if not os.path.exists(path):
+            np.save(path, data.inputs())
+    if data.extracted is None:
+        return
+    record = data.extracted.record
+    own = os.path.join(workdir, feature_cache.FOLDER, f"{record['key']}.npz")
+    if os.path.exists(own):
+        return
+    if record["file"] is None:
+        feature_cache.write(own, data.extracted.what, data.extracted.entry)
+        return
+    os.makedirs(os.path.dirname(own), exist_ok=True)
+    tmp = f"{own}.{os.getpid()}.tmp"
+    try:
+        os.link(record["file"], tmp)
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(record["file"], tmp)
+    os.replace(tmp, own)
 
 
 def _encoder_run_info(encoder_workdir: str) -> dict:

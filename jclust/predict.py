@@ -42,6 +42,7 @@ import numpy as np
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
+from jclust import features
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
 from jclust import inference
@@ -150,9 +151,22 @@ class Predictor:
             raise jdata.DataError("no examples to assign")
         return inputs if self.data_spec.is_image else inputs.astype(np.float32)
 
+    def backbone_features(self, images: np.ndarray) -> np.ndarray:
+        """For a run on a pretrained backbone's features (``data.backbone``), those of images
+        in memory (uint8 [N, H, W, C] or one [H, W, C], any size: resized whole on the devices)
+        -> [N, D] float32, the run's inputs; other inputs are returned as they are."""
+        spec = features.spec_from_config(self.config.data.get("backbone"))
+        images = np.asarray(images)
+        if spec is None or images.dtype != np.uint8 or images.ndim not in (3, 4):
+            return images
+        images = images[None] if images.ndim == 3 else images
+        extracted = features.extract(jdata.ArrayImages(images), spec, say=lambda _: None)
+        return features.combine(extracted.features, spec.layers, spec.normalize_layers)
+
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        """Features the assignment rule acts on. inputs: [N, ...] or one example -> [N, D] float32."""
-        inputs = self.check_inputs(inputs)
+        """Features the assignment rule acts on. inputs: [N, ...] or one example -> [N, D] float32
+        (images for a run on a backbone's features: see :meth:`backbone_features`)."""
+        inputs = self.check_inputs(self.backbone_features(inputs))
         return self.embed_data(loader.Loader(jdata.Dataset(inputs, None, None, None, "inputs")))
 
     def embed_data(self, data: loader.Loader) -> np.ndarray:
@@ -181,8 +195,11 @@ class Predictor:
         return labels.astype(np.int32), confidence.astype(np.float32), features
 
 
-def load_data(predictor: Predictor, source: str, *, limit: int = 0) -> tuple[loader.Loader, list[str]]:
-    """Loads ``source`` as the run's model expects it (resized folders, the DELIUS encoder).
+def load_data(predictor: Predictor, source: str, *, limit: int = 0,
+              say=None) -> tuple[loader.Loader, list[str]]:
+    """Loads ``source`` as the run's model expects it (resized folders, the DELIUS encoder, the
+    features of the run's pretrained backbone: the run's config says, so new data get the very
+    features the run was trained on; ``say``: where the extraction's progress lines go).
 
     Returns:
       (data, warnings): warnings are the loader's messages, e.g. files it skipped.
@@ -192,7 +209,7 @@ def load_data(predictor: Predictor, source: str, *, limit: int = 0) -> tuple[loa
     config.data.limit = limit
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", jdata.DataWarning)
-        data = loader.load(config, cache_dir=None)
+        data = loader.load(config, cache_dir=None, say=say)
     messages = [str(w.message) for w in caught if issubclass(w.category, jdata.DataWarning)]
     return data, messages
 
@@ -219,7 +236,7 @@ def predict(workdir: str, data: str, out: str | None = None, *, limit: int = 0,
     if out is not None:
         config_lib.check_output_dir(out, "out")  # before the work, so that a bad path costs none
     predictor = predictor or Predictor.from_workdir(workdir)
-    examples, messages = load_data(predictor, data, limit=limit)
+    examples, messages = load_data(predictor, data, limit=limit, say=say)
     for message in messages:
         say(f"warning: {message}")
     labels, confidence, embeddings = predictor.assign_data(examples)

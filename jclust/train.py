@@ -165,7 +165,7 @@ def save(run: _Run, state: jstate.TrainState, step: int) -> None:
 # Setup and restore
 
 
-def _build(config: ml_collections.ConfigDict, workdir: str):
+def _build(config: ml_collections.ConfigDict, workdir: str, say):
     """Everything that can fail on bad input, before anything is written: checks the config and
     the workdir, loads the data, builds the method, its compiled passes and the initial state.
 
@@ -176,7 +176,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str):
     config_lib.validate(config, jmethods.REGISTRY)
     config_lib.check_output_dir(workdir, "workdir")
     changed, trained_on = jworkdir.check_resume(config, workdir)  # before any restore or write
-    data = loader.load(config, cache_dir=workdir)
+    data = loader.load(config, cache_dir=workdir, say=say,
+                       trained_on=(trained_on or {}).get("features"))
     spec = data.spec
     jworkdir.check_same_data(trained_on, spec, workdir)
     mesh = jstate.make_mesh()
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
         if primary:
             print(text, file=out, flush=True)
 
-    data, method, runner, state, initial_params, changed = _build(config, workdir)
+    data, method, runner, state, initial_params, changed = _build(config, workdir, say)
 
     # Nothing is written before this point: bad input fails above with the workdir untouched.
     os.makedirs(workdir, exist_ok=True)
@@ -257,8 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     checkpoints = Checkpoints(workdir, config.keep_checkpoints, warn=say)
     restored = _restore(checkpoints, state, changed, workdir)
     if primary:  # run.json describes what the checkpoints hold: written once they are known to match
-        jworkdir.write_run_info(workdir, config, data.spec, data.source)
-        loader.freeze_encoded(config, workdir, data)
+        jworkdir.write_run_info(workdir, config, data.spec, data.source, data.feature_record)
+        loader.freeze_features(config, workdir, data)
     if restored is not None:
         state = runner.place(restored[0])
         checkpoints.last_saved = int(state.step)

@@ -78,11 +78,14 @@ def data_spec_from_info(info: dict) -> jmethods.DataSpec:
 
 
 def write_run_info(workdir: str, config: ml_collections.ConfigDict, spec: jmethods.DataSpec,
-                   source: str) -> None:
-    """Writes ``WORKDIR/run.json``: the config, the data spec, the format version and the data's
-    source."""
+                   source: str, features: dict | None = None) -> None:
+    """Writes ``WORKDIR/run.json``: the config, the data spec, the format version, the data's
+    source and, when the inputs are a pretrained backbone's features, what they are
+    (:attr:`jclust.loader.Loader.feature_record`: backbone, weights' sha256, layers, cache key)."""
     info = {"config": _jsonable(config), "data_spec": json.loads(json.dumps(spec._asdict())),
             "version": VERSION, "source": source}
+    if features is not None:
+        info["features"] = json.loads(json.dumps(features))
     with open(os.path.join(workdir, RUN_INFO), "w") as f:
         json.dump(info, f, indent=1)
 
@@ -103,8 +106,9 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[
     workdir's checkpoints were trained with; a workdir without checkpoints starts over anyway.
 
     Returns:
-      (the keys that changed, all resumable; the data spec the checkpoints were trained on, or
-      None when there is nothing to resume).
+      (the keys that changed, all resumable; the data spec the checkpoints were trained on, with
+      the record of their backbone features under "features" (None without), or None when there
+      is nothing to resume).
 
     Raises:
       ConfigError: another key changed (naming the keys and their values), or run.json is damaged.
@@ -130,12 +134,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[
             f"or restore the old values"
             + (" (a key absent from run.json is newer than the jclust that wrote it: add it there "
                "with the value the run was trained with)" if newer else ""))
-    return changed, info["data_spec"]
+    return changed, dict(info["data_spec"], features=info.get("features"))
 
 
 def check_same_data(recorded: dict | None, spec: jmethods.DataSpec, workdir: str) -> None:
     """Raises a DataError when the data differs from what the workdir's checkpoints were trained
-    on (``recorded``: run.json's data spec, None for nothing to resume)."""
+    on (``recorded``: :func:`check_resume`'s data spec, None for nothing to resume; the cache key
+    of backbone features is checked before they are extracted, by :func:`jclust.loader.load`)."""
     if recorded is None:
         return
     before = (recorded["num_examples"], tuple(recorded["input_shape"]), recorded["is_image"])

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jclust import config_lib, train
 from jclust import workdir as jworkdir
@@ -100,6 +101,29 @@ def test_encoder_workdir_without_a_run(tmp_path):
     workdir = tmp_path / "never"
     result = main(dict(SHORT_CLI, **{"data.encoder_workdir": str(tmp_path / "nothing")}), workdir)
     assert_one_error_line(result, "config.data.encoder_workdir", "not a jclust workdir")
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"data.backbone.layers": "('group9',)"},
+     ("config.data.backbone.layers", "unknown EfficientNet-Lite layer 'group9'", "group7")),
+    ({"data.backbone.weights": "/nonexistent/lite0.pth"},
+     ("config.data.backbone.weights='/nonexistent/lite0.pth': no such file",)),
+    ({"data.backbone.image_size": 8}, ("config.data.backbone.image_size=8", "224")),
+    ({"data.backbone.name": "resnet50"}, ("config.data.backbone.name='resnet50'",
+                                          "efficientnet_lite0")),
+    ({"data.encoder_workdir": "runs/dec"}, ("both set", "--config.data.backbone.name=")),
+])
+def test_bad_backbone(tmp_path, overrides, words):
+    """DELIUS on a folder with a bad data.backbone: one line naming the key, nothing written
+    (all checked before an image is decoded or a weight read)."""
+    folder = tmp_path / "paintings"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "a.png")
+    workdir = tmp_path / "never"
+    result = run(cli_args(overrides, str(workdir), f"configs/delius.py:folder:{folder}"),
+                 timeout=120)
+    assert_one_error_line(result, *words)
     assert not workdir.exists()
 
 

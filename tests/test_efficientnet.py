@@ -436,3 +436,16 @@ def test_truncated_or_foreign_files_are_errors_naming_the_file(tmp_path):
         read_state_dict(path)
     with pytest.raises(WeightsError, match="no such weights file: .*nowhere.pth"):
         read_state_dict(tmp_path / "nowhere.pth")
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 9), (5, 2, 9), (3, 2, 10), (5, 1, 4)])
+def test_the_shifted_depthwise_convolution_is_xlas(kernel, stride, size):
+    """CPU's depthwise convolution (k*k shifted multiply-adds) against XLA's grouped one, which
+    GPUs and TPUs keep: same SAME padding (odd and even sizes, strides 1 and 2)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, 6)), jnp.float32)
+    variables = enet.DepthwiseConv(kernel, stride, "native").init(jax.random.PRNGKey(0), x)
+    native = enet.DepthwiseConv(kernel, stride, "native").apply(variables, x)
+    shifted = enet.DepthwiseConv(kernel, stride, "im2col").apply(variables, x)
+    assert shifted.shape == native.shape == (2, -(-size // stride), -(-(size + 1) // stride), 6)
+    np.testing.assert_allclose(shifted, native, rtol=1e-5, atol=1e-5)

@@ -80,7 +80,7 @@ def test_the_trainer_reads_its_data_only_through_the_loader(reference_run, tmp_p
             calls["features"] += 1
             return super().features(runner, state)
 
-    monkeypatch.setattr(loader, "load", lambda config, cache_dir=None: MappedLoader(mapped))
+    monkeypatch.setattr(loader, "load", lambda config, cache_dir=None, **_: MappedLoader(mapped))
     workdir = str(tmp_path / "run")
     final = train.train_and_evaluate(tiny_config(), workdir)
     assert calls["batch"] == 64 and calls["features"] >= 2  # 64 steps; the recluster, evaluations
@@ -265,7 +265,8 @@ def test_delius_on_npz_features_and_on_a_jclust_encoder(reference_run, tmp_path,
     encoder_dir, _ = reference_run
     config = config_lib.load_config(os.path.join(ROOT, f"configs/delius.py:folder:{folder}"))
     config = config_lib.apply_overrides(config, {
-        "data.encoder_workdir": encoder_dir, "num_clusters": 2, "batch_size": 8,
+        "data.backbone.name": "", "data.encoder_workdir": encoder_dir, "num_clusters": 2,
+        "batch_size": 8,
         "model.hidden": (16,), "model.embed_dim": 2, "pretrain.epochs": 5, "dec.max_steps": 10,
         "dec.update_interval": 5, "kmeans.n_init": 2, "log_every_steps": 50})
     capsys.readouterr()

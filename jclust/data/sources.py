@@ -11,6 +11,8 @@ Source strings:
 - ``digits``: scikit-learn's built-in 8x8 digits.
 - ``npz:PATH``: a numpy archive holding ``image`` (or ``feature``) plus optional ``label`` and ``name``.
 - ``folder:DIR``: image files of any size, decoded and resized with PIL; labelled by sub-folder.
+  Files that are not usable images (not images, damaged, decompression bombs: see
+  :mod:`jclust.data.images`) are skipped and named in one warning.
 
 Merged splits are always ordered train first, then any other split in alphabetical order, then
 test (``t10k`` for IDX files), so an example's index (its row) never depends on the file system.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -30,6 +33,8 @@ import zlib
 from typing import Any, Sequence
 
 import numpy as np
+
+from jclust.data import images as jimages
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "JCLUST_FASHION_MNIST_DIR"
@@ -133,6 +138,7 @@ def load(
     *,
     image_shape: Sequence[int] | None = None,
     data_dir: str | None = None,
+    fit: str = "stretch",
 ) -> Dataset:
     """Loads the data set named by `source` (see the module docstring for the forms).
 
@@ -142,6 +148,9 @@ def load(
             grayscale or 3 for RGB); for every other image source the loaded shape must equal it
             (feature vectors from ``npz:`` are not checked).
         data_dir: TFDS data directory (``tfds:`` and the TFDS fallback of ``fashion_mnist``).
+        fit: how ``folder:`` images are resized to image_shape: ``"stretch"`` (the whole image,
+            its aspect ratio ignored) or ``"crop"`` (ImageNet's evaluation view, the central
+            224/256 of the shorter side); see :func:`jclust.data.images.decode`.
 
     Returns:
         A Dataset with uint8 images [N, H, W, C] (or float32 features [N, D] from ``npz:``).
@@ -164,7 +173,7 @@ def load(
     elif sep and kind == "folder":
         if shape is None:
             raise DataError(f"{source}: folder sources need image_shape=(H, W, C) to resize images to")
-        dataset = _load_folder(_path_arg(arg, source), shape)
+        dataset = _load_folder(_path_arg(arg, source), shape, fit)
     else:
         raise DataError(f"unknown data source {source!r}; valid forms: {', '.join(SOURCE_FORMS)}")
     if dataset.num_examples == 0:
@@ -567,20 +576,6 @@ def _visible_files(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).parts)
 
 
-def _decode_image(path: pathlib.Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """A file → uint8 [H, W, C]: EXIF-rotated, converted to "L" (C=1) or "RGB" (C=3), and
-    resized to (H, W) with PIL's antialiased bilinear filter, ignoring the aspect ratio."""
-    from PIL import Image, ImageOps
-
-    height, width, channels = shape
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        image = image.convert("L" if channels == 1 else "RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).reshape(shape)
-
-
 def _folder_files(folder: pathlib.Path) -> tuple[list[tuple[pathlib.Path, int]], tuple[str, ...] | None]:
     """(file, label) pairs and class names (None for a flat folder: label -1)."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -590,20 +585,49 @@ def _folder_files(folder: pathlib.Path) -> tuple[list[tuple[pathlib.Path, int]],
     top_files = sorted(p.name for p in entries if not p.is_dir())
     if top_files:
         warnings.warn(f"folder {folder} has class sub-folders, so its {len(top_files)} top-level "
-                      f"files are ignored: {', '.join(top_files)}", DataWarning, stacklevel=4)
+                      f"files are ignored: {', '.join(top_files)}", DataWarning, stacklevel=5)
     files = [(p, label) for label, c in enumerate(class_names) for p in _visible_files(folder / c)]
     return files, class_names
 
 
-def _load_folder(folder: pathlib.Path, shape: tuple[int, int, int]) -> Dataset:
-    """Images of any size under `folder`, resized to `shape` (H, W, C).
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderListing:
+    """The files of an image folder, listed but not decoded.
 
-    Sub-folders of `folder` are classes (class_names sorted; files nested deeper belong to their
-    first-level folder), and then top-level files are ignored with a warning; without sub-folders
-    the images are unlabelled. Examples are ordered by relative path components; files that PIL
-    cannot decode are skipped with one warning.
+    Attributes:
+        folder: the folder.
+        paths: its files in example order (relative path components).
+        labels: int32 [M] class of each file (its first-level sub-folder), or None (flat folder).
+        class_names: the sub-folders, sorted, or None.
     """
-    what = f"folder:{folder}"
+
+    folder: pathlib.Path
+    paths: tuple[pathlib.Path, ...]
+    labels: np.ndarray | None
+    class_names: tuple[str, ...] | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each file's path relative to the folder, with "/"."""
+        return tuple(p.relative_to(self.folder).as_posix() for p in self.paths)
+
+    def fingerprint(self) -> str:
+        """sha256 of every file's relative path, size and modification time: changes when a file
+        is added, removed, renamed, rewritten or touched (cheap: no file is read)."""
+        digest = hashlib.sha256()
+        for name, path in zip(self.names, self.paths):
+            stat = path.stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def list_folder(folder: str | os.PathLike) -> FolderListing:
+    """Lists an image folder as ``folder:`` reads it (see :func:`_load_folder`), decoding nothing.
+
+    Raises:
+        DataError: the folder is missing, unreadable or holds no files.
+    """
+    folder = pathlib.Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist or is not a directory")
     try:
@@ -612,25 +636,58 @@ def _load_folder(folder: pathlib.Path, shape: tuple[int, int, int]) -> Dataset:
         raise DataError(f"cannot list image folder {folder}: {e}") from e
     if not files:
         raise DataError(f"image folder {folder} holds no files")
-    images = np.empty((len(files), *shape), np.uint8)
-    kept, skipped = [], []
-    for path, label in files:
-        try:
-            images[len(kept)] = _decode_image(path, shape)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable files
-            skipped.append(f"{path.relative_to(folder).as_posix()} ({type(e).__name__}: {e})")
-            continue
-        kept.append((path.relative_to(folder).as_posix(), label))
+    labels = None if class_names is None else np.array([lab for _, lab in files], np.int32)
+    return FolderListing(folder, tuple(p for p, _ in files), labels, class_names)
+
+
+def warn_skipped(folder: pathlib.Path, skipped: Sequence[str]) -> None:
+    """One warning naming every skipped file of ``folder`` with its reason."""
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} files in {folder} that are not decodable images: "
+        warnings.warn(f"skipped {len(skipped)} files in {folder} that are not usable images: "
                       + "; ".join(skipped), DataWarning, stacklevel=3)
-    if not kept:
+
+
+def folder_dataset(listing: FolderListing, kept: np.ndarray, inputs: np.ndarray) -> Dataset:
+    """The Dataset of the files ``kept`` (rows of the listing, increasing) with their ``inputs``
+    [len(kept), ...] (decoded images, or their features).
+
+    Raises:
+        DataError: no file kept, or a class folder without any kept file.
+    """
+    folder = listing.folder
+    if len(kept) == 0:
         raise DataError(f"image folder {folder} holds no decodable image")
     labels = None
-    if class_names is not None:
-        labels = np.array([label for _, label in kept], np.int32)
-        empty = [c for i, c in enumerate(class_names) if not np.any(labels == i)]
+    if listing.labels is not None:
+        labels = listing.labels[kept]
+        empty = [c for i, c in enumerate(listing.class_names) if not np.any(labels == i)]
         if empty:
-            raise DataError(f"{what}: class folders without any decodable image: {', '.join(empty)}")
-    names = tuple(name for name, _ in kept)
-    return Dataset(images[:len(kept)], labels, names, class_names, what)
+            raise DataError(f"folder:{folder}: class folders without any decodable image: "
+                            f"{', '.join(empty)}")
+    names = listing.names
+    return Dataset(inputs, labels, tuple(names[i] for i in kept), listing.class_names,
+                   f"folder:{folder}")
+
+
+def _load_folder(folder: pathlib.Path, shape: tuple[int, int, int], fit: str) -> Dataset:
+    """Images of any size under `folder`, resized to `shape` (H, W, C) as ``fit`` says
+    (:func:`jclust.data.images.decode`).
+
+    Sub-folders of `folder` are classes (class_names sorted; files nested deeper belong to their
+    first-level folder), and then top-level files are ignored with a warning; without sub-folders
+    the images are unlabelled. Examples are ordered by relative path components; files that are
+    not usable images (not images, damaged, decompression bombs) are skipped with one warning.
+    """
+    listing = list_folder(folder)
+    images = np.empty((len(listing.paths), *shape), np.uint8)
+    kept, skipped = [], []
+    with jimages.bomb_warnings_as_errors():
+        for row, (path, name) in enumerate(zip(listing.paths, listing.names)):
+            try:
+                images[len(kept)] = jimages.decode(path, shape, fit)
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable files
+                skipped.append(f"{name} ({type(e).__name__}: {e})")
+                continue
+            kept.append(row)
+    warn_skipped(folder, skipped)
+    return folder_dataset(listing, np.array(kept, np.int64), images[:len(kept)])
