@@ -16,6 +16,7 @@ deterministic GPU ops unless XLA_FLAGS sets them; jclust/determinism.py).
 """
 
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -50,6 +51,19 @@ def _start_distributed() -> None:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
+def _one_line_data_warnings(category: type) -> None:
+    """Shows warnings of ``category`` (skipped files, ignored folders) as one ``warning:`` line,
+    not Python's file:line form with a line of jclust's source."""
+    default = warnings.formatwarning
+
+    def formatwarning(message, category_, filename, lineno, line=None):
+        if issubclass(category_, category):
+            return f"warning: {message}\n"
+        return default(message, category_, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def _main(argv):
     del argv
     # Orbax logs every save at INFO through absl; keep stdout to jclust's own progress lines.
@@ -58,6 +72,7 @@ def _main(argv):
     import jax  # noqa: E402
     # After flag parsing: faster --help.
     from jclust import checkpointing, data, monitor, preemption, train  # noqa: E402
+    _one_line_data_warnings(data.DataWarning)
     try:
         _start_distributed()
         stopped = None

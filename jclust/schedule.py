@@ -48,6 +48,8 @@ class BatchSchedule:
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, batch offset within the epoch) of ``step``."""
+        if self.steps_per_epoch == 0:  # fewer examples than a batch: only a method without
+            return 0, step             # training steps runs on them (methods check batch_size)
         return divmod(step, self.steps_per_epoch)
 
     def indices(self, step: int) -> np.ndarray:

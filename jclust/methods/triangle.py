@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from jclust import cluster as jcluster
+from jclust import features
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
 from jclust.methods.base import DataSpec, Evaluation, Method, Phase
@@ -151,15 +152,17 @@ def make(*, layer_widths: Sequence[int], codebook_sizes: Sequence[int], num_clus
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
-    """The ``triangle`` section: ``layer_widths`` (() = the features are one layer),
-    ``codebook_sizes``, ``n_init``, ``eval_n_init``."""
+    """The ``triangle`` section: ``layer_widths`` (() = those of ``data.backbone.layers``, or
+    one layer of every feature), ``codebook_sizes``, ``n_init``, ``eval_n_init``."""
     section = config.triangle
     if data_spec.is_image or len(data_spec.input_shape) != 1:
         raise ConfigError("the triangle method clusters feature vectors: set config.data.backbone "
                           "to a pretrained network (or use an npz: source of features), not "
                           f"images of shape {data_spec.input_shape}")
     dim = data_spec.input_shape[0]
-    widths = tuple(section.layer_widths) or (dim,)
+    spec = features.spec_from_config(config.data.get("backbone"))
+    widths = (tuple(section.layer_widths)
+              or (tuple(features.resolve(spec).widths.values()) if spec else (dim,)))
     if sum(widths) != dim:
         raise ConfigError(f"config.triangle.layer_widths={widths} sum to {sum(widths)}, but the "
                           f"features have {dim} dimensions")
