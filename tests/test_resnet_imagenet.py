@@ -6,6 +6,7 @@ through huggingface_hub (faked here), and the registered backbones extract featu
 
 import functools
 import os
+import subprocess
 import sys
 import types
 
@@ -280,3 +281,10 @@ def test_the_registered_backbones_extract_features_from_a_path_or_a_hub_name(
     with pytest.raises(config_lib.ConfigError, match=r"could not download model\.safetensors of "
                                                      r"'someone/other'.*OSError: offline"):
         features.resolve(features.Spec(TINY_NAME, "someone/other"))
+
+
+def test_importing_jclust_imports_neither_safetensors_nor_huggingface_hub():
+    code = ("import sys, jclust, jclust.features, jclust.models.resnet_imagenet; print(sorted(m "
+            "for m in sys.modules if m.split('.')[0] in ('safetensors', 'huggingface_hub')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
