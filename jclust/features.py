@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jclust import config_lib
 from jclust import data as jdata
 from jclust import distributed
-from jclust.models import efficientnet
+from jclust.models import efficientnet, resnet_imagenet
 from jclust.models.pth import WeightsError
 
 PROGRESS_SECONDS = 10.0  # between progress lines
@@ -51,11 +51,14 @@ class Network(NamedTuple):
       load: weights file -> the model's variables.
       default_weights: the weights file when none is given (raises WeightsError naming the fix).
       width: layer -> its channels (raises ValueError naming the valid layers).
+      locate: the weights value -> a local file (e.g. a hub name downloaded; raises
+        WeightsError); None: the value is the file.
     """
     model: Any
     load: Callable[[str], Any]
     default_weights: Callable[[], str]
     width: Callable[[str], int]
+    locate: Callable[[str], str] | None = None
 
 
 def _lite0() -> Network:
@@ -65,8 +68,23 @@ def _lite0() -> Network:
                    functools.partial(efficientnet.feature_width, model))
 
 
+def _resnet(name: str) -> Network:
+    """A ResNet with the ImageNet stem, timm's model.safetensors weights (a path or a hub name;
+    no default: docs/pretrained.md)."""
+    model = resnet_imagenet.ResNetImageNet(**resnet_imagenet.RESNETS[name])
+    return Network(model, lambda path: resnet_imagenet.load_pretrained(path, model),
+                   functools.partial(resnet_imagenet.default_weights, name),
+                   functools.partial(resnet_imagenet.feature_width, model),
+                   resnet_imagenet.locate)
+
+
 # config.data.backbone.name -> its Network (tests add a tiny random one here, never the configs).
-BACKBONES: dict[str, Callable[[], Network]] = {"efficientnet_lite0": _lite0}
+# The ResNets are "_imagenet": config.model's "resnet18" is models/backbones.py's CIFAR one.
+BACKBONES: dict[str, Callable[[], Network]] = {
+    "efficientnet_lite0": _lite0,
+    "resnet18_imagenet": functools.partial(_resnet, "resnet18"),
+    "resnet50_imagenet": functools.partial(_resnet, "resnet50"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +144,8 @@ def resolve(spec: Spec) -> Resolved:
         raise config_lib.ConfigError(f"{key}.layers={spec.layers}: {err}") from None
     try:
         weights = spec.weights or network.default_weights()
+        if network.locate is not None:  # a hub name -> the downloaded file, whose bytes key
+            weights = network.locate(weights)  # the feature cache
     except WeightsError as err:
         raise config_lib.ConfigError(f"{key}.weights: {err}") from None
     if not os.path.isfile(weights):
