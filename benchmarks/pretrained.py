@@ -116,18 +116,26 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cache", default="runs/feature_cache")
     parser.add_argument("--codebooks", default="64,256", help="K of each layer's codebook")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="the network's input size (Lite0 was trained at 224)")
+    parser.add_argument("--limit", type=int, default=0, help="the first LIMIT images only (0: all)")
     args = parser.parse_args()
     codebooks = tuple(int(c) for c in args.codebooks.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    spec = features.Spec("efficientnet_lite0", layers=LAYERS, normalize_layers=False)
+    spec = features.Spec("efficientnet_lite0", layers=LAYERS, image_size=args.image_size,
+                         normalize_layers=False)
     os.makedirs(args.cache, exist_ok=True)
-    loaded = feature_cache.load(args.data, spec, read_dirs=[args.cache], write_dir=args.cache)
+    start = time.perf_counter()
+    loaded = feature_cache.load(args.data, spec, limit=args.limit, read_dirs=[args.cache],
+                                write_dir=args.cache)
+    seconds = time.perf_counter() - start
     x, labels = loaded.dataset.inputs, loaded.dataset.labels
     widths = tuple(loaded.record["layers"].values())
     k = int(labels.max()) + 1
     counts = np.bincount(labels)
     print(f"{args.data}: {len(x)} images, {k} classes {dict(zip(loaded.dataset.class_names, counts.tolist()))}; "
-          f"features {widths}; codebooks {codebooks}; seeds {seeds}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"features {widths} at {args.image_size}px ({seconds:.0f} s to extract or read); "
+          f"codebooks {codebooks}; seeds {seeds}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     clusters, probes = {}, {}
     for seed in seeds:
         for name, r in clustering_rows(x, widths, labels, k, seed, codebooks).items():
