@@ -173,12 +173,12 @@ def test_cluster_grid_rejects_bad_images(tmp_path):
 def test_row_labels_majority_class():
     labels = np.array([0, 0, 0, 2])
     classes = np.array([1, 1, 0, 0])
-    texts, majors = viz._row_labels(labels, 3, classes, ["cat", "dog"])
+    texts, majors = viz.grid._row_labels(labels, 3, classes, ["cat", "dog"])
     assert majors == [1, None, 0]
     assert texts[0] == "cluster 0 · n=3\nmostly dog 67%"
     assert texts[1] == "cluster 1 · n=0"
     assert texts[2].endswith("mostly cat 100%")
-    assert viz._row_labels(labels, 3, classes, None)[0][0].endswith("mostly class 1 67%")
+    assert viz.grid._row_labels(labels, 3, classes, None)[0][0].endswith("mostly class 1 67%")
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_confusion_matrix_big_counts(tmp_path):
 
 
 def test_compact_count():
-    assert [viz._compact_count(c) for c in (7, 999, 1234, 18327, 999499, 1234567)] == [
+    assert [viz.confusion._compact_count(c) for c in (7, 999, 1234, 18327, 999499, 1234567)] == [
         "7", "999", "1.2k", "18k", "999k", "1.2M"]
 
 
@@ -264,7 +264,7 @@ def test_embedding_projection_rejects_unknown_method(tmp_path):
 
 def test_cluster_colors_distinct():
     for k in (3, 10, 20, 30):
-        colors = viz._cluster_colors(k)
+        colors = viz.projection._cluster_colors(k)
         assert colors.shape == (k, 4)
         assert len({tuple(np.round(c, 3)) for c in colors}) == k
 
@@ -287,8 +287,8 @@ def _records():
 
 def test_training_curves_full_and_phase_changes(tmp_path):
     evals, train = _records()
-    assert viz._phase_changes(train + evals) == [(30, "cluster")]
-    assert viz._first_phase(train + evals) == (10, "pretrain")
+    assert viz.curves._phase_changes(train + evals) == [(30, "cluster")]
+    assert viz.curves._first_phase(train + evals) == (10, "pretrain")
     viz.training_curves(evals, train, tmp_path / "a" / "curves.png", title="run")
     _check_png(tmp_path / "a" / "curves.png")
 
@@ -311,5 +311,5 @@ def test_training_curves_empty_single_and_unlabelled(tmp_path):
 def test_series_skips_missing_and_non_numeric():
     records = [{"step": 3, "a": 1.0}, {"step": 1, "a": 2}, {"step": 2}, {"step": 4, "a": "x"},
                {"step": 5, "a": float("nan")}, {"step": 6, "a": True}]
-    steps, values = viz._series(records, "a")
+    steps, values = viz.curves._series(records, "a")
     assert steps.tolist() == [1, 3] and values.tolist() == [2.0, 1.0]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -572,6 +572,69 @@ def assign(x: Array, centroids: Array, *, spherical: bool = False,
     return _assign(x, centroids, spherical=spherical, chunk=chunk)
 
 
+def _check_kmeans_args(k: int, n: int, n_init: int, max_iter: int, tol: float,
+                       empty_policy: str) -> None:
+    """Raises ValueError for a k, restart count, loop setting or empty-cluster policy kmeans
+    cannot use."""
+    _check_k(k, n)
+    if n_init < 1:
+        raise ValueError(f"n_init must be at least 1, got {n_init}.")
+    _check_loop(max_iter, tol)
+    if empty_policy not in ("farthest", "split", "keep"):
+        raise ValueError(
+            f"empty_policy must be 'farthest', 'split' or 'keep', got {empty_policy!r}.")
+
+
+def _init_function(init: str | Array, x_init: jax.Array, k: int,
+                   n_init: int) -> Callable[[jax.Array], jax.Array]:
+    """key -> [k, d] initial centroids, as :func:`kmeans`'s ``init`` says.
+
+    Args:
+      init: "k-means++", "random", or a [k, d] array (then ``n_init`` must be 1).
+      x_init: [n, d] the points the loop clusters (normalised when spherical), which the seeding
+        picks from.
+      k: number of clusters.
+      n_init: number of restarts.
+    """
+    n, d = x_init.shape
+    if isinstance(init, str):
+        if init == "k-means++":
+            n_local_trials = 2 + int(math.log(k))
+
+            def init_fn(key_i):
+                return x_init[
+                    _plusplus_indices(x_init, key_i, k=k, n_local_trials=n_local_trials)
+                ]
+        elif init == "random":
+
+            def init_fn(key_i):
+                return x_init[_random_indices(key_i, n=n, k=k)]
+        else:
+            raise ValueError(
+                f"init must be 'k-means++', 'random' or a [k, d] array, got {init!r}."
+            )
+    else:
+        c0 = _as_data(init, "init")
+        if c0.shape != (k, d):
+            raise ValueError(
+                f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}."
+            )
+        if n_init != 1:
+            raise ValueError(f"n_init must be 1 when init is an array, got {n_init}.")
+
+        def init_fn(key_i):
+            del key_i
+            return c0
+    return init_fn
+
+
+def _lower_inertia(out: KMeansOutput, best: KMeansOutput) -> KMeansOutput:
+    """The run with the lower inertia (``best`` on a tie); a traced comparison, so that this also
+    works under an outer jit."""
+    better = out.inertia < best.inertia
+    return jax.tree.map(lambda a, b: jnp.where(better, a, b), out, best)
+
+
 def kmeans(
     x: Array,
     k: int,
@@ -634,68 +697,19 @@ def kmeans(
       n_iter [] int32, converged [] bool, n_empty_repaired [] int32).
     """
     x = _as_data(x)
-    n, d = x.shape
-    _check_k(k, n)
-    if n_init < 1:
-        raise ValueError(f"n_init must be at least 1, got {n_init}.")
-    _check_loop(max_iter, tol)
-    if empty_policy not in ("farthest", "split", "keep"):
-        raise ValueError(
-            f"empty_policy must be 'farthest', 'split' or 'keep', got {empty_policy!r}.")
+    n = x.shape[0]
+    _check_kmeans_args(k, n, n_init, max_iter, tol, empty_policy)
     chunk = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
     # k-means++ / random seeding on the points the loop actually clusters.
-    x_init = _normalize(x) if spherical else x
-
-    if isinstance(init, str):
-        if init == "k-means++":
-            n_local_trials = 2 + int(math.log(k))
-
-            def init_fn(key_i):
-                return x_init[
-                    _plusplus_indices(x_init, key_i, k=k, n_local_trials=n_local_trials)
-                ]
-        elif init == "random":
-
-            def init_fn(key_i):
-                return x_init[_random_indices(key_i, n=n, k=k)]
-        else:
-            raise ValueError(
-                f"init must be 'k-means++', 'random' or a [k, d] array, got {init!r}."
-            )
-    else:
-        c0 = _as_data(init, "init")
-        if c0.shape != (k, d):
-            raise ValueError(
-                f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}."
-            )
-        if n_init != 1:
-            raise ValueError(f"n_init must be 1 when init is an array, got {n_init}.")
-
-        def init_fn(key_i):
-            del key_i
-            return c0
-
+    init_fn = _init_function(init, _normalize(x) if spherical else x, k, n_init)
     tol = jnp.asarray(tol, float_dtype())
     keys = jax.random.split(key, n_init)
     best = None
     for i in range(n_init):
-        out = _fit(
-            x,
-            init_fn(keys[i]),
-            tol,
-            jax.random.fold_in(keys[i], 1),
-            jnp.asarray(split_eps, float_dtype()),
-            max_iter=max_iter,
-            spherical=spherical,
-            chunk=chunk,
-            empty_policy=empty_policy,
-        )
-        if best is None:
-            best = out
-        else:
-            # A traced comparison, so this also works under an outer jit.
-            better = out.inertia < best.inertia
-            best = jax.tree.map(lambda a, b: jnp.where(better, a, b), out, best)
+        out = _fit(x, init_fn(keys[i]), tol, jax.random.fold_in(keys[i], 1),
+                   jnp.asarray(split_eps, float_dtype()), max_iter=max_iter, spherical=spherical,
+                   chunk=chunk, empty_policy=empty_policy)
+        best = out if best is None else _lower_inertia(out, best)
     return best
 
 
@@ -723,6 +737,74 @@ def _streamed_chunk(xb, n_valid, centroids, *, block):
     labels = jnp.minimum(labels, centroids.shape[0] - 1)  # padding rows: any valid index
     distances = _own_distances(xb, centroids, labels, False)
     return sums, counts, labels, jnp.sum(jnp.where(valid, distances, 0.0))
+
+
+def _host_chunk(x: Array, start: int, chunk: int, dtype: np.dtype) -> np.ndarray:
+    """Rows ``start:start + chunk`` of the host array x as ``dtype``, checked finite."""
+    block = np.asarray(x[start:start + chunk], dtype=dtype)
+    if not np.all(np.isfinite(block)):
+        raise ValueError(f"x contains NaN or infinite values (rows {start}..{start + chunk}).")
+    return block
+
+
+def _streamed_mean_and_tol(x: Array, chunk: int, dtype: np.dtype,
+                           tol: float) -> tuple[np.ndarray, jax.Array]:
+    """One streamed pass over x [n, d]: its mean [d] as ``dtype`` and the absolute tolerance
+    ``tol * mean(var(x, axis=0))`` [] (both accumulated in float64)."""
+    n, d = x.shape
+    total, total_sq = np.zeros(d), np.zeros(d)
+    for start in range(0, n, chunk):
+        points = _host_chunk(x, start, chunk, dtype).astype(np.float64)
+        total += points.sum(0)
+        total_sq += (points * points).sum(0)
+    mean = total / n
+    tol_abs = jnp.asarray(tol * float(np.mean(np.maximum(total_sq / n - mean * mean, 0.0))), dtype)
+    return mean.astype(dtype), tol_abs
+
+
+def _streamed_init(x: Array, init: str | Array, key: jax.Array, k: int,
+                   mean_f: np.ndarray) -> jax.Array:
+    """The mean-centred [k, d] initial centroids of :func:`kmeans_streamed`: k distinct rows of x
+    drawn with ``key`` for "random", else the given [k, d] array."""
+    n, d = x.shape
+    dtype = mean_f.dtype
+    if isinstance(init, str):
+        if init != "random":
+            raise ValueError(f"init must be 'random' or a [k, d] array, got {init!r}.")
+        # Drawn on the host in O(k) (jax.random.choice without replacement permutes all n).
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        rows = np.random.default_rng(seed).choice(n, k, replace=False)
+        order = np.argsort(rows)  # gather in increasing row order (memmap-friendly)
+        picked = np.empty((k, d), dtype)
+        picked[order] = np.asarray(x[np.sort(rows)], dtype=dtype)
+        return jnp.asarray(picked - mean_f)
+    c0 = np.asarray(init, dtype)
+    if c0.shape != (k, d):
+        raise ValueError(f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}.")
+    return jnp.asarray(c0 - mean_f)
+
+
+def _streamed_pass(x: Array, centroids: jax.Array, *, mean_f: np.ndarray, chunk: int,
+                   block: int) -> tuple[jax.Array, jax.Array, np.ndarray, float]:
+    """One assignment of every row of x to ``centroids`` (mean-centred), chunk by chunk.
+
+    Returns:
+      (sums [k, d], counts [k], labels [n] int32 on the host, inertia as a python float).
+    """
+    n, d = x.shape
+    k, dtype = centroids.shape[0], mean_f.dtype
+    sums, counts = jnp.zeros((k, d), dtype), jnp.zeros((k,), dtype)
+    labels, inertia = np.empty(n, np.int32), 0.0
+    for start in range(0, n, chunk):
+        points = _host_chunk(x, start, chunk, dtype) - mean_f
+        m = points.shape[0]
+        if m < chunk:
+            points = np.concatenate([points, np.zeros((chunk - m, d), dtype)])
+        s, c, lab, sse = _streamed_chunk(points, jnp.int32(m), centroids, block=block)
+        sums, counts = sums + s, counts + c
+        labels[start:start + m] = np.asarray(lab)[:m]
+        inertia += float(sse)
+    return sums, counts, labels, inertia
 
 
 def kmeans_streamed(x: Array, k: int, *, key: jax.Array, init: str | Array = "random",
@@ -764,56 +846,10 @@ def kmeans_streamed(x: Array, k: int, *, key: jax.Array, init: str | Array = "ra
     block = _chunk_rows(n, k, chunk_size, memory_budget_bytes)
     # Points cross to the device ~64 MiB at a time, a whole number of distance blocks.
     chunk = block * max(1, min(-(-n // block), (64 * 2**20) // (4 * d * block)))
-    starts = range(0, n, chunk)
-
     dtype = float_dtype()
-
-    def host_chunk(start):
-        block = np.asarray(x[start:start + chunk], dtype=dtype)
-        if not np.all(np.isfinite(block)):
-            raise ValueError(f"x contains NaN or infinite values (rows {start}..{start + chunk}).")
-        return block
-
-    # Mean and per-feature variance in float64, one streamed pass.
-    total, total_sq = np.zeros(d), np.zeros(d)
-    for start in starts:
-        points = host_chunk(start).astype(np.float64)
-        total += points.sum(0)
-        total_sq += (points * points).sum(0)
-    mean = total / n
-    tol_abs = jnp.asarray(tol * float(np.mean(np.maximum(total_sq / n - mean * mean, 0.0))), dtype)
-    mean_f = mean.astype(dtype)
-
-    if isinstance(init, str):
-        if init != "random":
-            raise ValueError(f"init must be 'random' or a [k, d] array, got {init!r}.")
-        # Drawn on the host in O(k) (jax.random.choice without replacement permutes all n).
-        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-        rows = np.random.default_rng(seed).choice(n, k, replace=False)
-        order = np.argsort(rows)  # gather in increasing row order (memmap-friendly)
-        picked = np.empty((k, d), dtype)
-        picked[order] = np.asarray(x[np.sort(rows)], dtype=dtype)
-        centroids = jnp.asarray(picked - mean_f)
-    else:
-        c0 = np.asarray(init, dtype)
-        if c0.shape != (k, d):
-            raise ValueError(f"init array must have shape (k, d)=({k}, {d}), got {c0.shape}.")
-        centroids = jnp.asarray(c0 - mean_f)
-
-    def one_pass(centroids):
-        """(sums, counts, labels [n] host, inertia) of an assignment to ``centroids``."""
-        sums, counts = jnp.zeros((k, d), dtype), jnp.zeros((k,), dtype)
-        labels, inertia = np.empty(n, np.int32), 0.0
-        for start in starts:
-            points = host_chunk(start) - mean_f
-            m = points.shape[0]
-            if m < chunk:
-                points = np.concatenate([points, np.zeros((chunk - m, d), dtype)])
-            s, c, lab, sse = _streamed_chunk(points, jnp.int32(m), centroids, block=block)
-            sums, counts = sums + s, counts + c
-            labels[start:start + m] = np.asarray(lab)[:m]
-            inertia += float(sse)
-        return sums, counts, labels, inertia
+    mean_f, tol_abs = _streamed_mean_and_tol(x, chunk, dtype, tol)
+    centroids = _streamed_init(x, init, key, k, mean_f)
+    one_pass = functools.partial(_streamed_pass, x, mean_f=mean_f, chunk=chunk, block=block)
 
     previous, n_iter, converged, n_empty = None, 0, False, 0
     for n_iter in range(1, max_iter + 1):
