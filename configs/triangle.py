@@ -13,7 +13,8 @@ block group 5 (112-d, 14x14 at 224) and of the head (1280-d), the mid-level and 
 kept as they are (``normalize_layers=False``: the method standardises each layer itself).
 Codebooks of 64 and 256 centroids: smaller than each layer, as the paper's "deep features of
 smaller size" asks. ``npz:`` feature vectors skip the network (``triangle.layer_widths`` then
-splits them into layers; () = one layer). Without an argument: Fashion-MNIST.
+splits them into layers; () = one layer). Without an argument: Fashion-MNIST (at 96x96, as every
+small-image source: ``config_lib.backbone_image_size``).
 """
 
 import ml_collections
@@ -36,4 +37,5 @@ def get_config(arg: str = ""):
         config.data.backbone.name = "efficientnet_lite0"
         config.data.backbone.layers = ("group5", "pooled")
         config.data.backbone.normalize_layers = False
+        config.data.backbone.image_size = config_lib.backbone_image_size(config.data.source)
     return config_lib.finalize(config)

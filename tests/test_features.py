@@ -492,6 +492,17 @@ def test_delius_keeps_its_npz_features_and_its_encoder_paths():
     config_lib.validate(config_lib.apply_overrides(both, {"data.backbone.name": ""}), ["dec"])
 
 
+def test_small_image_sources_go_through_the_backbone_at_96_others_at_224():
+    for name in ("delius.py", "triangle.py"):
+        sizes = {arg: config_lib.load_config(os.path.join(ROOT, f"configs/{name}:{arg}"))
+                 .data.backbone.image_size
+                 for arg in ("fashion_mnist", "digits", "idx:/data/mnist", "folder:/data/p",
+                             "tfds:cifar10")}
+        assert sizes == {"fashion_mnist": 96, "digits": 96, "idx:/data/mnist": 96,
+                         "folder:/data/p": 224, "tfds:cifar10": 224}, name
+    assert config_lib.load_config(os.path.join(ROOT, "configs/delius.py")).pretrain.epochs == 50
+
+
 # ---------------------------------------------------------------------------------------------
 # The real Lite0
 
