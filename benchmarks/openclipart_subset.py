@@ -16,7 +16,7 @@ Each subject's files are found recursively, symbolic links resolved, and every i
 a file reached twice (a link inside its own subject) or whose bytes equal another's is dropped,
 and one that two subjects share (by path or bytes) is dropped from both, so that no image has two
 labels. The output folder holds links to the original files; the class counts are printed (the
-collection is imbalanced: 66 to 300 images a subject).
+collection is imbalanced: 65 to 375 images a subject, 1,555 in all).
 """
 
 from __future__ import annotations
