@@ -4,6 +4,7 @@ openclipart-png``) as a ``folder:`` source, one sub-folder per subject.
 
   python benchmarks/openclipart_subset.py runs/openclipart7
   python -m jclust.main --config=configs/delius.py:folder:runs/openclipart7 --workdir=runs/oc_delius
+  python benchmarks/openclipart_subset.py runs/openclipart7_bal65 --per-class=65   # balanced
 
 The subjects: the seven folders that name what is drawn (animals, buildings, food, people,
 plants, tools, transportation). Left out: the icon and symbol folders (computer, shapes,
@@ -21,9 +22,11 @@ collection is imbalanced: 65 to 375 images a subject, 1,555 in all).
 
 from __future__ import annotations
 
+import argparse
 import collections
 import hashlib
 import os
+import random
 import sys
 
 ROOT = "/usr/share/openclipart/png"
@@ -46,16 +49,21 @@ def subject_files(root: str, subject: str) -> dict[str, str]:
     return found
 
 
-def build(out: str, root: str = ROOT, subjects=SUBJECTS) -> dict[str, int]:
-    """Links every kept image into out/<subject>/; returns the class counts."""
+def build(out: str, root: str = ROOT, subjects=SUBJECTS, per_class: int = 0,
+          seed: int = 0) -> dict[str, int]:
+    """Links every kept image (or ``per_class`` of each subject, drawn by ``seed``) into
+    out/<subject>/; returns the class counts."""
     if not os.path.isdir(root):
         sys.exit(f"error: {root} does not exist; apt-get install openclipart-png")
     files = {s: subject_files(root, s) for s in subjects}
     owners = collections.Counter(d for found in files.values() for d in found)
-    counts = {}
+    counts, draws = {}, random.Random(seed)
     for subject, found in files.items():
         os.makedirs(os.path.join(out, subject), exist_ok=True)
         kept = sorted(real for digest, real in found.items() if owners[digest] == 1)
+        if per_class:
+            draw = draws.sample(range(len(kept)), min(per_class, len(kept)))
+            kept = [kept[i] for i in sorted(draw)]
         for i, real in enumerate(kept):
             link = os.path.join(out, subject, f"{i:04d}_{os.path.basename(real)}")
             if not os.path.lexists(link):
@@ -65,7 +73,13 @@ def build(out: str, root: str = ROOT, subjects=SUBJECTS) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or os.path.exists(sys.argv[1]):
-        sys.exit("usage: python benchmarks/openclipart_subset.py NEW_OUTPUT_FOLDER")
-    counts = build(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="a new folder")
+    parser.add_argument("--per-class", type=int, default=0,
+                        help="a balanced subset: this many images of each subject (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the balanced subset")
+    args = parser.parse_args()
+    if os.path.exists(args.out):
+        sys.exit(f"error: {args.out} exists; name a new folder")
+    counts = build(args.out, per_class=args.per_class, seed=args.seed)
     print(", ".join(f"{s} {n}" for s, n in counts.items()), f"= {sum(counts.values())} images")
