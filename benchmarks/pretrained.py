@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224,
                         help="the network's input size (Lite0 was trained at 224)")
     parser.add_argument("--limit", type=int, default=0, help="the first LIMIT images only (0: all)")
+    parser.add_argument("--no-probe", action="store_true", help="the clustering rows only")
     args = parser.parse_args()
     codebooks = tuple(int(c) for c in args.codebooks.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -140,12 +141,15 @@ def main() -> None:
     for seed in seeds:
         for name, r in clustering_rows(x, widths, labels, k, seed, codebooks).items():
             clusters.setdefault(name, []).append(r)
-        for name, r in probe_rows(x, widths, labels, seed, codebooks).items():
-            probes.setdefault(name, []).append(r)
+        if not args.no_probe:
+            for name, r in probe_rows(x, widths, labels, seed, codebooks).items():
+                probes.setdefault(name, []).append(r)
     print("\n| clustering (all images, K = classes) | ACC | NMI | ARI |\n|---|---|---|---|")
     for name, rs in clusters.items():
         print(f"| {name} | " + " | ".join(summary([r[m] for r in rs]) for m in ("acc", "nmi", "ari"))
               + " |")
+    if args.no_probe:
+        return
     print("\n| linear probe (70/30 stratified) | held-out accuracy | dim | encode held-out (ms) "
           "| classify held-out (ms) | converged |\n|---|---|---|---|---|---|")
     for name, rs in probes.items():
