@@ -147,8 +147,17 @@ main_thread_only = pytest.mark.skipif(
     reason="signal handlers can only be installed in the main thread")
 
 
+@pytest.fixture
+def sigint_not_ignored():
+    """Python's own Ctrl-C handler for the test: a suite started in the background of a
+    non-interactive shell inherits SIGINT ignored, which StopSignals rightly leaves alone."""
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, original)
+
+
 @main_thread_only
-def test_handlers_are_restored_and_inert_outside_the_main_thread():
+def test_handlers_are_restored_and_inert_outside_the_main_thread(sigint_not_ignored):
     before = {s: signal.getsignal(s) for s in preemption.SIGNALS}
     with preemption.StopSignals(announce=False) as stop:
         assert preemption.active() is stop
