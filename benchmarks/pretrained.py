@@ -61,7 +61,7 @@ def standardised_l2(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def clustering_rows(x: np.ndarray, widths, labels: np.ndarray, k: int, seed: int,
-                    codebooks=CODEBOOKS) -> dict:
+                    codebooks=CODEBOOKS, triangle_row: bool = True) -> dict:
     key = jax.random.PRNGKey(seed)
     pooled = x[:, widths[0]:]
     rows = {}
@@ -70,6 +70,8 @@ def clustering_rows(x: np.ndarray, widths, labels: np.ndarray, k: int, seed: int
     both = standardised_l2([x[:, :widths[0]], pooled])
     km = jcluster.kmeans(both, k, key=key, n_init=10)
     rows["k-means, both layers (1392-d)"] = metrics.evaluate(labels, np.asarray(km.labels))
+    if not triangle_row:
+        return rows
     evaluation = triangle.triangle_evaluation(widths, codebooks, k, n_init=3, eval_n_init=10)
     fitted = evaluation.fit(x, None, key)
     assigned, _ = evaluation.assign(fitted, jnp.asarray(x))
@@ -120,6 +122,9 @@ def main() -> None:
                         help="the network's input size (Lite0 was trained at 224)")
     parser.add_argument("--limit", type=int, default=0, help="the first LIMIT images only (0: all)")
     parser.add_argument("--no-probe", action="store_true", help="the clustering rows only")
+    parser.add_argument("--no-triangle", action="store_true",
+                        help="k-means rows only (the triangle fit has its own command: "
+                             "configs/triangle.py)")
     args = parser.parse_args()
     codebooks = tuple(int(c) for c in args.codebooks.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -139,7 +144,8 @@ def main() -> None:
           f"codebooks {codebooks}; seeds {seeds}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     clusters, probes = {}, {}
     for seed in seeds:
-        for name, r in clustering_rows(x, widths, labels, k, seed, codebooks).items():
+        for name, r in clustering_rows(x, widths, labels, k, seed, codebooks,
+                                       not args.no_triangle).items():
             clusters.setdefault(name, []).append(r)
         if not args.no_probe:
             for name, r in probe_rows(x, widths, labels, seed, codebooks).items():
