@@ -138,22 +138,23 @@ def main() -> None:
     x, labels = loaded.dataset.inputs, loaded.dataset.labels
     widths = tuple(loaded.record["layers"].values())
     k = int(labels.max()) + 1
-    counts = np.bincount(labels)
-    print(f"{args.data}: {len(x)} images, {k} classes {dict(zip(loaded.dataset.class_names, counts.tolist()))}; "
-          f"features {widths} at {args.image_size}px ({seconds:.0f} s to extract or read); "
-          f"codebooks {codebooks}; seeds {seeds}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    counts = dict(zip(loaded.dataset.class_names, np.bincount(labels).tolist()))
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"{args.data}: {len(x)} images, {k} classes {counts}; features {widths} at "
+          f"{args.image_size}px ({seconds:.0f} s to extract or read); codebooks {codebooks}; "
+          f"seeds {seeds}; {now}")
     clusters, probes = {}, {}
     for seed in seeds:
         for name, r in clustering_rows(x, widths, labels, k, seed, codebooks,
-                                       not args.no_triangle).items():
+                                       triangle_row=not args.no_triangle).items():
             clusters.setdefault(name, []).append(r)
         if not args.no_probe:
             for name, r in probe_rows(x, widths, labels, seed, codebooks).items():
                 probes.setdefault(name, []).append(r)
     print("\n| clustering (all images, K = classes) | ACC | NMI | ARI |\n|---|---|---|---|")
     for name, rs in clusters.items():
-        print(f"| {name} | " + " | ".join(summary([r[m] for r in rs]) for m in ("acc", "nmi", "ari"))
-              + " |")
+        cells = " | ".join(summary([r[m] for r in rs]) for m in ("acc", "nmi", "ari"))
+        print(f"| {name} | {cells} |")
     if args.no_probe:
         return
     print("\n| linear probe (70/30 stratified) | held-out accuracy | dim | encode held-out (ms) "

@@ -15,10 +15,10 @@ from jclust.config_lib.base import (RESUMABLE_KEYS, ConfigError, base_config, ch
 from jclust.config_lib.loading import load_config, load_sibling
 from jclust.config_lib.overrides import (apply_overrides, cli_overrides, config_spec_from_argv,
                                          parse_value)
-from jclust.config_lib.sections import (backbone_image_size, jule_cnn_model, optim_section, small_cnn_model,
-                                        use_cifar10, use_digits)
+from jclust.config_lib.sections import (backbone_image_size, jule_cnn_model, optim_section,
+                                        small_cnn_model, use_cifar10, use_digits)
 
-__all__ = ["RESUMABLE_KEYS", "ConfigError", "apply_overrides", "backbone_image_size", "base_config", "check_output_dir",
-           "check_ranges", "cli_overrides", "config_spec_from_argv", "finalize", "jule_cnn_model",
+__all__ = ["RESUMABLE_KEYS", "ConfigError", "apply_overrides", "backbone_image_size", "base_config",
+           "check_output_dir", "check_ranges", "cli_overrides", "config_spec_from_argv", "finalize", "jule_cnn_model",
            "load_config", "load_sibling", "optim_section", "parse_value", "resumable_keys",
            "small_cnn_model", "steps", "use_cifar10", "use_digits", "validate"]

