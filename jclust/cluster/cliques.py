@@ -13,13 +13,18 @@ matrix:
 * purification (:func:`purify_clique`), a bounded number of passes: the member w whose
   complete-linkage similarity to the rest, min_{j != w} s(w, j), is lowest (ties: lowest mean
   similarity to the rest) is swapped for the candidate c from the rest's k-NN lists with the highest
-  min_{j != w} s(c, j), if that is strictly higher. The minimum pairwise similarity of the clique
-  (its compactness) never decreases.
+  min_{j != w} s(c, j), if that is strictly higher; the seed itself may be swapped out. The
+  minimum pairwise similarity of the clique (its compactness) never decreases. (Both similarities
+  to the rest are complete-linkage ones, as in the growth.)
 * batches (:func:`build_cliques`): every initial batch starts at a uniformly random available seed
   and grows ``cliques_per_batch`` disjoint cliques; each next seed is drawn uniformly from the
   ``seed_fraction`` of samples whose maximum similarity to the batch's samples so far is lowest
-  (ties to the lower index). Initial batches are independent and vmapped in chunks; batch b uses
-  ``jax.random.split(key, num_initial_batches)[b]``, so the chunk size changes no draw.
+  (ties to the lower index; the maximum, so a sample close to any one batch member is avoided).
+  Initial batches are independent and vmapped in chunks; batch b uses
+  ``jax.random.split(key, num_initial_batches)[b]``, so the chunk size changes no draw. Measured on
+  2 CPU cores at N = 70,000, D = 128, k = 64, this jitted vmap took ~9 ms a clique against ~11 ms
+  for a host NumPy loop's [8, N] product and ``argpartition`` alone; most of the time goes to
+  that [8, N] product.
 
 Per clique the state is a candidate table: member j's k-NN list fills pool slots [j k, (j + 1) k),
 and sims[slot, j] = s(pool[slot], member j), updated by one [P] and one [k, S] product per new
@@ -132,9 +137,9 @@ def _purify_step(table: _Table, features, neighbours, available):
     mm = table.member_feats @ table.member_feats.T
     other = valid[:, None] & valid[None, :] & ~jnp.eye(size, dtype=bool)
     rest_min = jnp.where(valid, jnp.min(jnp.where(other, mm, jnp.inf), axis=1), jnp.inf)
-    rest_mean = jnp.sum(jnp.where(other, mm, 0.0), axis=1)
+    rest_sum = jnp.sum(jnp.where(other, mm, 0.0), axis=1)  # (ranks as the mean to the rest)
     worst_value = jnp.min(rest_min)
-    w = jnp.argmin(jnp.where(valid & (rest_min == worst_value), rest_mean, jnp.inf))
+    w = jnp.argmin(jnp.where(valid & (rest_min == worst_value), rest_sum, jnp.inf))
     ok = _candidates(table, available) & (jnp.arange(size * k) // k != w)  # the rest's lists
     found, c, score = _best(table, ok, valid & (jnp.arange(size) != w))
     swap = (table.count >= 2) & found & (score > worst_value)
