@@ -1,6 +1,21 @@
 """Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
-nearest-neighbour graphs, average linkage, spectral clustering, triangle encoding."""
+nearest-neighbour graphs, average linkage, spectral clustering, triangle encoding, CliqueCNN's
+cliques and clique batches."""
 
+from jclust.cluster.clique_batches import CliqueBatches
+from jclust.cluster.clique_batches import sample_clique_batches
+from jclust.cluster.clique_batches import triplet_check
+from jclust.cluster.clique_growth import grow_cliques
+from jclust.cluster.clique_stats import CliqueSimilarity
+from jclust.cluster.clique_stats import clique_coverage
+from jclust.cluster.clique_stats import clique_purity
+from jclust.cluster.clique_stats import clique_sample_counts
+from jclust.cluster.clique_stats import clique_similarity
+from jclust.cluster.cliques import Cliques
+from jclust.cluster.cliques import build_cliques
+from jclust.cluster.cliques import grow_clique
+from jclust.cluster.cliques import make_cliques
+from jclust.cluster.cliques import purify_clique
 from jclust.cluster.em import EMOutput
 from jclust.cluster.em import expected_complete_log_likelihood
 from jclust.cluster.em import responsibilities
@@ -35,6 +50,20 @@ from jclust.cluster.triangle import triangle_encode
 
 __all__ = [
     "AffinityGraph",
+    "CliqueBatches",
+    "CliqueSimilarity",
+    "Cliques",
+    "build_cliques",
+    "clique_coverage",
+    "clique_purity",
+    "clique_sample_counts",
+    "clique_similarity",
+    "grow_clique",
+    "grow_cliques",
+    "make_cliques",
+    "purify_clique",
+    "sample_clique_batches",
+    "triplet_check",
     "EMOutput",
     "expected_complete_log_likelihood",
     "responsibilities",
