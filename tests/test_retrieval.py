@@ -29,6 +29,7 @@ from jclust import metrics
 COS_TOL = 5e-6
 RATIO_TOL = 2e-5
 D = 16
+M = 300  # queries: as many as database items, so that every report has one shape (one compile)
 
 
 def _gaussian(n, seed, shift=1.5):
@@ -67,14 +68,14 @@ def _order(sims, k):
 @pytest.fixture(scope="module")
 def signs():
     db, db_labels = _signs(300, seed=0)
-    queries, query_labels = _signs(60, seed=1)
+    queries, query_labels = _signs(M, seed=1)
     return db, db_labels, queries, query_labels
 
 
 @pytest.fixture(scope="module")
 def gaussian():
     db, db_labels = _gaussian(300, seed=0)
-    queries, query_labels = _gaussian(60, seed=1)
+    queries, query_labels = _gaussian(M, seed=1)
     return db, db_labels, queries, query_labels
 
 
@@ -170,7 +171,7 @@ def test_average_precision_at_n_is_scikit_learns(gaussian):
     # is scikit-learn's on untied scores: the float32 cosines themselves, so both rank alike.
     db, db_labels, queries, query_labels = gaussian
     out = metrics.nearest_neighbours(db, queries, 300)
-    scores = np.zeros((60, 300), np.float32)
+    scores = np.zeros((M, 300), np.float32)
     np.put_along_axis(scores, np.asarray(out.indices), np.asarray(out.similarities), 1)
     assert all(len(np.unique(row)) == 300 for row in scores)
     num_relevant = (db_labels[None, :] == query_labels[:, None]).sum(1)
@@ -187,8 +188,8 @@ def test_weighted_knn_against_scikit_learn(gaussian):
     # Guards: no near-tie (under 2 COS_TOL) decides who votes, nor which class wins.
     top = np.take_along_axis(sims, _order(sims, 21), 1)
     assert np.all(top[:, 19] - top[:, 20] > 2 * COS_TOL)
-    votes = np.zeros((60, 3))
-    np.add.at(votes, (np.arange(60)[:, None], db_labels[_order(sims, 20)]),
+    votes = np.zeros((M, 3))
+    np.add.at(votes, (np.arange(M)[:, None], db_labels[_order(sims, 20)]),
               np.exp((top[:, :20] - top[:, :1]) / tau))
     votes.sort(1)
     assert np.all(votes[:, -1] - votes[:, -2] > 1e-3 * votes[:, -1])
@@ -312,3 +313,17 @@ def test_report_against_a_float64_reference(signs, same_set):
     assert isinstance(report, metrics.SimilarityReport)
     np.testing.assert_allclose(report, expected, atol=RATIO_TOL, rtol=0)
     assert 0.5 < report.pair_auc < 1 and 0.5 < report.anchor_auc < 1  # labels lean features apart
+
+
+def test_one_label_and_bad_input(signs):
+    db, _, queries, _ = signs
+    one = np.zeros(300, int)  # no different-label pair, no anchor with a negative candidate
+    report = metrics.similarity_report(db, one, queries, one, key=jax.random.PRNGKey(0))
+    assert report.precision_at_100 == report.map_at_100 == report.knn_accuracy == 1.0
+    assert np.isnan(report.pair_auc) and np.isnan(report.anchor_auc)
+    assert report.anchors_used == 0 and report.num_anchors == 300
+    with pytest.raises(ValueError, match="labels"):
+        metrics.similarity_report(db, one[:-1], queries, one, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="same_set"):
+        metrics.similarity_report(db, one, queries[:200], one[:200], key=jax.random.PRNGKey(0),
+                                  same_set=True)

@@ -89,16 +89,15 @@ def l2_normalise(x: Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "chunk", "same_set"))
-def _search(queries, database, *, k, chunk, same_set):
+@functools.partial(jax.jit, static_argnames=("k", "chunk"))
+def _search(queries, database, same_set, *, k, chunk):
     m = queries.shape[0]
     rows = jnp.pad(jnp.arange(m), (0, -m % chunk)).reshape(-1, chunk)
     columns = jnp.arange(database.shape[0])
 
     def one_chunk(row_ids):
         block = jnp.matmul(queries[row_ids], database.T, precision=jax.lax.Precision.HIGHEST)
-        if same_set:
-            block = jnp.where(row_ids[:, None] == columns[None, :], -jnp.inf, block)
+        block = jnp.where(same_set & (row_ids[:, None] == columns[None, :]), -jnp.inf, block)
         # Kept apart from the matmul, XLA:CPU's top_k stays a partial sort (see cluster/graph.py).
         values, indices = jax.lax.top_k(jax.lax.optimization_barrier(block), k)
         return indices.astype(jnp.int32), values
@@ -133,8 +132,8 @@ def _neighbours(database, queries, k, same_set, chunk_size):
     if not 1 <= k <= database.shape[0] - same_set:
         raise ValueError(f"k={k} neighbours need 1 <= k <= {database.shape[0] - same_set} "
                          f"database items")
-    indices, values = _search(queries, database, k=k, chunk=min(chunk_size, queries.shape[0]),
-                              same_set=same_set)
+    indices, values = _search(queries, database, jnp.asarray(same_set), k=k,
+                              chunk=min(chunk_size, queries.shape[0]))
     return Neighbours(indices=indices, similarities=values)
 
 
@@ -208,33 +207,29 @@ def knn_predict(neighbours: Neighbours, database_labels: Array, num_classes: int
 
 def _draw(u, weights):
     """Row i with probability proportional to weights[i] >= 0 for each uniform u in [0, 1) (as
-    ``jax.random.choice``: a search of the cumulative weights)."""
+    ``jax.random.choice`` draws: a search of the cumulative weights)."""
     total = jnp.cumsum(weights.astype(jnp.float32))
     return jnp.searchsorted(total, total[-1] * (1.0 - u), side="left").astype(jnp.int32)
 
 
-def _below(u, count):
-    """An integer uniform in [0, count) for each uniform u in [0, 1)."""
-    return jnp.minimum(jnp.floor(u * count).astype(jnp.int32), count - 1)
-
-
-@functools.partial(jax.jit, static_argnames=("num_pairs", "num_classes", "same_set"))
-def _sample_pairs(key, query_labels, database_labels, *, num_pairs, num_classes, same_set):
+@functools.partial(jax.jit, static_argnames=("num_pairs", "num_classes"))
+def _sample_pairs(key, query_labels, database_labels, same_set, *, num_pairs, num_classes):
     n = database_labels.shape[0]
     order = jnp.argsort(database_labels, stable=True).astype(jnp.int32)  # rows grouped by label
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     counts = jnp.bincount(database_labels, length=num_classes)
     starts = jnp.cumsum(counts) - counts
-    same, different = counts[query_labels] - int(same_set), n - counts[query_labels]
-    u = jax.random.uniform(key, (4, num_pairs))
+    same, different = counts[query_labels] - same_set, n - counts[query_labels]
+    keys = jax.random.split(key, 3)
+    u = jax.random.uniform(keys[0], (2, num_pairs))
     # A query drawn in proportion to its partners, then a partner uniformly: uniform pairs.
     q_same = _draw(u[0], same)
-    position = starts[query_labels[q_same]] + _below(u[1], same[q_same])
-    if same_set:  # skip the query itself
-        position = position + (position >= rank[q_same])
-    q_diff = _draw(u[2], different)
+    position = starts[query_labels[q_same]] + jax.random.randint(
+        keys[1], (num_pairs,), 0, same[q_same])
+    position = position + (same_set & (position >= rank[q_same]))  # skip the query itself
+    q_diff = _draw(u[1], different)
     c = query_labels[q_diff]
-    v = _below(u[3], different[q_diff])
+    v = jax.random.randint(keys[2], (num_pairs,), 0, different[q_diff])
     d_diff = order[v + jnp.where(v >= starts[c], counts[c], 0)]  # skip the query's label
     return q_same, order[position], q_diff, d_diff
 
@@ -286,28 +281,32 @@ def sample_pairs(key: jax.Array, query_labels: Array, database_labels: Array, nu
     query_labels = jnp.asarray(query_labels, jnp.int32)
     database_labels = jnp.asarray(database_labels, jnp.int32)
     num_classes = int(max(jnp.max(query_labels), jnp.max(database_labels))) + 1
-    counts = np.bincount(np.asarray(database_labels), minlength=num_classes)[
-        np.asarray(query_labels)]
-    if np.sum(counts - same_set) == 0 or np.sum(database_labels.shape[0] - counts) == 0:
+    if not _pairs_exist(query_labels, database_labels, same_set):
         raise ValueError("no same-label or no different-label pair to draw")
     q_same, d_same, q_diff, d_diff = _sample_pairs(
-        key, query_labels, database_labels, num_pairs=num_pairs, num_classes=num_classes,
-        same_set=same_set)
+        key, query_labels, database_labels, jnp.asarray(same_set, jnp.int32), num_pairs=num_pairs,
+        num_classes=num_classes)
     return jnp.concatenate([q_same, q_diff]), jnp.concatenate([d_same, d_diff])
 
 
+def _pairs_exist(query_labels, database_labels, same_set) -> bool:
+    """Whether same-label and different-label (query, database) pairs both exist."""
+    query_labels, database_labels = np.asarray(query_labels), np.asarray(database_labels)
+    counts = np.bincount(database_labels, minlength=query_labels.max() + 1)[query_labels]
+    return bool(np.any(counts > same_set) and np.any(counts < database_labels.size))
+
+
 def _pair_auc(key, database, queries, db_ids, q_ids, num_pairs, same_set):
-    try:
-        query_rows, database_rows = sample_pairs(key, q_ids, db_ids, num_pairs, same_set=same_set)
-    except ValueError:
+    if not _pairs_exist(q_ids, db_ids, same_set):
         return float("nan")
+    query_rows, database_rows = sample_pairs(key, q_ids, db_ids, num_pairs, same_set=same_set)
     cosines = _pair_cosines(queries, database, query_rows, database_rows,
                             chunk=min(PAIR_CHUNK, 2 * num_pairs))
     return roc_auc(cosines[:num_pairs], cosines[num_pairs:])
 
 
 @functools.partial(jax.jit, static_argnames=("num_anchors", "num_nearest", "num_random",
-                                             "same_set", "grid_points"))
+                                             "grid_points"))
 def _anchor_curves(key, database, queries, neighbours, db_ids, q_ids, *, num_anchors, num_nearest,
                    num_random, same_set, grid_points):
     anchor_key, candidate_key = jax.random.split(key)
@@ -358,8 +357,9 @@ def similarity_report(database_features: Array, database_labels: Array, query_fe
       :class:`SimilarityReport`.
     """
     database, queries = l2_normalise(database_features), l2_normalise(query_features)
-    if np.shape(database_labels) != database.shape[:1] or np.shape(query_labels) != queries.shape[:1]:
-        raise ValueError("need labels [N] and [M] beside the features")
+    if (np.shape(database_labels) != database.shape[:1]
+            or np.shape(query_labels) != queries.shape[:1]):
+        raise ValueError("need labels [N] and [M] beside the features [N, D] and [M, D]")
     neighbours = _neighbours(database, queries, max(*PRECISION_KS, MAP_K, knn_k, anchor_nearest),
                              same_set, chunk_size)
     db_ids, q_ids, num_classes = _class_ids(database_labels, query_labels)
@@ -374,7 +374,8 @@ def similarity_report(database_features: Array, database_labels: Array, query_fe
     num_anchors = min(num_anchors, queries.shape[0])
     roc = _anchor_curves(anchor_key, database, queries, neighbours, db_ids, q_ids,
                          num_anchors=num_anchors, num_nearest=anchor_nearest,
-                         num_random=anchor_random, same_set=same_set, grid_points=grid_points)
+                         num_random=anchor_random, same_set=jnp.asarray(same_set),
+                         grid_points=grid_points)
     anchor = _per_anchor(roc, grid_points)
     return SimilarityReport(
         *(precision_at_k(relevant, k) for k in PRECISION_KS), map_at_100=mean_ap,

@@ -119,11 +119,10 @@ def anchor_roc(scores: Array, positive: Array, valid: Array | None = None, *,
     return _anchor_roc(scores, jnp.asarray(positive, bool), valid, grid_points=grid_points)
 
 
-@functools.partial(jax.jit, static_argnames=("num_database", "num_random", "same_set"))
-def _anchor_candidates(key, anchors, nearest, *, num_database, num_random, same_set):
+@functools.partial(jax.jit, static_argnames=("num_database", "num_random"))
+def _anchor_candidates(key, anchors, nearest, same_set, *, num_database, num_random):
     draws = jax.random.randint(key, (anchors.shape[0], num_random), 0, num_database - same_set)
-    if same_set:  # skip the anchor itself
-        draws = draws + (draws >= anchors[:, None])
+    draws = draws + (same_set & (draws >= anchors[:, None]))  # skip the anchor itself
     in_nearest = jnp.any(draws[:, :, None] == nearest[:, None, :], axis=2)
     earlier = jnp.tril(jnp.ones((num_random, num_random), bool), -1)
     repeated = jnp.any((draws[:, :, None] == draws[:, None, :]) & earlier, axis=2)
@@ -148,4 +147,5 @@ def anchor_candidates(key: jax.Array, anchors: Array, nearest: Array, num_databa
       (candidates [A, K + num_random] int32, valid [A, K + num_random] bool).
     """
     return _anchor_candidates(key, jnp.asarray(anchors, jnp.int32), jnp.asarray(nearest, jnp.int32),
-                              num_database=num_database, num_random=num_random, same_set=same_set)
+                              jnp.asarray(same_set, jnp.int32), num_database=num_database,
+                              num_random=num_random)
