@@ -18,7 +18,9 @@ controls (AMD EPYC, 2026-12-05):
   6.4e-8 (AP@300), 1.2e-7 (TPR), 2.9e-8 (AUC).
 """
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -84,6 +86,8 @@ def test_neighbours_equal_the_exact_ranking_with_ties_and_exclude_self(signs):
     sims = _cosines(queries, db)
     assert len(np.unique(sims)) <= 17  # ties everywhere
     out = metrics.nearest_neighbours(db, queries, 100, chunk_size=16)
+    chex.assert_shape([out.indices, out.similarities], (M, 100))
+    chex.assert_type([out.indices, out.similarities], [jnp.int32, jnp.float32])
     np.testing.assert_array_equal(out.indices, _order(sims, 100))
     np.testing.assert_array_equal(out.similarities, np.take_along_axis(sims, _order(sims, 100), 1))
     same = metrics.nearest_neighbours(db, db, 100, same_set=True, chunk_size=64)
@@ -238,6 +242,8 @@ def test_anchor_roc_against_scikit_learn_roc_curve_with_ties():
     valid = rng.random((40, 30)) < 0.9
     positive[0], positive[1] = True, False  # anchors without negatives / positives
     out = metrics.anchor_roc(scores, positive, valid)
+    chex.assert_shape([out.tpr, out.auc, out.used], [(40, 101), (40,), (40,)])
+    chex.assert_type([out.tpr, out.auc, out.used], [jnp.float32, jnp.float32, bool])
     grid = np.linspace(0, 1, 101)
     for a in range(40):
         s, p = scores[a][valid[a]].astype(np.float64), positive[a][valid[a]]
@@ -318,10 +324,11 @@ def test_report_against_a_float64_reference(signs, same_set):
 def test_one_label_and_bad_input(signs):
     db, _, queries, _ = signs
     one = np.zeros(300, int)  # no different-label pair, no anchor with a negative candidate
-    report = metrics.similarity_report(db, one, queries, one, key=jax.random.PRNGKey(0))
+    report = metrics.similarity_report(db, one, queries, one, key=jax.random.PRNGKey(0),
+                                       num_pairs=500, num_anchors=40)
     assert report.precision_at_100 == report.map_at_100 == report.knn_accuracy == 1.0
     assert np.isnan(report.pair_auc) and np.isnan(report.anchor_auc)
-    assert report.anchors_used == 0 and report.num_anchors == 300
+    assert report.anchors_used == 0 and report.num_anchors == 40
     with pytest.raises(ValueError, match="labels"):
         metrics.similarity_report(db, one[:-1], queries, one, key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="same_set"):
