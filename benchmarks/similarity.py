@@ -9,6 +9,10 @@ Feature kinds:
 * ``pixels``: the raw pixels / 255 (784-d);
 * ``pca_whiten``: PCA-256 of the pixels / 255, whitened (jclust.cluster.pca, fitted on the
   training split only);
+* ``hog``: HOG of the images (jclust.models.hog, 4 px cells, 9 orientations, 2 x 2 blocks,
+  L2-Hys: 1,296-d), as scikit-image computes it;
+* ``hog_lda``: that HOG whitened with the training split's covariance + 0.02 I (CliqueCNN's
+  HOG-LDA, its initial similarities);
 * ``run:WORKDIR``: the embedding of a trained jclust run (its newest checkpoint, read-only),
   computed as ``python -m jclust.predict`` computes it (``predict.Predictor``).
 
@@ -59,6 +63,15 @@ def pca_whitened(images: np.ndarray, dim: int = 256) -> np.ndarray:
     return np.asarray(jcluster.pca_transform(state, x))
 
 
+def hog_features(images: np.ndarray, whiten: bool) -> np.ndarray:
+    """HOG (optionally LDA-whitened with the training split's statistics) of the images."""
+    from jclust.models import hog
+    h = hog.hog(images, **hog.default_config(*images.shape[1:3])._asdict())
+    if not whiten:
+        return h
+    return hog.apply_hog_whitening(hog.fit_hog_whitening(h[:NUM_TRAIN]), h)
+
+
 def run_features(workdir: str) -> np.ndarray:
     """The embedding of every image by the run in ``workdir`` (nothing is written there)."""
     from jclust import predict  # the trainer's stack, only for this kind
@@ -74,9 +87,12 @@ def features_of(kind: str, images: np.ndarray) -> np.ndarray:
         return pixel_features(images)
     if kind == "pca_whiten":
         return pca_whitened(images)
+    if kind in ("hog", "hog_lda"):
+        return hog_features(images, whiten=kind == "hog_lda")
     if kind.startswith("run:"):
         return run_features(kind.removeprefix("run:"))
-    raise SystemExit(f"unknown --features kind {kind!r}: pixels, pca_whiten or run:WORKDIR")
+    raise SystemExit(f"unknown --features kind {kind!r}: pixels, pca_whiten, hog, hog_lda or "
+                     f"run:WORKDIR")
 
 
 HEADER = ("| features | dim | P@1 | P@10 | P@100 | mAP@100 | 20-NN acc | pair AUC | anchor AUC "
@@ -96,7 +112,7 @@ def row(kind: str, dim: int, report: metrics.SimilarityReport, feature_s: float,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="pixels",
-                        help="comma-separated kinds: pixels, pca_whiten, run:WORKDIR")
+                        help="comma-separated kinds: pixels, pca_whiten, hog, hog_lda, run:WORKDIR")
     parser.add_argument("--seed", type=int, default=0, help="key of the pairs and anchors")
     parser.add_argument("--chunk-size", type=int, default=512,
                         help="test images whose [chunk, 60000] similarities are held at once")

@@ -66,9 +66,14 @@ class ClusterEvaluator:
             # clustering state is gathered alone, not the state's memories.
             pseudo = distributed.fetch(self.method.training_labels(
                 distributed.host_side(state.params), state.cluster, features))
-            if pseudo.min() >= 0:
-                record["pseudo_purity"] = float(jmetrics.purity(true_labels, pseudo))
-                record["pseudo_nmi"] = float(jmetrics.nmi(true_labels, pseudo))
+            # Scored on the examples that have one (CliqueCNN's cliques cover a part of the data).
+            labelled = pseudo >= 0
+            if labelled.any():
+                truth, pseudo = true_labels[labelled], pseudo[labelled]
+                record["pseudo_purity"] = float(jmetrics.purity(truth, pseudo))
+                record["pseudo_nmi"] = float(jmetrics.nmi(truth, pseudo))
+                if not labelled.all():
+                    record["pseudo_coverage"] = float(labelled.mean())
         record.update(jmetrics.cluster_sizes(labels, self.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
         if self.previous_labels is not None:
@@ -107,7 +112,9 @@ def eval_line(record: dict, num_clusters: int) -> str:
             f"{record['size_entropy']:.3f}"
             + (f", NMI with previous {record['nmi_previous']:.3f}" if "nmi_previous" in record else "")
             + (f"; pseudo-labels: purity {record['pseudo_purity']:.4f}, NMI {record['pseudo_nmi']:.4f}"
-               if "pseudo_purity" in record else ""))
+               if "pseudo_purity" in record else "")
+            + (f" on {record['pseudo_coverage']:.1%} of the examples"
+               if "pseudo_coverage" in record else ""))
 
 
 def collapse_warning(record: dict, num_clusters: int, num_examples: int) -> str | None:

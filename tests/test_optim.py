@@ -104,7 +104,7 @@ def test_every_optim_section_is_the_one_skeleton():
     import os
     from tests.conftest import ROOT
     skeleton = set(config_lib.optim_section())
-    for name in ("deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm"):
+    for name in ("deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm", "cliquecnn"):
         for arg in ("", ":digits"):
             config = config_lib.load_config(os.path.join(ROOT, "configs", f"{name}.py{arg}"))
             assert set(config.optim) == skeleton, (name, arg)

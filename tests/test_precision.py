@@ -43,7 +43,7 @@ def _dtypes(tree):
 # flax head) made the float64 resume differ from the uninterrupted run by 5e-11, and retraces
 # the jitted step.
 @pytest.mark.parametrize("name", ["dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav",
-                                  "jule", "nmm"])
+                                  "jule", "nmm", "cliquecnn"])
 def test_no_state_leaf_changes_dtype_in_x64_mode(name):
     c = _config(name)
     with x64_mode():

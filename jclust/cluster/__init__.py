@@ -6,6 +6,10 @@ from jclust.cluster.clique_batches import CliqueBatches
 from jclust.cluster.clique_batches import sample_clique_batches
 from jclust.cluster.clique_batches import triplet_check
 from jclust.cluster.clique_growth import grow_cliques
+from jclust.cluster.clique_labels import cliques_from_labels
+from jclust.cluster.clique_labels import disjoint_cliques
+from jclust.cluster.clique_labels import first_clique_labels
+from jclust.cluster.clique_labels import grown_labels
 from jclust.cluster.clique_stats import CliqueSimilarity
 from jclust.cluster.clique_stats import clique_coverage
 from jclust.cluster.clique_stats import clique_purity
@@ -58,7 +62,11 @@ __all__ = [
     "clique_purity",
     "clique_sample_counts",
     "clique_similarity",
+    "cliques_from_labels",
+    "disjoint_cliques",
+    "first_clique_labels",
     "grow_clique",
+    "grown_labels",
     "grow_cliques",
     "make_cliques",
     "purify_clique",

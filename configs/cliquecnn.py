@@ -1,0 +1,77 @@
+"""CliqueCNN on Fashion-MNIST (all 70,000 images), sized for 2 CPU cores.
+
+  python -m jclust.main --config=configs/cliquecnn.py --workdir=runs/cliquecnn
+  python -m jclust.main --config=configs/cliquecnn.py:digits --workdir=runs/cliquecnn_digits
+
+Args (after the colon): "" (Fashion-MNIST) or "digits" (scikit-learn's 8x8 digits, a minute).
+Rounds of ``cliquecnn.round_epochs`` epochs, each an epoch's worth of pre-sampled batches of 8
+cliques x 16 samples (docs/methods.md; ../shared/notes METHODS-2.md section 1).
+"""
+
+from jclust import config_lib
+import ml_collections
+
+
+def get_config(arg: str = ""):
+    config = config_lib.base_config()
+    config.method = "cliquecnn"
+    config.model = config_lib.small_cnn_model(pool_first=False)
+
+    config.optim = config_lib.optim_section()
+    config.optim.epochs = 6
+    config.optim.learning_rate = 0.05  # DeepCluster's SGD (backbone with momentum, head without)
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 1e-5
+
+    config.cliquecnn = ml_collections.ConfigDict()
+    config.cliquecnn.init_features = "hog_lda"  # hog_lda | pca_whiten | network
+    config.cliquecnn.pca_dim = 64  # the similarity space: PCA of the features, unit rows
+    config.cliquecnn.num_neighbours = 64  # k-NN lists the cliques grow in
+    # x cliques_per_batch = 1,000 cliques (the head's width), the authors' count: an epoch of 546
+    # batches of 8 cliques then shows each clique ~4 times (5,000 cliques: less than once).
+    config.cliquecnn.num_initial_batches = 100
+    config.cliquecnn.cliques_per_batch = 10
+    config.cliquecnn.clique_size = 8
+    config.cliquecnn.seed_fraction = 0.05  # each next seed among the 5 % least similar samples
+    config.cliquecnn.purify_passes = 8
+    config.cliquecnn.build_chunk = 25  # initial batches built together (overlaps resolved after)
+    config.cliquecnn.grow = True  # Student-t growth from round 1 on
+    config.cliquecnn.grow_max_size = 16
+    config.cliquecnn.grow_p_value = 1e-3
+    config.cliquecnn.grow_null_samples = 500
+    config.cliquecnn.cliques_per_step = 8  # x samples_per_clique = batch_size
+    config.cliquecnn.samples_per_clique = 16
+    config.cliquecnn.sampling = "random"  # random (as the released trainer) | heuristic
+    config.cliquecnn.loss = "global"  # global (one logit per clique) | in_batch
+    config.cliquecnn.round_epochs = 2
+    config.cliquecnn.head_init_std = 0.01
+    config.cliquecnn.crop_scale = (0.5, 1.0)
+    config.cliquecnn.flip = True
+    config.cliquecnn.rotation_degrees = 10.0
+    config.cliquecnn.collapse_gap = 0.05  # warn when intra - inter clique similarity falls below
+    config.cliquecnn.eval_pca_dim = 32
+    config.cliquecnn.eval_n_init = 10
+    config.batch_size = 128
+
+    if arg == "digits":
+        config_lib.use_digits(config)
+        config.model.widths = (32, 64)
+        config.model.pool_first = False
+        config.cliquecnn.flip = False  # a mirrored digit is not the same digit
+        config.cliquecnn.num_neighbours = 16
+        config.cliquecnn.num_initial_batches = 20
+        config.cliquecnn.cliques_per_batch = 8
+        config.cliquecnn.clique_size = 6
+        config.cliquecnn.grow_max_size = 12
+        config.cliquecnn.pca_dim = 32
+        config.cliquecnn.eval_pca_dim = 16
+        config.cliquecnn.cliques_per_step = 8
+        config.cliquecnn.samples_per_clique = 8
+        config.cliquecnn.round_epochs = 10
+        config.optim.epochs = 30
+        config.batch_size = 64
+        config.log_every_steps = 50
+        config.pictures.every_evals = 5
+    elif arg:
+        raise config_lib.ConfigError(f"unknown config argument {arg!r}; use '' or 'digits'")
+    return config_lib.finalize(config)

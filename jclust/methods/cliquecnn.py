@@ -1,0 +1,356 @@
+"""CliqueCNN (Bautista, Sanakoyeu, Sutter & Ommer, NeurIPS 2016): similarity learning from compact
+cliques, trained as a sequence of clique-categorisation tasks.
+
+Every round (``cliquecnn.round_epochs`` epochs; the first before any step):
+  1. similarities: round 0 from the initial features (``init_features``: HOG-LDA, PCA-whitened
+     pixels, or the untrained network), later rounds from the trunk's features z-scored per
+     dimension (cosine of z-scores: the correlation the authors use), reduced by PCA to
+     ``pca_dim`` and L2-normalised; their k-NN lists (``cluster.knn``, never an N x N matrix);
+  2. compact cliques of ``clique_size`` (complete linkage, purified), grown batch-wise with the
+     dissimilar-seed rule (:func:`jclust.cluster.build_cliques`); from round 1 on, grown with the
+     Student-t test (:func:`jclust.cluster.grow_cliques`, up to ``grow_max_size`` members);
+  3. **cliques disjoint** (a jclust choice: every sample trains on one label): initial batches are
+     built in sequential chunks that see the samples taken before them, the rest of any overlap
+     goes to the clique of lowest index, and a clique left with one member is dropped;
+  4. the round's batches pre-sampled (:func:`jclust.cluster.sample_clique_batches`):
+     ``cliques_per_step`` cliques x ``samples_per_clique`` samples (tiled or subsampled), random
+     or with the triplet check, as many batches as the round has steps; they are the round's
+     example order, kept in the checkpointed state;
+  5. the head (one logit per clique) re-initialised.
+Between rounds the network minimises the cross-entropy of the clique labels on augmented views,
+over all cliques (``loss="global"``, the authors' released models) or over the batch's cliques
+(``loss="in_batch"``).
+
+Cliques are CliqueCNN's; K clusters are not. For ACC/NMI/ARI, ``jclust.predict`` and the pictures,
+the trainer's k-means probe (as for DeepCluster) clusters the trunk's features with K =
+``num_clusters``: a jclust addition, documented as the assignment rule.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jclust import cluster as jcluster
+from jclust import models, optim
+from jclust.config_lib import ConfigError, check_ranges
+from jclust.data import augment
+from jclust.methods import losses
+from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
+from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.evaluation import kmeans_probe
+from jclust.models import hog as jhog
+from jclust.precision import cast_floats, float_dtype
+
+ASSIGNMENT_RULE = ("trunk features whitened and L2-normalised by the PCA of the latest evaluation, "
+                   "then the evaluation centroid (spherical k-means, K = num_clusters) of largest "
+                   "cosine similarity; confidence = that cosine similarity (clustering the learned "
+                   "embedding is jclust's addition to CliqueCNN)")
+INIT_FEATURES = ("hog_lda", "pca_whiten", "network")
+LOSSES = ("global", "in_batch")
+SAMPLING = ("random", "heuristic")
+
+
+class CliqueCNNState(NamedTuple):
+    """Clustering state of CliqueCNN (all of it checkpointed).
+
+    Attributes:
+      clique_labels: [N] int32, each sample's clique (-1: in none).
+      order: [steps per round x batch] int32, the round's pre-sampled batches back to back.
+      round: [] int32, rounds done.
+    """
+    clique_labels: jax.Array
+    order: jax.Array
+    round: jax.Array
+
+
+class Similarity(NamedTuple):
+    """The similarity space of a round: unit rows and their k-NN lists."""
+    features: jax.Array
+    neighbours: jax.Array
+
+
+def zscore(features) -> jax.Array:
+    """Per-dimension standardisation (a constant dimension stays 0)."""
+    x = jnp.asarray(features, float_dtype())
+    sd = jnp.std(x, axis=0)
+    return (x - jnp.mean(x, axis=0)) / jnp.where(sd > 0, sd, 1.0)
+
+
+def reduce_and_normalise(features, pca_dim: int) -> jax.Array:
+    """PCA to ``pca_dim`` (without whitening; none when the features are no wider) and unit rows."""
+    x = jnp.asarray(features, float_dtype())
+    if pca_dim and x.shape[1] > pca_dim:
+        return jcluster.pca(x, pca_dim, l2_normalize=True)[1]
+    return jcluster.l2_normalize(x)
+
+
+def initial_features(inputs: np.ndarray, kind: str, *, pca_dim: int, ridge: float = 0.02):
+    """Round 0's features of the raw inputs [N, H, W, C]: "hog_lda" (HOG whitened with the data's
+    covariance + ``ridge`` I, :mod:`jclust.models.hog`) or "pca_whiten" (pixels / 255 PCA-whitened
+    to ``pca_dim``); [N, D] before the round's reduction."""
+    if kind == "hog_lda":
+        config = jhog.default_config(*inputs.shape[1:3])
+        h = jhog.hog(inputs, **config._asdict())
+        return jhog.apply_hog_whitening(jhog.fit_hog_whitening(h, ridge=ridge), h)
+    x = jnp.asarray(inputs.reshape(inputs.shape[0], -1), float_dtype()) / 255.0
+    mean, projection = jcluster.fit_whitening(x, pca_dim)
+    return jcluster.whiten(x, mean, projection)
+
+
+def clique_loss(logits: jax.Array, labels: jax.Array, *, in_batch: bool
+                ) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy, accuracy) of clique labels [B] under logits [B, C]: over all C cliques
+    (the released models' global softmax) or, ``in_batch``, over the cliques present in the batch
+    (one categorisation task per batch; the other logits are masked)."""
+    if in_batch:
+        present = jnp.zeros((logits.shape[-1],), bool).at[labels].set(True)
+        logits = jnp.where(present[None, :], logits, jnp.finfo(logits.dtype).min)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
+    return losses.cross_entropy(logits, labels), accuracy
+
+
+def round_report(cliques: jcluster.Cliques, features, batches, num_samples: int) -> dict:
+    """A round's diagnostics (no labels): coverage, cliques used and their sizes, compactness,
+    intra- against inter-clique similarity, the share of batches passing the triplet check."""
+    sizes = np.asarray(cliques.sizes)
+    used = sizes > 0
+    similarity = jcluster.clique_similarity(cliques, features)
+    return {"clique_coverage": float(jcluster.clique_coverage(cliques, num_samples)),
+            "cliques_used": int(used.sum()),
+            "clique_size_mean": float(sizes[used].mean()) if used.any() else 0.0,
+            "clique_compactness": float(np.mean(np.asarray(cliques.compactness)[used]))
+            if used.any() else 0.0,
+            "clique_intra_similarity": float(similarity.intra),
+            "clique_inter_similarity": float(similarity.inter),
+            "triplet_check_passed": float(np.mean(batches.passed))}
+
+
+REMEDIES = ("a lower optim.learning_rate, more cliquecnn.round_epochs, "
+            "cliquecnn.init_features='hog_lda'")
+
+
+def relative_spread(features) -> float:
+    """sqrt(total variance) / rms row norm of features [N, D]: 0 when every row is the same (a
+    collapsed embedding), ~1 for centred features."""
+    x = np.asarray(features, np.float64)
+    total = float(np.sum(np.var(x, axis=0)))
+    return float(np.sqrt(total / max(float(np.mean(np.sum(x * x, axis=1))), 1e-30)))
+
+
+def collapse_warning(report: dict, min_gap: float, min_spread: float = 0.01) -> str | None:
+    """A warning when the embedding has collapsed (rows nearly equal) or cliques are no more
+    similar inside than across."""
+    spread = report.get("feature_spread", 1.0)
+    if spread < min_spread:
+        return (f"embedding collapse: the trunk's features vary by {spread:.2g} of their norm "
+                f"(the cliques are built on their z-scores, i.e. on noise); training goes on. "
+                f"Remedies: {REMEDIES}")
+    gap = report["clique_intra_similarity"] - report["clique_inter_similarity"]
+    if gap >= min_gap:
+        return None
+    return (f"clique collapse: intra-clique similarity {report['clique_intra_similarity']:.3f} "
+            f"against {report['clique_inter_similarity']:.3f} across cliques (gap below "
+            f"{min_gap}); training goes on. Remedies: {REMEDIES}")
+
+
+def check_enough_cliques(cliques: jcluster.Cliques, per_step: int, round_index: int) -> None:
+    """Raises a ConfigError (the run stops, its checkpoints intact) when a round found fewer
+    cliques than a batch holds."""
+    found = int(np.sum(np.asarray(cliques.sizes) >= 2))
+    if found < per_step:
+        raise ConfigError(
+            f"cliquecnn round {round_index}: only {found} cliques of two or more samples, fewer "
+            f"than cliquecnn.cliques_per_step={per_step}: the similarities have collapsed (or "
+            f"the data are too few); the last checkpoint is intact. Remedies: lower "
+            f"cliquecnn.cliques_per_step, {REMEDIES}")
+
+
+class CliqueRecipe(NamedTuple):
+    """How a round builds its cliques and batches: the ``cliquecnn`` config keys of the same
+    names (module docstring, steps 2-4)."""
+    num_initial_batches: int = 100
+    cliques_per_batch: int = 10
+    clique_size: int = 8
+    seed_fraction: float = 0.05
+    purify_passes: int = 8
+    build_chunk: int = 25
+    grow: bool = True
+    grow_max_size: int = 16
+    grow_p_value: float = 1e-3
+    grow_null_samples: int = 500
+    cliques_per_step: int = 8
+    samples_per_clique: int = 16
+    sampling: str = "random"
+
+
+def round_cliques(key: jax.Array, space: Similarity, round_index: int, recipe: CliqueRecipe, *,
+                  num_batches: int):
+    """A round's (clique labels [N], cliques, pre-sampled batches) in the similarity ``space``:
+    disjoint cliques, grown from round 1 on, and ``num_batches`` batches of them."""
+    k_build, k_grow, k_batches = jax.random.split(key, 3)
+    n = space.features.shape[0]
+    cliques = jcluster.disjoint_cliques(
+        k_build, space.features, space.neighbours,
+        num_initial_batches=recipe.num_initial_batches,
+        cliques_per_batch=recipe.cliques_per_batch, clique_size=recipe.clique_size,
+        seed_fraction=recipe.seed_fraction, purify_passes=recipe.purify_passes,
+        chunk=recipe.build_chunk)
+    labels = jcluster.first_clique_labels(np.asarray(cliques.members), n)
+    if recipe.grow and round_index > 0 and recipe.grow_max_size > recipe.clique_size:
+        grown = jcluster.grow_cliques(k_grow, cliques, space.features, space.neighbours,
+                                      null_samples=recipe.grow_null_samples,
+                                      p_value=recipe.grow_p_value,
+                                      max_size=recipe.grow_max_size)
+        labels = jcluster.grown_labels(labels, grown)
+        cliques = jcluster.cliques_from_labels(labels, cliques.members.shape[0],
+                                               recipe.grow_max_size, space.features)
+    check_enough_cliques(cliques, recipe.cliques_per_step, round_index)
+    batches = jcluster.sample_clique_batches(
+        k_batches, cliques, space.features, num_batches=num_batches,
+        cliques_per_batch=recipe.cliques_per_step,
+        samples_per_clique=recipe.samples_per_clique, mode=recipe.sampling)
+    return labels, cliques, batches
+
+
+def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
+         num_clusters: int, tx: optax.GradientTransformation, num_steps: int, round_steps: int,
+         init_features: str = "hog_lda", pca_dim: int = 64, num_neighbours: int = 64,
+         num_initial_batches: int = 500, cliques_per_batch: int = 10, clique_size: int = 8,
+         seed_fraction: float = 0.05, purify_passes: int = 8, build_chunk: int = 25,
+         grow: bool = True, grow_max_size: int = 16, grow_p_value: float = 1e-3,
+         grow_null_samples: int = 500, cliques_per_step: int = 8, samples_per_clique: int = 16,
+         sampling: str = "random", loss: str = "global", head_init_std: float = 0.01,
+         crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
+         rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
+         eval_n_init: int = 10) -> Method:
+    """CliqueCNN on ``backbone`` with ``tx`` (over params "backbone" and "head") for ``num_steps``
+    steps in rounds of ``round_steps`` (a whole number of epochs; the first round starts at step
+    0). The other arguments are the ``cliquecnn`` config keys of the same names
+    (docs/methods.md)."""
+    n, feature_dim = num_examples, backbone.feature_dim
+    num_cliques = num_initial_batches * cliques_per_batch
+    batch_size = cliques_per_step * samples_per_clique
+    recipe = CliqueRecipe(num_initial_batches, cliques_per_batch, clique_size, seed_fraction,
+                          purify_passes, build_chunk, grow, grow_max_size, grow_p_value,
+                          grow_null_samples, cliques_per_step, samples_per_clique, sampling)
+    head = models.nn.Dense(num_cliques, kernel_init=models.nn.initializers.normal(head_init_std))
+
+    def init(rng, x):
+        k1, k2 = jax.random.split(rng)
+        backbone_params, backbone_state = backbone.init(k1, x)
+        params = {"backbone": backbone_params,
+                  "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
+        state = CliqueCNNState(clique_labels=jnp.full((n,), -1, jnp.int32),
+                               order=jnp.zeros((round_steps * batch_size,), jnp.int32),
+                               round=jnp.zeros((), jnp.int32))
+        return params, {"backbone": backbone_state}, state
+
+    def loss_fn(params, model_state, cluster, batch, rng):
+        x = augment.augment_view(batch["x"], rng, out_size=tuple(image_shape[:2]),
+                                 scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
+                                 color=image_shape[-1] == 3)
+        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x,
+                                           train=True)
+        logits = head.apply({"params": params["head"]}, h)
+        labels = cluster.clique_labels[batch["index"]]
+        value, accuracy = clique_loss(logits, labels, in_batch=loss == "in_batch")
+        return value, ({"backbone": backbone_state}, {"clique_acc": accuracy})
+
+    def embed(params, model_state, x):
+        return backbone.apply(params["backbone"], model_state["backbone"], x, train=False)[0]
+
+    def similarity(cluster, context) -> Similarity:
+        if int(cluster.round) == 0 and init_features != "network":
+            raw = initial_features(np.asarray(context.inputs), init_features, pca_dim=pca_dim)
+            spread = 1.0
+        else:
+            raw, spread = zscore(context.features), relative_spread(context.features)
+        features = reduce_and_normalise(raw, pca_dim)
+        return Similarity(features, jcluster.knn(features, num_neighbours).indices), spread
+
+    def recluster(params, cluster, context):
+        k_build, k_head = jax.random.split(context.key)
+        space, spread = similarity(cluster, context)
+        labels, cliques, batches = round_cliques(
+            k_build, space, int(cluster.round), recipe, num_batches=round_steps)
+        info = round_report(cliques, space.features, batches, n)
+        info["round"], info["feature_spread"] = int(cluster.round), spread
+        warning = collapse_warning(info, collapse_gap)
+        if warning:
+            info["warning"] = warning
+        head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
+        cluster = CliqueCNNState(clique_labels=jnp.asarray(labels, jnp.int32),
+                                 order=jnp.asarray(batches.indices.ravel(), jnp.int32),
+                                 round=cluster.round + 1)
+        return {**params, "head": cast_floats(head_params)}, cluster, info
+
+    phases = (Phase(name="cliquecnn", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
+                    recluster_every=round_steps, recluster_at_start=True),)
+    return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
+                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
+                  sampler=lambda cluster: SamplePlan(order=cluster.order),
+                  training_labels=lambda params, cluster, features: cluster.clique_labels,
+                  evaluation=kmeans_probe(num_clusters, pca_dim=eval_pca_dim, n_init=eval_n_init),
+                  example_axes=CliqueCNNState(clique_labels=0, order=None, round=None))
+
+
+def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
+    """CliqueCNN as ``config`` sets it (sections ``model``, ``optim``, ``cliquecnn``)."""
+    cc = config.cliquecnn
+    for key, value, allowed in (("init_features", cc.init_features, INIT_FEATURES),
+                                ("loss", cc.loss, LOSSES), ("sampling", cc.sampling, SAMPLING)):
+        if value not in allowed:
+            raise ConfigError(f"config.cliquecnn.{key}={value!r}; use one of {allowed}")
+    n = data_spec.num_examples
+    per_step = cc.cliques_per_step * cc.samples_per_clique
+    if config.batch_size != per_step:
+        raise ConfigError(f"config.batch_size={config.batch_size} must equal "
+                          f"cliquecnn.cliques_per_step x cliquecnn.samples_per_clique = "
+                          f"{cc.cliques_per_step} x {cc.samples_per_clique} = {per_step}")
+    check_cnn_config(config, data_spec, "CliqueCNN", {
+        "cliquecnn.num_neighbours": 1 <= cc.num_neighbours < n,
+        "cliquecnn.clique_size": 2 <= cc.clique_size <= cc.num_neighbours,
+        "cliquecnn.num_initial_batches": cc.num_initial_batches >= 1,
+        "cliquecnn.cliques_per_batch": cc.cliques_per_batch >= 1,
+        "cliquecnn.cliques_per_step": 1 <= cc.cliques_per_step
+        <= cc.num_initial_batches * cc.cliques_per_batch,
+        "cliquecnn.samples_per_clique": cc.samples_per_clique >= 1,
+        "cliquecnn.seed_fraction": 0 < cc.seed_fraction <= 1,
+        "cliquecnn.round_epochs": 1 <= cc.round_epochs <= config.optim.epochs,
+        "cliquecnn.grow_max_size": cc.grow_max_size >= cc.clique_size,
+        "cliquecnn.grow_p_value": 0 < cc.grow_p_value < 1,
+        "cliquecnn.grow_null_samples": 3 <= cc.grow_null_samples,
+        "cliquecnn.pca_dim": cc.pca_dim >= 1,
+        "cliquecnn.build_chunk": cc.build_chunk >= 1})
+    if cc.cliques_per_batch * cc.clique_size > n:
+        raise ConfigError(
+            f"cliquecnn: an initial batch of {cc.cliques_per_batch} disjoint cliques of "
+            f"{cc.clique_size} needs more than the {n} examples; lower "
+            f"cliquecnn.cliques_per_batch")
+    backbone = models.make_backbone(config.model)
+    check_ranges(config, {"cliquecnn.eval_pca_dim": 1 <= cc.eval_pca_dim <= backbone.feature_dim},
+                 f"representation size {backbone.feature_dim}")
+    epoch = steps_per_epoch(config, data_spec)
+    num_steps = config.optim.epochs * epoch
+    tx = optim.make(config.optim, num_steps, rest="backbone",
+                    groups={"head": optim.Group(weight_decay=False, momentum=False)})
+    return make(backbone=backbone, image_shape=data_spec.input_shape, num_examples=n,
+                num_clusters=config.num_clusters, tx=tx, num_steps=num_steps,
+                round_steps=cc.round_epochs * epoch, init_features=cc.init_features,
+                pca_dim=cc.pca_dim, num_neighbours=cc.num_neighbours,
+                num_initial_batches=cc.num_initial_batches,
+                cliques_per_batch=cc.cliques_per_batch, clique_size=cc.clique_size,
+                seed_fraction=cc.seed_fraction, purify_passes=cc.purify_passes,
+                build_chunk=cc.build_chunk, grow=cc.grow, grow_max_size=cc.grow_max_size,
+                grow_p_value=cc.grow_p_value, grow_null_samples=cc.grow_null_samples,
+                cliques_per_step=cc.cliques_per_step, samples_per_clique=cc.samples_per_clique,
+                sampling=cc.sampling, loss=cc.loss, head_init_std=cc.head_init_std,
+                crop_scale=tuple(cc.crop_scale), flip=cc.flip,
+                rotation_degrees=cc.rotation_degrees, collapse_gap=cc.collapse_gap,
+                eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init)

@@ -1,0 +1,189 @@
+"""CliqueCNN: disjoint cliques, the loss by hand, a round's state and report, resume and devices."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jclust import cluster as jcluster
+from jclust import config_lib, methods, train
+from jclust.config_lib import ConfigError
+from jclust.methods import ReclusterContext, cliquecnn
+from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
+                            run)
+
+CONFIG = os.path.join(ROOT, "configs", "cliquecnn.py:digits")
+TINY = {
+    "data.limit": 256, "batch_size": 32, "eval_batch_size": 128,
+    "model.widths": (8, 16), "model.dense": 32, "cliquecnn.pca_dim": 16,
+    "cliquecnn.eval_pca_dim": 8, "cliquecnn.eval_n_init": 2, "cliquecnn.num_neighbours": 8,
+    "cliquecnn.num_initial_batches": 6, "cliquecnn.cliques_per_batch": 4,
+    "cliquecnn.clique_size": 4, "cliquecnn.grow_max_size": 6, "cliquecnn.build_chunk": 4,
+    "cliquecnn.cliques_per_step": 4, "cliquecnn.samples_per_clique": 8,
+    "cliquecnn.grow_null_samples": 50, "cliquecnn.grow_p_value": 0.05,
+    "cliquecnn.round_epochs": 1, "optim.epochs": 3,
+    "log_every_steps": 8, "checkpoint_every_steps": 4, "keep_checkpoints": 50,
+    "pictures.every_evals": 0, "tensorboard": False,
+}
+
+
+def tiny_config(**overrides):
+    return config_lib.apply_overrides(config_lib.load_config(CONFIG), {**TINY, **overrides})
+
+
+def _method(n=64, **overrides):
+    config = tiny_config(**overrides)
+    return config, methods.from_config(config, methods.DataSpec(n, (8, 8, 1), True))
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
+
+
+def test_overlapping_cliques_go_to_the_lowest_index_and_singletons_are_dropped():
+    members = np.array([[0, 1, 2, -1],
+                        [2, 3, 4, -1],    # 2 stays in clique 0
+                        [1, 5, -1, -1],   # 1 stays in clique 0: 5 alone, the clique dropped
+                        [6, 7, -1, -1]])
+    labels = jcluster.first_clique_labels(members, 9)
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, -1, 3, 3, -1])
+    features = jcluster.l2_normalize(jnp.asarray(np.random.default_rng(0).normal(size=(9, 4)),
+                                                 jnp.float32))
+    table = jcluster.cliques_from_labels(labels, 4, 3, features)
+    np.testing.assert_array_equal(np.asarray(table.members),
+                                  [[0, 1, 2], [3, 4, -1], [-1, -1, -1], [6, 7, -1]])
+    np.testing.assert_array_equal(np.asarray(table.sizes), [3, 2, 0, 2])
+    # Growth adds only samples in no clique yet.
+    grown = jcluster.make_cliques(jnp.asarray([[0, 1, 2, 5], [3, 4, 0, 8], [-1] * 4, [6, 7, 8, 5]]),
+                                  features)
+    np.testing.assert_array_equal(jcluster.grown_labels(labels, grown),
+                                  [0, 0, 0, 1, 1, 0, 3, 3, 1])
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_clique_loss_by_hand(in_batch):
+    logits = np.array([[2.0, 0.0, -1.0, 3.0], [0.5, 1.5, 0.0, -2.0], [1.0, 1.0, 4.0, 0.0]])
+    labels = np.array([0, 1, 1])
+    value, accuracy = cliquecnn.clique_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
+                                            in_batch=in_batch)
+    # in_batch: the batch holds cliques 0 and 1 only, so the softmax runs over those two columns.
+    cols = [0, 1] if in_batch else [0, 1, 2, 3]
+    z = logits[:, cols]
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    want = -np.mean(log_p[np.arange(3), [cols.index(y) for y in labels]])
+    np.testing.assert_allclose(float(value), want, rtol=1e-6)
+    predicted = np.array(cols)[z.argmax(1)]
+    assert float(accuracy) == pytest.approx(np.mean(predicted == labels))
+
+
+def _clustered_images(n=64, groups=4, seed=0):
+    """Images of ``groups`` distinct prototypes with a little noise (cliques find the groups)."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, size=(groups, 8, 8, 1))
+    labels = np.arange(n) % groups
+    noise = rng.integers(-12, 13, size=(n, 8, 8, 1))
+    return np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels
+
+
+@pytest.mark.parametrize("init_features", ["hog_lda", "pca_whiten"])
+def test_round_zero_builds_pure_disjoint_cliques_and_the_batch_order(init_features):
+    n = 64
+    images, truth = _clustered_images(n)
+    # Whitening gives the noise's directions the weight of the groups' 3: keep those 3 only.
+    pca_dim = 3 if init_features == "pca_whiten" else 16
+    config, method = _method(n=n, **{"cliquecnn.init_features": init_features,
+                                     "cliquecnn.pca_dim": pca_dim})
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
+    context = ReclusterContext(jnp.zeros((n, 32)), jax.random.PRNGKey(1), inputs=images)
+    new_params, cluster, info = method.recluster(params, cluster, context)
+    labels = np.asarray(cluster.clique_labels)
+    covered = labels >= 0
+    assert covered.sum() >= 2 * 4 and int(cluster.round) == 1
+    for c in np.unique(labels[covered]):  # every clique inside one prototype's group
+        assert len(np.unique(truth[labels == c])) == 1, c
+        assert (labels == c).sum() >= 2
+    # The order: a round (one epoch of n // 32 steps) of batches of cliques_per_step x
+    # samples_per_clique clique members.
+    order = np.asarray(cluster.order).reshape(-1, 32)
+    assert order.shape[0] == n // 32
+    assert np.all(labels[order] >= 0)
+    for row in order:  # 4 cliques x 8 samples, in runs of one clique
+        assert len(np.unique(labels[row])) == 4
+        runs = labels[row].reshape(4, 8)
+        np.testing.assert_array_equal(runs, np.repeat(runs[:, :1], 8, axis=1))
+    assert info["clique_coverage"] == pytest.approx(covered.mean())
+    assert info["clique_intra_similarity"] > info["clique_inter_similarity"] + 0.1
+    assert "warning" not in info
+    assert not np.array_equal(new_params["head"]["kernel"], params["head"]["kernel"])  # reset
+
+
+def test_collapsed_embedding_warns_and_no_cliques_stops_with_a_config_error():
+    n = 64
+    images, _ = _clustered_images(n)
+    config, method = _method(n=n, **{"cliquecnn.init_features": "network"})
+    params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
+    rng = np.random.default_rng(3)
+    healthy = rng.normal(size=(n, 32)).astype(np.float32)
+    _, _, info = method.recluster(params, cluster, ReclusterContext(
+        jnp.asarray(healthy), jax.random.PRNGKey(1), inputs=images))
+    assert "warning" not in info and info["feature_spread"] > 0.9
+    # Rows nearly equal: z-scores of the remaining noise still form cliques, but of noise.
+    collapsed = 1.0 + 1e-4 * healthy
+    _, _, info = method.recluster(params, cluster, ReclusterContext(
+        jnp.asarray(collapsed), jax.random.PRNGKey(1), inputs=images))
+    assert info["feature_spread"] < 1e-3
+    assert "embedding collapse" in info["warning"] and "learning_rate" in info["warning"]
+    # Identical rows: no clique at all, an error naming the key to change.
+    with pytest.raises(ConfigError, match="cliques_per_step"):
+        method.recluster(params, cluster, ReclusterContext(
+            jnp.ones((n, 32)), jax.random.PRNGKey(1), inputs=images))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size"):
+        _method(**{"batch_size": 16})
+    with pytest.raises(ConfigError, match="cliques_per_batch"):
+        _method(n=40, **{"cliquecnn.cliques_per_batch": 11})
+    with pytest.raises(ConfigError, match="init_features"):
+        _method(**{"cliquecnn.init_features": "sift"})
+    result = run(cli_args({"data.limit": 64, "cliquecnn.loss": "local"}, str(tmp_path / "run"),
+                          config_file="configs/cliquecnn.py:digits"))
+    assert result.returncode != 0
+    assert "cliquecnn.loss" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("cliquecnn_ref"))
+    final = train.train_and_evaluate(tiny_config(), workdir)
+    return workdir, final
+
+
+def test_end_to_end_logs_rounds_and_clique_purity(reference_run):
+    workdir, final = reference_run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert records[-1]["step"] == 3 * (256 // 32)
+    assert [r.get("round") for r in records[:3]] == [0, 1, 2]
+    for key in ("acc", "nmi", "ari", "pseudo_purity", "pseudo_coverage", "clique_coverage",
+                "cliques_used", "clique_intra_similarity", "triplet_check_passed"):
+        assert key in records[1], key
+    assert records[1]["pseudo_coverage"] == pytest.approx(records[1]["clique_coverage"])
+    assert 0.0 <= final["acc"] <= 1.0
+
+
+def test_resume_in_the_middle_of_a_round_is_bit_equal(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    # Step 12: round 2 (steps 8..15), after its cliques were built, in the middle of the round.
+    assert_resume_matches(ref_dir, str(tmp_path / "resumed"), 12, tiny_config())
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
+    """Same parameters, cliques and order on 8 devices as on 1 (float64)."""
+    assert_eight_devices_match_one(TINY, "configs/cliquecnn.py:digits", tmp_path,
+                                   sharded=("clique_labels",))
