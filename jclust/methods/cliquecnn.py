@@ -39,10 +39,10 @@ import optax
 from jclust import cluster as jcluster
 from jclust import models, optim
 from jclust.config_lib import ConfigError, check_ranges
-from jclust.data import augment
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
-from jclust.methods.common import check_cnn_config, steps_per_epoch
+from jclust.methods.common import (augmented_logits, check_cnn_config, init_backbone_and_head,
+                                   steps_per_epoch)
 from jclust.methods.evaluation import kmeans_probe
 from jclust.models import hog as jhog
 from jclust.precision import cast_floats, float_dtype
@@ -242,25 +242,19 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     head = models.nn.Dense(num_cliques, kernel_init=models.nn.initializers.normal(head_init_std))
 
     def init(rng, x):
-        k1, k2 = jax.random.split(rng)
-        backbone_params, backbone_state = backbone.init(k1, x)
-        params = {"backbone": backbone_params,
-                  "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
+        params, model_state = init_backbone_and_head(rng, backbone, head, x)
         state = CliqueCNNState(clique_labels=jnp.full((n,), -1, jnp.int32),
                                order=jnp.zeros((round_steps * batch_size,), jnp.int32),
                                round=jnp.zeros((), jnp.int32))
-        return params, {"backbone": backbone_state}, state
+        return params, model_state, state
 
     def loss_fn(params, model_state, cluster, batch, rng):
-        x = augment.augment_view(batch["x"], rng, out_size=tuple(image_shape[:2]),
-                                 scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
-                                 color=image_shape[-1] == 3)
-        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x,
-                                           train=True)
-        logits = head.apply({"params": params["head"]}, h)
+        logits, model_state = augmented_logits(
+            backbone, head, params, model_state, batch["x"], rng, image_shape=image_shape,
+            crop_scale=crop_scale, flip=flip, rotation_degrees=rotation_degrees)
         labels = cluster.clique_labels[batch["index"]]
         value, accuracy = clique_loss(logits, labels, in_batch=loss == "in_batch")
-        return value, ({"backbone": backbone_state}, {"clique_acc": accuracy})
+        return value, (model_state, {"clique_acc": accuracy})
 
     def embed(params, model_state, x):
         return backbone.apply(params["backbone"], model_state["backbone"], x, train=False)[0]

@@ -3,13 +3,17 @@ they train on."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jclust import metrics as jmetrics
+from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
+from jclust.data import augment
 from jclust.methods.base import DataSpec
 
 CNN_BACKBONES = ("small_cnn", "resnet18")
@@ -80,3 +84,29 @@ def labels_report(labels: np.ndarray, num_labels: int, *, prefix: str,
                            f"{num_labels} used); training goes on"
                            + (f". Remedies: {remedies}" if remedies else ""))
     return info
+
+
+def init_backbone_and_head(rng: jax.Array, backbone: models.Backbone, head, x: jax.Array
+                           ) -> tuple[dict, dict]:
+    """(params {"backbone", "head"}, model_state {"backbone"}) of ``backbone`` on inputs like
+    ``x`` with a linear ``head`` on its features (DeepCluster's and CliqueCNN's classifier)."""
+    k_backbone, k_head = jax.random.split(rng)
+    backbone_params, backbone_state = backbone.init(k_backbone, x)
+    head_params = head.init(k_head, jnp.zeros((1, backbone.feature_dim)))["params"]
+    return {"backbone": backbone_params, "head": head_params}, {"backbone": backbone_state}
+
+
+def augmented_logits(backbone: models.Backbone, head, params: dict, model_state: dict,
+                     images: jax.Array, rng: jax.Array, *, image_shape: Sequence[int],
+                     crop_scale: tuple[float, float], flip: bool, rotation_degrees: float,
+                     prepare: Callable[[jax.Array], jax.Array] = lambda x: x
+                     ) -> tuple[jax.Array, dict]:
+    """(head logits [B, C], new model_state) of one augmented view of ``images`` (random resized
+    crop to ``image_shape``, flip, rotation; colour jitter for RGB), ``prepare``d, through the
+    backbone in training mode."""
+    x = augment.augment_view(images, rng, out_size=tuple(image_shape[:2]),
+                             scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
+                             color=image_shape[-1] == 3)
+    h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], prepare(x),
+                                       train=True)
+    return head.apply({"params": params["head"]}, h), {"backbone": backbone_state}

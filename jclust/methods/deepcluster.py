@@ -37,10 +37,11 @@ import optax
 from jclust import cluster as jcluster
 from jclust import models, optim
 from jclust.config_lib import ConfigError, check_ranges
-from jclust.data import augment, samplers
+from jclust.data import samplers
 from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
-from jclust.methods.common import check_cnn_config, labels_report, steps_per_epoch
+from jclust.methods.common import (augmented_logits, check_cnn_config, init_backbone_and_head,
+                                   labels_report, steps_per_epoch)
 from jclust.methods.evaluation import kmeans_probe
 from jclust.precision import cast_floats, float_dtype
 
@@ -115,32 +116,26 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     head = models.nn.Dense(train_clusters, kernel_init=models.nn.initializers.normal(head_init_std))
 
     def init(rng, x):
-        k1, k2 = jax.random.split(rng)
-        backbone_params, backbone_state = backbone.init(k1, prepare(x))
-        params = {"backbone": backbone_params,
-                  "head": head.init(k2, jnp.zeros((1, feature_dim)))["params"]}
+        params, model_state = init_backbone_and_head(rng, backbone, head, prepare(x))
         state = DeepClusterState(
             pseudo_labels=jnp.full((n,), -1, jnp.int32),
             class_weights=jnp.ones((train_clusters,), float_dtype()),
             order=jnp.arange(n, dtype=jnp.int32))
-        return params, {"backbone": backbone_state}, state
+        return params, model_state, state
 
     def prepare(x):
         # Sobel: grayscale + gradients, so that colour cannot be used to find trivial clusters.
         return models.sobel_filter(x) if sobel else x
 
     def loss_fn(params, model_state, cluster, batch, rng):
-        x = augment.augment_view(batch["x"], rng, out_size=tuple(image_shape[:2]),
-                                 scale=tuple(crop_scale), flip=flip, max_degrees=rotation_degrees,
-                                 color=image_shape[-1] == 3)
-        h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"],
-                                           prepare(x), train=True)
-        logits = head.apply({"params": params["head"]}, h)
+        logits, model_state = augmented_logits(
+            backbone, head, params, model_state, batch["x"], rng, image_shape=image_shape,
+            crop_scale=crop_scale, flip=flip, rotation_degrees=rotation_degrees, prepare=prepare)
         labels = cluster.pseudo_labels[batch["index"]]
         weights = cluster.class_weights[labels] if sampling == "reweight" else None
         loss = losses.cross_entropy(logits, labels, weights)
         accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
-        return loss, ({"backbone": backbone_state}, {"pseudo_label_acc": accuracy})
+        return loss, (model_state, {"pseudo_label_acc": accuracy})
 
     def embed(params, model_state, x):
         return backbone.apply(params["backbone"], model_state["backbone"], prepare(x),

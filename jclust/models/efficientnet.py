@@ -232,27 +232,35 @@ class EfficientNetLite(nn.Module):
             features[f"group{g}"] = x
         x = relu6(norm(name="bn1")(conv(self.head_width, (1, 1), name="conv_head")(x)))
         features["head"] = x
-        features["pooled"] = jnp.mean(x, axis=(1, 2))
-        if self.num_classes:
-            features["logits"] = nn.Dense(self.num_classes, dtype=self.dtype,
-                                          kernel_init=default_kernel_init,
-                                          name="fc")(features["pooled"])
-        return features
+        return pooled_and_logits(features, x, self.num_classes, self.dtype)
+
+
+def pooled_and_logits(features: dict, x: jax.Array, num_classes: int, dtype) -> dict:
+    """``features`` with the global average pool of ``x`` [B, H, W, C] ("pooled") and, with
+    ``num_classes``, the ImageNet classifier's logits ("logits", a Dense named "fc"); called
+    inside an ImageNet network's compact ``__call__``."""
+    features["pooled"] = jnp.mean(x, axis=(1, 2))
+    if num_classes:
+        features["logits"] = nn.Dense(num_classes, dtype=dtype, kernel_init=default_kernel_init,
+                                      name="fc")(features["pooled"])
+    return features
+
+
+def layer_width(widths: dict, num_classes: int, layer: str, network: str) -> int:
+    """``widths[layer]`` (channels by layer name; "logits" added with ``num_classes``), or a
+    ValueError naming ``network`` and the valid layers."""
+    widths = {**widths, **({"logits": num_classes} if num_classes else {})}
+    if layer not in widths:
+        raise ValueError(f"unknown {network} layer {layer!r}; valid: {', '.join(widths)}")
+    return widths[layer]
 
 
 def feature_width(model: EfficientNetLite, layer: str) -> int:
-    """Channels of ``model``'s feature ``layer`` (a key of its output dict).
-
-    Raises:
-      ValueError: an unknown layer (the message lists the valid ones).
-    """
+    """Channels of ``model``'s feature ``layer`` (a key of its output dict); a ValueError names
+    the valid ones."""
     widths = {"stem": model.stem_width, "head": model.head_width, "pooled": model.head_width,
               **{f"group{g}": b.outputs for g, b in enumerate(model.blocks, start=1)}}
-    if model.num_classes:
-        widths["logits"] = model.num_classes
-    if layer not in widths:
-        raise ValueError(f"unknown EfficientNet-Lite layer {layer!r}; valid: {', '.join(widths)}")
-    return widths[layer]
+    return layer_width(widths, model.num_classes, layer, "EfficientNet-Lite")
 
 
 def torch_key(collection: str, path: Sequence[str], ndim: int) -> str:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust.models.conv import default_kernel_init
-from jclust.models.efficientnet import normalise
+from jclust.models.efficientnet import layer_width, normalise, pooled_and_logits
 from jclust.models.pth import TORCH_LEAVES, WeightsError, flax_variables
 
 Array = jax.Array
@@ -122,29 +122,16 @@ class ResNetImageNet(nn.Module):
                 stride = 2 if i > 1 and j == 0 else 1
                 x = Block(self.block, width, stride, self.dtype, name=f"layer{i}_{j}")(x)
             features[f"layer{i}"] = x
-        features["pooled"] = jnp.mean(x, axis=(1, 2))
-        if self.num_classes:
-            features["logits"] = nn.Dense(self.num_classes, dtype=self.dtype,
-                                          kernel_init=default_kernel_init,
-                                          name="fc")(features["pooled"])
-        return features
+        return pooled_and_logits(features, x, self.num_classes, self.dtype)
 
 
 def feature_width(model: ResNetImageNet, layer: str) -> int:
-    """Channels of ``model``'s feature ``layer``.
-
-    Raises:
-      ValueError: an unknown layer (the message lists the valid ones).
-    """
+    """Channels of ``model``'s feature ``layer``; a ValueError names the valid ones."""
     expansion = EXPANSION[model.block]
     widths = {"stem": model.stem_width,
               **{f"layer{i}": w * expansion for i, w in enumerate(model.widths, start=1)},
               "pooled": model.widths[-1] * expansion}
-    if model.num_classes:
-        widths["logits"] = model.num_classes
-    if layer not in widths:
-        raise ValueError(f"unknown ResNet layer {layer!r}; valid: {', '.join(widths)}")
-    return widths[layer]
+    return layer_width(widths, model.num_classes, layer, "ResNet")
 
 
 def torch_key(collection: str, path: Sequence[str], ndim: int) -> str:
