@@ -86,9 +86,11 @@ def _set_member(table: _Table, slot, p, features, neighbours) -> _Table:
     member_feats = table.member_feats.at[slot].set(f_p)
     block = neighbours[p]
     block_feats = features[block]
-    pool = jax.lax.dynamic_update_slice(table.pool, block, (slot * k,))
-    pool_feats = jax.lax.dynamic_update_slice(table.pool_feats, block_feats, (slot * k, 0))
-    sims = jax.lax.dynamic_update_slice(table.sims, block_feats @ member_feats.T, (slot * k, 0))
+    start = slot * k
+    origin = jnp.zeros_like(start)  # the same integer type as start (int64 in x64 mode too)
+    pool = jax.lax.dynamic_update_slice(table.pool, block, (start,))
+    pool_feats = jax.lax.dynamic_update_slice(table.pool_feats, block_feats, (start, origin))
+    sims = jax.lax.dynamic_update_slice(table.sims, block_feats @ member_feats.T, (start, origin))
     sims = sims.at[:, slot].set(pool_feats @ f_p)
     return table._replace(members=table.members.at[slot].set(p), member_feats=member_feats,
                           pool=pool, pool_feats=pool_feats, sims=sims)
