@@ -86,8 +86,7 @@ def _set_member(table: _Table, slot, p, features, neighbours) -> _Table:
     member_feats = table.member_feats.at[slot].set(f_p)
     block = neighbours[p]
     block_feats = features[block]
-    start = slot * k
-    origin = jnp.zeros_like(start)  # the same integer type as start (int64 in x64 mode too)
+    start, origin = slot * k, 0 * slot * k  # one integer type (int64 in x64 mode too)
     pool = jax.lax.dynamic_update_slice(table.pool, block, (start,))
     pool_feats = jax.lax.dynamic_update_slice(table.pool_feats, block_feats, (start, origin))
     sims = jax.lax.dynamic_update_slice(table.sims, block_feats @ member_feats.T, (start, origin))
