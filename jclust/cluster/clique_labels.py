@@ -18,10 +18,10 @@ from jclust.cluster.cliques import Cliques, build_cliques, make_cliques
 
 def disjoint_cliques(key: jax.Array, features, neighbours, *, num_initial_batches: int,
                      cliques_per_batch: int, clique_size: int, seed_fraction: float,
-                     purify_passes: int, chunk: int) -> Cliques:
+                     purify_passes: int, chunk: int) -> tuple[np.ndarray, Cliques]:
     """:func:`jclust.cluster.build_cliques` in sequential chunks of ``chunk`` initial batches, each
-    chunk choosing among the samples earlier chunks left; cliques [B * cliques_per_batch,
-    clique_size], disjoint (module docstring)."""
+    chunk choosing among the samples earlier chunks left: (each sample's clique [N], -1 for none;
+    the cliques [B * cliques_per_batch, clique_size]), disjoint (module docstring)."""
     n = features.shape[0]
     available = np.ones((n,), bool)
     keys = jax.random.split(key, -(-num_initial_batches // chunk))
@@ -37,8 +37,8 @@ def disjoint_cliques(key: jax.Array, features, neighbours, *, num_initial_batche
         available[members[members >= 0]] = False
         parts.append(members)
     labels = first_clique_labels(np.concatenate(parts), n)
-    return cliques_from_labels(labels, num_initial_batches * cliques_per_batch, clique_size,
-                               features)
+    return labels, cliques_from_labels(labels, num_initial_batches * cliques_per_batch,
+                                       clique_size, features)
 
 
 def first_clique_labels(members: np.ndarray, num_samples: int) -> np.ndarray:

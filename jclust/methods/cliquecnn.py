@@ -194,14 +194,12 @@ def round_cliques(key: jax.Array, space: Similarity, round_index: int, recipe: C
     """A round's (clique labels [N], cliques, pre-sampled batches) in the similarity ``space``:
     disjoint cliques, grown from round 1 on, and ``num_batches`` batches of them."""
     k_build, k_grow, k_batches = jax.random.split(key, 3)
-    n = space.features.shape[0]
-    cliques = jcluster.disjoint_cliques(
+    labels, cliques = jcluster.disjoint_cliques(
         k_build, space.features, space.neighbours,
         num_initial_batches=recipe.num_initial_batches,
         cliques_per_batch=recipe.cliques_per_batch, clique_size=recipe.clique_size,
         seed_fraction=recipe.seed_fraction, purify_passes=recipe.purify_passes,
         chunk=recipe.build_chunk)
-    labels = jcluster.first_clique_labels(np.asarray(cliques.members), n)
     if recipe.grow and round_index > 0 and recipe.grow_max_size > recipe.clique_size:
         grown = jcluster.grow_cliques(k_grow, cliques, space.features, space.neighbours,
                                       null_samples=recipe.grow_null_samples,
