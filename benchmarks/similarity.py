@@ -13,6 +13,9 @@ Feature kinds:
   L2-Hys: 1,296-d), as scikit-image computes it;
 * ``hog_lda``: that HOG whitened with the training split's covariance + 0.02 I (CliqueCNN's
   HOG-LDA, its initial similarities);
+* ``round0:KIND[:DIM]``: CliqueCNN's round-0 similarity space, exactly as the method builds it
+  from ``init_features=KIND`` (hog_lda or pca_whiten, fitted on all 70,000 images as the method
+  does, without labels), reduced by PCA to DIM (default 64, the config's ``pca_dim``), unit rows;
 * ``run:WORKDIR``: the embedding of a trained jclust run (its newest checkpoint, read-only),
   computed as ``python -m jclust.predict`` computes it (``predict.Predictor``).
 
@@ -91,8 +94,14 @@ def features_of(kind: str, images: np.ndarray) -> np.ndarray:
         return hog_features(images, whiten=kind == "hog_lda")
     if kind.startswith("run:"):
         return run_features(kind.removeprefix("run:"))
-    raise SystemExit(f"unknown --features kind {kind!r}: pixels, pca_whiten, hog, hog_lda or "
-                     f"run:WORKDIR")
+    if kind.startswith("round0:"):
+        from jclust.methods import cliquecnn
+        init, _, dim = kind.removeprefix("round0:").partition(":")
+        dim = int(dim or 64)
+        return cliquecnn.reduce_and_normalise(
+            cliquecnn.initial_features(images, init, pca_dim=dim), dim)
+    raise SystemExit(f"unknown --features kind {kind!r}: pixels, pca_whiten, hog, hog_lda, "
+                     f"round0:KIND[:DIM] or run:WORKDIR")
 
 
 HEADER = ("| features | dim | P@1 | P@10 | P@100 | mAP@100 | 20-NN acc | pair AUC | anchor AUC "
@@ -112,7 +121,8 @@ def row(kind: str, dim: int, report: metrics.SimilarityReport, feature_s: float,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="pixels",
-                        help="comma-separated kinds: pixels, pca_whiten, hog, hog_lda, run:WORKDIR")
+                        help="comma-separated kinds: pixels, pca_whiten, hog, hog_lda, "
+                             "round0:KIND[:DIM], run:WORKDIR")
     parser.add_argument("--seed", type=int, default=0, help="key of the pairs and anchors")
     parser.add_argument("--chunk-size", type=int, default=512,
                         help="test images whose [chunk, 60000] similarities are held at once")

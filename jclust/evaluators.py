@@ -2,8 +2,9 @@
 
 A record holds ``step``, ``phase``, ACC/NMI/ARI (when the data has labels), the cluster sizes of
 :func:`jclust.metrics.cluster_sizes`, the mean confidence, the NMI with the previous evaluation's
-assignment, the purity and NMI of the method's own pseudo-labels (when it has them) and whatever
-the recluster that preceded it reported. Records go to ``metrics.jsonl``; the assignment to
+assignment, the purity and NMI of the method's own pseudo-labels (when it has them), with
+``retrieval_queries`` the similarity benchmark of the embedding (:func:`retrieval_record`), and
+whatever the recluster that preceded it reported. Records go to ``metrics.jsonl``; the assignment to
 ``assignments.npz``; pictures to ``pictures/``.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 import os
 import time
 
+import jax
 import numpy as np
 
+from jclust import config_lib
 from jclust import loader
 from jclust import distributed
 from jclust import inference
@@ -36,15 +39,19 @@ class ClusterEvaluator:
       writer: the run's metrics writer.
       num_clusters: K.
       pictures_every: write pictures every this many evaluations and at the last (0: never).
-      projection, max_points, seed: of the embedding picture.
+      projection, max_points, seed: of the embedding picture (seed also keys the retrieval
+        benchmark's random pairs and anchors).
       title: of the pictures.
+      retrieval_queries: with labels, also score the features as a similarity, the last this
+        many examples querying the others (:func:`retrieval_record`; 0: not).
     """
 
     def __init__(self, method: jmethods.Method, runner: inference.Runner, data: loader.Loader,
                  workdir: str | None, writer: writers.RunWriter, *, num_clusters: int,
                  pictures_every: int = 0, projection: str = "pca", max_points: int = 5000,
-                 seed: int = 0, title: str = ""):
+                 seed: int = 0, title: str = "", retrieval_queries: int = 0):
         self.method, self.runner, self.data = method, runner, data
+        self.retrieval_queries = retrieval_queries
         self.workdir, self.writer, self.num_clusters = workdir, writer, num_clusters
         self.pictures_every, self.title = pictures_every, title
         self.projection, self.max_points, self.seed = projection, max_points, seed
@@ -74,6 +81,9 @@ class ClusterEvaluator:
                 record["pseudo_nmi"] = float(jmetrics.nmi(truth, pseudo))
                 if not labelled.all():
                     record["pseudo_coverage"] = float(labelled.mean())
+        if true_labels is not None and self.retrieval_queries:
+            record.update(retrieval_record(features, true_labels, self.retrieval_queries,
+                                           self.seed))
         record.update(jmetrics.cluster_sizes(labels, self.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
         if self.previous_labels is not None:
@@ -103,6 +113,39 @@ class ClusterEvaluator:
                             os.path.join(out, "curves.png"), title=self.title)
 
 
+RETRIEVAL_KEYS = {"retrieval_p1": "precision_at_1", "retrieval_p10": "precision_at_10",
+                  "retrieval_p100": "precision_at_100", "retrieval_map100": "map_at_100",
+                  "knn20_acc": "knn_accuracy", "pair_auc": "pair_auc",
+                  "anchor_auc": "anchor_auc", "anchor_auc_mean": "anchor_auc_mean"}
+
+
+RETRIEVAL_DATABASE_MIN = 100  # the per-anchor protocol's nearest candidates
+
+
+def check_retrieval_queries(config, data: loader.Loader) -> None:
+    """Raises a ConfigError when ``config.eval_retrieval_queries`` cannot score ``data``: it has
+    no labels, or the queries leave fewer than :data:`RETRIEVAL_DATABASE_MIN` examples."""
+    queries, n = config.eval_retrieval_queries, data.num_examples
+    if queries and data.labels is None:
+        raise config_lib.ConfigError(f"config.eval_retrieval_queries={queries} scores with labels "
+                                     f"and {data.source} has none: set it to 0")
+    config_lib.check_ranges(
+        config, {"eval_retrieval_queries": 0 <= queries <= n - RETRIEVAL_DATABASE_MIN},
+        f"the queries must leave at least {RETRIEVAL_DATABASE_MIN} of the {n} examples to search")
+
+
+def retrieval_record(features: np.ndarray, labels: np.ndarray, num_queries: int,
+                     seed: int) -> dict:
+    """The similarity benchmark (:func:`jclust.metrics.similarity_report`, cosine) of features
+    [N, D]: the last ``num_queries`` examples query the first N - num_queries (on Fashion-MNIST
+    with 10,000: its test split against its training split, as ``benchmarks/similarity.py``
+    scores it); labels only score. Keys :data:`RETRIEVAL_KEYS`."""
+    split = len(features) - num_queries
+    report = jmetrics.similarity_report(features[:split], labels[:split], features[split:],
+                                        labels[split:], key=jax.random.PRNGKey(seed))
+    return {key: float(getattr(report, field)) for key, field in RETRIEVAL_KEYS.items()}
+
+
 def eval_line(record: dict, num_clusters: int) -> str:
     """An evaluation record as one log line."""
     shown = ", ".join(f"{k}={record[k]:.4f}" for k in ("acc", "nmi", "ari") if k in record)
@@ -114,7 +157,11 @@ def eval_line(record: dict, num_clusters: int) -> str:
             + (f"; pseudo-labels: purity {record['pseudo_purity']:.4f}, NMI {record['pseudo_nmi']:.4f}"
                if "pseudo_purity" in record else "")
             + (f" on {record['pseudo_coverage']:.1%} of the examples"
-               if "pseudo_coverage" in record else ""))
+               if "pseudo_coverage" in record else "")
+            + (f"; similarity: P@1 {record['retrieval_p1']:.4f}, mAP@100 "
+               f"{record['retrieval_map100']:.4f}, 20-NN {record['knn20_acc']:.4f}, pair AUC "
+               f"{record['pair_auc']:.4f}, anchor AUC {record['anchor_auc']:.4f}"
+               if "knn20_acc" in record else ""))
 
 
 def collapse_warning(record: dict, num_clusters: int, num_examples: int) -> str | None:

@@ -184,6 +184,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str, say):
     if config.batch_size % mesh.size:
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
                                      f"the number of devices ({mesh.size})")
+    evaluators.check_retrieval_queries(config, data)
     method = jmethods.from_config(config, spec)
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
     state = jstate.init_state(method, config.seed, data.sample(config.batch_size))
@@ -282,7 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             method, runner, data, workdir if primary else None, writer,
             num_clusters=config.num_clusters, pictures_every=config.pictures.every_evals,
             projection=config.pictures.projection, max_points=config.pictures.max_points,
-            seed=config.seed, title=f"{config.method} on {data.source}"),
+            seed=config.seed, title=f"{config.method} on {data.source}",
+            retrieval_queries=config.eval_retrieval_queries),
         metrics=monitor.StepMetrics(lambda s: method.phases[jschedule.phase_at(bounds, s)].name,
                                     checkpoints.kept),
         checkpoints=checkpoints, writer=writer, say=say)

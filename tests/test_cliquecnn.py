@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jclust import cluster as jcluster
-from jclust import config_lib, methods, train
+from jclust import config_lib, evaluators, methods, predict, train
 from jclust.config_lib import ConfigError
 from jclust.methods import ReclusterContext, cliquecnn
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
@@ -26,7 +26,7 @@ TINY = {
     "cliquecnn.grow_null_samples": 50, "cliquecnn.grow_p_value": 0.05,
     "cliquecnn.round_epochs": 1, "optim.epochs": 3,
     "log_every_steps": 8, "checkpoint_every_steps": 4, "keep_checkpoints": 50,
-    "pictures.every_evals": 0, "tensorboard": False,
+    "pictures.every_evals": 0, "tensorboard": False, "eval_retrieval_queries": 56,
 }
 
 
@@ -77,6 +77,29 @@ def test_clique_loss_by_hand(in_batch):
     np.testing.assert_allclose(float(value), want, rtol=1e-6)
     predicted = np.array(cols)[z.argmax(1)]
     assert float(accuracy) == pytest.approx(np.mean(predicted == labels))
+
+
+def test_imprinted_head_by_hand():
+    """Logit of clique c = scale * cos(h - mu, m_c - mu) * |h - mu| / r (NumPy float64); a
+    clique without members keeps the random head's column."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(12, 5))
+    labels = np.array([0, 0, 1, 1, 1, -1, 0, 1, -1, 0, 1, 1])
+    random_head = {"kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+                   "bias": jnp.asarray(rng.normal(size=3), jnp.float32)}
+    head = cliquecnn.imprinted_head(jnp.asarray(features, jnp.float32), labels, 3, 3.0,
+                                    random_head)
+    logits = features @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"])
+    mu = features.mean(0)
+    centred = features - mu
+    r = np.sqrt(np.mean(np.sum(centred ** 2, axis=1)))
+    for c in (0, 1):
+        m = centred[labels == c].mean(0)
+        want = 3.0 * centred @ m / np.linalg.norm(m) / r
+        # float32 parameters: measured 5e-7 from this float64 formula on logits up to 3.7.
+        np.testing.assert_allclose(logits[:, c], want, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(head["kernel"][:, 2], random_head["kernel"][:, 2])
+    assert float(head["bias"][2]) == float(random_head["bias"][2])
 
 
 def _clustered_images(n=64, groups=4, seed=0):
@@ -174,6 +197,29 @@ def test_end_to_end_logs_rounds_and_clique_purity(reference_run):
         assert key in records[1], key
     assert records[1]["pseudo_coverage"] == pytest.approx(records[1]["clique_coverage"])
     assert 0.0 <= final["acc"] <= 1.0
+
+
+def test_every_evaluation_scores_the_embedding_that_predict_gives(reference_run):
+    """The retrieval figures of the last evaluation are those of the run's embedding as
+    ``benchmarks/similarity.py run:WORKDIR`` computes it (jclust.predict), the last 56 of the 256
+    digits querying the first 200: the same pass over the same parameters, so equal."""
+    workdir, final = reference_run
+    predictor = predict.Predictor.from_workdir(workdir)
+    data, _ = predict.load_data(predictor, "digits", limit=256)
+    features, labels = predictor.embed_data(data), np.asarray(data.labels)
+    expected = evaluators.retrieval_record(features, labels, 56, seed=0)
+    assert set(expected) == set(evaluators.RETRIEVAL_KEYS)
+    for key, value in expected.items():
+        assert final[key] == pytest.approx(value, abs=1e-6), key
+    assert 0.1 < final["knn20_acc"] <= 1.0 and 0.5 < final["anchor_auc"] <= 1.0
+
+
+def test_retrieval_queries_must_leave_a_database(tmp_path):
+    result = run(cli_args({"data.limit": 256, "eval_retrieval_queries": 200},
+                          str(tmp_path / "run"), config_file="configs/cliquecnn.py:digits"))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "eval_retrieval_queries=200" in result.stderr and "at least 100" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_resume_in_the_middle_of_a_round_is_bit_equal(reference_run, tmp_path):

@@ -63,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
     # phase ends, at every recluster and at the end).
     c.eval_every_steps = -1
     c.eval_every_epochs = -1.0
+    # With labels, also score every evaluation's embedding as a similarity (retrieval P@k, mAP,
+    # 20-NN accuracy, pair and per-anchor AUC: jclust.metrics.similarity_report): the last this
+    # many examples query the others. Fashion-MNIST: 10000 = its test split against its training
+    # split, as benchmarks/similarity.py. 0: not (each costs seconds to a minute of CPU).
+    c.eval_retrieval_queries = 0
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
     c.tensorboard = True  # also write WORKDIR/tensorboard/ events (tensorboardX, no TensorFlow)
@@ -85,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
 # schedule, clustering...) makes a different run, which needs a new workdir.
 RESUMABLE_KEYS = frozenset({
     "log_every_steps", "eval_every_steps", "eval_every_epochs", "checkpoint_every_steps",
-    "keep_checkpoints",
+    "keep_checkpoints", "eval_retrieval_queries",
     "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
     "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
     "data.backbone.batch_size", "data.feature_cache",

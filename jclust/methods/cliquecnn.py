@@ -16,7 +16,13 @@ Every round (``cliquecnn.round_epochs`` epochs; the first before any step):
      ``cliques_per_step`` cliques x ``samples_per_clique`` samples (tiled or subsampled), random
      or with the triplet check, as many batches as the round has steps; they are the round's
      example order, kept in the checkpointed state;
-  5. the head (one logit per clique) re-initialised.
+  5. the head (one logit per clique) re-initialised: ``head_init="imprint"`` (a jclust choice,
+     weight imprinting after Qi, Brown & Lowe 2018) sets clique c's weights to its members' mean
+     trunk feature (training mode, no augmentation), centred and scaled so the logit is
+     ``imprint_scale`` x the cosine with it;
+     ``"random"`` draws them (normal, ``head_init_std``) as the authors do. A random head over a
+     thousand cliques, each in about 1 % of a round's batches, learns almost nothing in the one
+     epoch per round a CPU allows (measured on Fashion-MNIST: loss ln 1000 after 400 steps).
 Between rounds the network minimises the cross-entropy of the clique labels on augmented views,
 over all cliques (``loss="global"``, the authors' released models) or over the batch's cliques
 (``loss="in_batch"``).
@@ -54,6 +60,7 @@ ASSIGNMENT_RULE = ("trunk features whitened and L2-normalised by the PCA of the 
 INIT_FEATURES = ("hog_lda", "pca_whiten", "network")
 LOSSES = ("global", "in_batch")
 SAMPLING = ("random", "heuristic")
+HEAD_INITS = ("imprint", "random")
 
 
 class CliqueCNNState(NamedTuple):
@@ -113,6 +120,31 @@ def clique_loss(logits: jax.Array, labels: jax.Array, *, in_batch: bool
         logits = jnp.where(present[None, :], logits, jnp.finfo(logits.dtype).min)
     accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(float_dtype()))
     return losses.cross_entropy(logits, labels), accuracy
+
+
+def imprinted_head(features, labels, num_cliques: int, scale: float, random_head: dict) -> dict:
+    """Dense head params {"kernel" [D, C], "bias" [C]} whose logit for clique c is
+    ``scale`` x cos(h - mu, m_c - mu) x |h - mu| / r: mu the mean feature, m_c the mean of clique
+    c's members, r the root-mean-square |h - mu| over the data. Cliques without members keep
+    ``random_head``'s columns."""
+    x = jnp.asarray(features, float_dtype())
+    mu = jnp.mean(x, axis=0)
+    centred = x - mu
+    r = jnp.sqrt(jnp.mean(jnp.sum(centred * centred, axis=1)))
+    labels = jnp.asarray(labels)
+    member = labels >= 0
+    sums = jax.ops.segment_sum(jnp.where(member[:, None], centred, 0.0),
+                               jnp.where(member, labels, 0), num_segments=num_cliques)
+    counts = jax.ops.segment_sum(member.astype(x.dtype), jnp.where(member, labels, 0),
+                                 num_segments=num_cliques)
+    norms = jnp.linalg.norm(sums, axis=1, keepdims=True)
+    directions = sums / jnp.maximum(norms, 1e-12)
+    kernel = (scale / jnp.maximum(r, 1e-12)) * directions.T
+    has = (counts > 0) & (norms[:, 0] > 0)
+    kernel = jnp.where(has[None, :], kernel, random_head["kernel"])
+    bias = jnp.where(has, -(mu @ kernel), random_head["bias"])
+    return {"kernel": kernel.astype(random_head["kernel"].dtype),
+            "bias": bias.astype(random_head["bias"].dtype)}
 
 
 def round_report(cliques: jcluster.Cliques, features, batches, num_samples: int) -> dict:
@@ -223,7 +255,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          seed_fraction: float = 0.05, purify_passes: int = 8, build_chunk: int = 25,
          grow: bool = True, grow_max_size: int = 16, grow_p_value: float = 1e-3,
          grow_null_samples: int = 500, cliques_per_step: int = 8, samples_per_clique: int = 16,
-         sampling: str = "random", loss: str = "global", head_init_std: float = 0.01,
+         sampling: str = "random", loss: str = "global", head_init: str = "imprint",
+         imprint_scale: float = 3.0, head_init_std: float = 0.01,
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
          eval_n_init: int = 10) -> Method:
@@ -238,6 +271,17 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                           purify_passes, build_chunk, grow, grow_max_size, grow_p_value,
                           grow_null_samples, cliques_per_step, samples_per_clique, sampling)
     head = models.nn.Dense(num_cliques, kernel_init=models.nn.initializers.normal(head_init_std))
+
+    apply_train_mode = jax.jit(lambda p, state, x: backbone.apply(p, state, x, train=True)[0])
+
+    def train_mode_features(backbone_params, images: np.ndarray) -> jax.Array:
+        """Trunk features [M, D] of images in training mode (statistics of each batch, as the
+        head sees them in training; no augmentation): in evaluation mode an untrained trunk's
+        running statistics are the initial ones, and imprinting from those misleads the head."""
+        shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0), images[:1])[1]
+        state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        return jnp.concatenate([apply_train_mode(backbone_params, state, images[i:i + batch_size])
+                                for i in range(0, len(images), batch_size)])
 
     def init(rng, x):
         params, model_state = init_backbone_and_head(rng, backbone, head, x)
@@ -277,6 +321,11 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         if warning:
             info["warning"] = warning
         head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
+        if head_init == "imprint":
+            members = np.flatnonzero(np.asarray(labels) >= 0)
+            features = train_mode_features(params["backbone"], np.asarray(context.inputs)[members])
+            head_params = imprinted_head(features, np.asarray(labels)[members], num_cliques,
+                                         imprint_scale, head_params)
         cluster = CliqueCNNState(clique_labels=jnp.asarray(labels, jnp.int32),
                                  order=jnp.asarray(batches.indices.ravel(), jnp.int32),
                                  round=cluster.round + 1)
@@ -296,7 +345,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     """CliqueCNN as ``config`` sets it (sections ``model``, ``optim``, ``cliquecnn``)."""
     cc = config.cliquecnn
     for key, value, allowed in (("init_features", cc.init_features, INIT_FEATURES),
-                                ("loss", cc.loss, LOSSES), ("sampling", cc.sampling, SAMPLING)):
+                                ("loss", cc.loss, LOSSES), ("sampling", cc.sampling, SAMPLING),
+                                ("head_init", cc.head_init, HEAD_INITS)):
         if value not in allowed:
             raise ConfigError(f"config.cliquecnn.{key}={value!r}; use one of {allowed}")
     n = data_spec.num_examples
@@ -342,7 +392,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 build_chunk=cc.build_chunk, grow=cc.grow, grow_max_size=cc.grow_max_size,
                 grow_p_value=cc.grow_p_value, grow_null_samples=cc.grow_null_samples,
                 cliques_per_step=cc.cliques_per_step, samples_per_clique=cc.samples_per_clique,
-                sampling=cc.sampling, loss=cc.loss, head_init_std=cc.head_init_std,
+                sampling=cc.sampling, loss=cc.loss, head_init=cc.head_init,
+                imprint_scale=cc.imprint_scale, head_init_std=cc.head_init_std,
                 crop_scale=tuple(cc.crop_scale), flip=cc.flip,
                 rotation_degrees=cc.rotation_degrees, collapse_gap=cc.collapse_gap,
                 eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init)
