@@ -129,9 +129,11 @@ def check_retrieval_queries(config, data: loader.Loader) -> None:
     if queries and data.labels is None:
         raise config_lib.ConfigError(f"config.eval_retrieval_queries={queries} scores with labels "
                                      f"and {data.source} has none: set it to 0")
-    config_lib.check_ranges(
-        config, {"eval_retrieval_queries": 0 <= queries <= n - RETRIEVAL_DATABASE_MIN},
-        f"the queries must leave at least {RETRIEVAL_DATABASE_MIN} of the {n} examples to search")
+    if not 0 <= queries <= n - RETRIEVAL_DATABASE_MIN:
+        raise config_lib.ConfigError(
+            f"config.eval_retrieval_queries={queries}: the queries must leave at least "
+            f"{RETRIEVAL_DATABASE_MIN} of the {n} examples to search; set it to at most "
+            f"{max(n - RETRIEVAL_DATABASE_MIN, 0)} (0: no similarity scores)")
 
 
 def retrieval_record(features: np.ndarray, labels: np.ndarray, num_queries: int,

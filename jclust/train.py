@@ -184,8 +184,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str, say):
     if config.batch_size % mesh.size:
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
                                      f"the number of devices ({mesh.size})")
-    evaluators.check_retrieval_queries(config, data)
     method = jmethods.from_config(config, spec)
+    evaluators.check_retrieval_queries(config, data)
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
     state = jstate.init_state(method, config.seed, data.sample(config.batch_size))
     initial_params = (jworkdir.import_params(config.init_params, state.params)

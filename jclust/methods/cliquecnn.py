@@ -34,6 +34,7 @@ the trainer's k-means probe (as for DeepCluster) clusters the trunk's features w
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -49,6 +50,8 @@ from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.common import (augmented_logits, check_cnn_config, init_backbone_and_head,
                                    steps_per_epoch)
+from jclust.methods.cliquecnn_report import (check_enough_cliques, collapse_warning,
+                                              relative_spread, round_report)
 from jclust.methods.evaluation import kmeans_probe
 from jclust.models import hog as jhog
 from jclust.precision import cast_floats, float_dtype
@@ -122,6 +125,24 @@ def clique_loss(logits: jax.Array, labels: jax.Array, *, in_batch: bool
     return losses.cross_entropy(logits, labels), accuracy
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _train_mode_apply(backbone: models.Backbone, params, model_state, x):
+    return backbone.apply(params, model_state, x, train=True)[0]
+
+
+def train_mode_features(backbone: models.Backbone, backbone_params, images: np.ndarray,
+                        batch_size: int) -> jax.Array:
+    """Trunk features [M, D] of images in training mode (statistics of each batch of
+    ``batch_size``, as the head sees them in training; no augmentation): in evaluation mode an
+    untrained trunk's running statistics are the initial ones, and imprinting from those misleads
+    the head."""
+    shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0), images[:1])[1]
+    model_state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    return jnp.concatenate([_train_mode_apply(backbone, backbone_params, model_state,
+                                              images[i:i + batch_size])
+                            for i in range(0, len(images), batch_size)])
+
+
 def imprinted_head(features, labels, num_cliques: int, scale: float, random_head: dict) -> dict:
     """Dense head params {"kernel" [D, C], "bias" [C]} whose logit for clique c is
     ``scale`` x cos(h - mu, m_c - mu) x |h - mu| / r: mu the mean feature, m_c the mean of clique
@@ -147,60 +168,16 @@ def imprinted_head(features, labels, num_cliques: int, scale: float, random_head
             "bias": bias.astype(random_head["bias"].dtype)}
 
 
-def round_report(cliques: jcluster.Cliques, features, batches, num_samples: int) -> dict:
-    """A round's diagnostics (no labels): coverage, cliques used and their sizes, compactness,
-    intra- against inter-clique similarity, the share of batches passing the triplet check."""
-    sizes = np.asarray(cliques.sizes)
-    used = sizes > 0
-    similarity = jcluster.clique_similarity(cliques, features)
-    return {"clique_coverage": float(jcluster.clique_coverage(cliques, num_samples)),
-            "cliques_used": int(used.sum()),
-            "clique_size_mean": float(sizes[used].mean()) if used.any() else 0.0,
-            "clique_compactness": float(np.mean(np.asarray(cliques.compactness)[used]))
-            if used.any() else 0.0,
-            "clique_intra_similarity": float(similarity.intra),
-            "clique_inter_similarity": float(similarity.inter),
-            "triplet_check_passed": float(np.mean(batches.passed))}
-
-
-REMEDIES = ("a lower optim.learning_rate, more cliquecnn.round_epochs, "
-            "cliquecnn.init_features='hog_lda'")
-
-
-def relative_spread(features) -> float:
-    """sqrt(total variance) / rms row norm of features [N, D]: 0 when every row is the same (a
-    collapsed embedding), ~1 for centred features."""
-    x = np.asarray(features, np.float64)
-    total = float(np.sum(np.var(x, axis=0)))
-    return float(np.sqrt(total / max(float(np.mean(np.sum(x * x, axis=1))), 1e-30)))
-
-
-def collapse_warning(report: dict, min_gap: float, min_spread: float = 0.01) -> str | None:
-    """A warning when the embedding has collapsed (rows nearly equal) or cliques are no more
-    similar inside than across."""
-    spread = report.get("feature_spread", 1.0)
-    if spread < min_spread:
-        return (f"embedding collapse: the trunk's features vary by {spread:.2g} of their norm "
-                f"(the cliques are built on their z-scores, i.e. on noise); training goes on. "
-                f"Remedies: {REMEDIES}")
-    gap = report["clique_intra_similarity"] - report["clique_inter_similarity"]
-    if gap >= min_gap:
-        return None
-    return (f"clique collapse: intra-clique similarity {report['clique_intra_similarity']:.3f} "
-            f"against {report['clique_inter_similarity']:.3f} across cliques (gap below "
-            f"{min_gap}); training goes on. Remedies: {REMEDIES}")
-
-
-def check_enough_cliques(cliques: jcluster.Cliques, per_step: int, round_index: int) -> None:
-    """Raises a ConfigError (the run stops, its checkpoints intact) when a round found fewer
-    cliques than a batch holds."""
-    found = int(np.sum(np.asarray(cliques.sizes) >= 2))
-    if found < per_step:
-        raise ConfigError(
-            f"cliquecnn round {round_index}: only {found} cliques of two or more samples, fewer "
-            f"than cliquecnn.cliques_per_step={per_step}: the similarities have collapsed (or "
-            f"the data are too few); the last checkpoint is intact. Remedies: lower "
-            f"cliquecnn.cliques_per_step, {REMEDIES}")
+def imprinted_round_head(backbone: models.Backbone, backbone_params, inputs: np.ndarray,
+                         labels, random_head: dict, *, scale: float, batch_size: int) -> dict:
+    """:func:`imprinted_head` of a round's clique ``labels`` [N] (-1: in none) from the training
+    mode features of the members' ``inputs``; the head's width is ``random_head``'s."""
+    labels = np.asarray(labels)
+    members = np.flatnonzero(labels >= 0)
+    features = train_mode_features(backbone, backbone_params, np.asarray(inputs)[members],
+                                   batch_size)
+    return imprinted_head(features, labels[members], random_head["bias"].shape[0], scale,
+                          random_head)
 
 
 class CliqueRecipe(NamedTuple):
@@ -272,17 +249,6 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                           grow_null_samples, cliques_per_step, samples_per_clique, sampling)
     head = models.nn.Dense(num_cliques, kernel_init=models.nn.initializers.normal(head_init_std))
 
-    apply_train_mode = jax.jit(lambda p, state, x: backbone.apply(p, state, x, train=True)[0])
-
-    def train_mode_features(backbone_params, images: np.ndarray) -> jax.Array:
-        """Trunk features [M, D] of images in training mode (statistics of each batch, as the
-        head sees them in training; no augmentation): in evaluation mode an untrained trunk's
-        running statistics are the initial ones, and imprinting from those misleads the head."""
-        shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0), images[:1])[1]
-        state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-        return jnp.concatenate([apply_train_mode(backbone_params, state, images[i:i + batch_size])
-                                for i in range(0, len(images), batch_size)])
-
     def init(rng, x):
         params, model_state = init_backbone_and_head(rng, backbone, head, x)
         state = CliqueCNNState(clique_labels=jnp.full((n,), -1, jnp.int32),
@@ -317,15 +283,13 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             k_build, space, int(cluster.round), recipe, num_batches=round_steps)
         info = round_report(cliques, space.features, batches, n)
         info["round"], info["feature_spread"] = int(cluster.round), spread
-        warning = collapse_warning(info, collapse_gap)
-        if warning:
+        if warning := collapse_warning(info, collapse_gap):
             info["warning"] = warning
         head_params = head.init(k_head, jnp.zeros((1, feature_dim)))["params"]
         if head_init == "imprint":
-            members = np.flatnonzero(np.asarray(labels) >= 0)
-            features = train_mode_features(params["backbone"], np.asarray(context.inputs)[members])
-            head_params = imprinted_head(features, np.asarray(labels)[members], num_cliques,
-                                         imprint_scale, head_params)
+            head_params = imprinted_round_head(backbone, params["backbone"], context.inputs,
+                                               labels, head_params, scale=imprint_scale,
+                                               batch_size=batch_size)
         cluster = CliqueCNNState(clique_labels=jnp.asarray(labels, jnp.int32),
                                  order=jnp.asarray(batches.indices.ravel(), jnp.int32),
                                  round=cluster.round + 1)
