@@ -129,7 +129,7 @@ def check_retrieval_queries(config, data: loader.Loader) -> None:
     if queries and data.labels is None:
         raise config_lib.ConfigError(f"config.eval_retrieval_queries={queries} scores with labels "
                                      f"and {data.source} has none: set it to 0")
-    if not 0 <= queries <= n - RETRIEVAL_DATABASE_MIN:
+    if queries < 0 or queries > max(n - RETRIEVAL_DATABASE_MIN, 0):
         raise config_lib.ConfigError(
             f"config.eval_retrieval_queries={queries}: the queries must leave at least "
             f"{RETRIEVAL_DATABASE_MIN} of the {n} examples to search; set it to at most "
