@@ -156,12 +156,10 @@ def imprinted_head(features, labels, num_cliques: int, scale: float, random_head
     member = labels >= 0
     sums = jax.ops.segment_sum(jnp.where(member[:, None], centred, 0.0),
                                jnp.where(member, labels, 0), num_segments=num_cliques)
-    counts = jax.ops.segment_sum(member.astype(x.dtype), jnp.where(member, labels, 0),
-                                 num_segments=num_cliques)
     norms = jnp.linalg.norm(sums, axis=1, keepdims=True)
     directions = sums / jnp.maximum(norms, 1e-12)
     kernel = (scale / jnp.maximum(r, 1e-12)) * directions.T
-    has = (counts > 0) & (norms[:, 0] > 0)
+    has = norms[:, 0] > 0  # a clique without members sums to zero
     kernel = jnp.where(has[None, :], kernel, random_head["kernel"])
     bias = jnp.where(has, -(mu @ kernel), random_head["bias"])
     return {"kernel": kernel.astype(random_head["kernel"].dtype),
