@@ -22,7 +22,7 @@ def get_config(arg: str = ""):
     config.model.output_relu = False
 
     config.optim = config_lib.optim_section()
-    # 2 rounds of 3 epochs (546 steps of 128 an epoch), ~23 min on 2 CPU cores. With the global
+    # 2 rounds of 3 epochs (546 steps of 128 an epoch), 25 min on 2 CPU cores. With the global
     # loss the network still learns after one epoch (Fashion-MNIST, seed 0, one round, features
     # after the ReLU: 20-NN 0.856 after 1 epoch, 0.869 after 3); the second round adds little
     # (BENCHMARKS.md). With the in-batch loss, rounds of one epoch, figures fell after round 2.
