@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jclust import cluster as jcluster
-from jclust import config_lib, evaluators, methods, predict, train
+from jclust import config_lib, evaluators, methods, models, predict, train
 from jclust.config_lib import ConfigError
 from jclust.methods import ReclusterContext, cliquecnn
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
@@ -122,7 +122,7 @@ def test_clique_head_is_a_dense_layer_and_applies_the_relu_the_trunk_left_out():
     images = _images(64)
     params, _, _ = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
     labels = np.arange(64) % 5
-    backbone = cliquecnn.models.make_backbone(config.model)
+    backbone = models.make_backbone(config.model)
     features = cliquecnn.train_mode_features(backbone, params["backbone"], images, 32)
     assert float(jnp.min(features)) < 0  # before the ReLU
     head = cliquecnn.imprinted_round_head(backbone, params["backbone"], images, labels,
