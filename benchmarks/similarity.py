@@ -16,8 +16,10 @@ Feature kinds:
 * ``round0:KIND[:DIM]``: CliqueCNN's round-0 similarity space, exactly as the method builds it
   from ``init_features=KIND`` (hog_lda or pca_whiten, fitted on all 70,000 images as the method
   does, without labels), reduced by PCA to DIM (default 64, the config's ``pca_dim``), unit rows;
-* ``run:WORKDIR``: the embedding of a trained jclust run (its newest checkpoint, read-only),
-  computed as ``python -m jclust.predict`` computes it (``predict.Predictor``).
+* ``run:WORKDIR``: the similarity space of a trained jclust run (its newest checkpoint,
+  read-only): the embedding as ``python -m jclust.predict`` computes it, through the method's
+  ``similarity`` where it has one (CliqueCNN: power-whitened PCA, fitted on all 70,000 images
+  without labels; ``predict.Predictor.similarity_data``).
 
 Prints one markdown row per feature kind: precision@1/10/100, mAP@100, weighted 20-NN accuracy
 (tau 0.07), pair AUC (100k same- and 100k different-label test/train pairs), CliqueCNN's
@@ -76,13 +78,14 @@ def hog_features(images: np.ndarray, whiten: bool) -> np.ndarray:
 
 
 def run_features(workdir: str) -> np.ndarray:
-    """The embedding of every image by the run in ``workdir`` (nothing is written there)."""
+    """The similarity space of every image by the run in ``workdir`` (its method's
+    ``similarity`` of the embedding, or the embedding; nothing is written there)."""
     from jclust import predict  # the trainer's stack, only for this kind
     predictor = predict.Predictor.from_workdir(workdir)
     data, warnings = predict.load_data(predictor, SOURCE)
     for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
-    return predictor.embed_data(data)
+    return predictor.similarity_data(data)
 
 
 def features_of(kind: str, images: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import numpy as np
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
+from jclust import evaluators
 from jclust import features
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
@@ -173,6 +174,12 @@ class Predictor:
         """The feature pass over a loaded data source -> [N, D] float32."""
         self.check_inputs(data.sample(1))  # the per-example shape and dtype trained on
         return data.features(self._runner(data.num_examples), self.state).astype(np.float32)
+
+    def similarity_data(self, data: loader.Loader) -> np.ndarray:
+        """The run's similarity space of a loaded data source -> [N, D'] float32: the method's
+        ``similarity`` fitted on these examples' features (CliqueCNN's whitened PCA), or the
+        features themselves; cosine similarity there is the method's similarity."""
+        return evaluators.similarity_features(self.method, self.embed_data(data))
 
     def assign(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Applies the run's assignment rule.

@@ -114,3 +114,22 @@ def test_errors(spectral_data):
     state = cluster.pca_fit(spectral_data, 3)
     with pytest.raises(ValueError, match=r"shape \[n, 12\]"):
         cluster.pca_transform(state, spectral_data[:, :5])
+
+
+def test_whitening_power_scales_the_components_part_way():
+    """fit_whitening's power p scales component i by (variance_i + eps) ** (-p / 2): the folded
+    projection at p equals the unwhitened components times the whitened scale ** p, p = 1 the
+    whitening bit for bit, and a power outside [0, 1] is refused."""
+    x = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32) * np.arange(1, 9)
+    state = cluster.pca_fit(x, 5, whiten=True)
+    for power in (0.0, 0.5, 0.75):
+        mean, projection = cluster.fit_whitening(x, 5, power)
+        np.testing.assert_array_equal(mean, state.mean)
+        np.testing.assert_allclose(projection, (state.components * state.scale[:, None] ** power).T,
+                                   rtol=1e-6)
+    np.testing.assert_array_equal(cluster.fit_whitening(x, 5, 1.0)[1],
+                                  (state.components * state.scale[:, None]).T)
+    np.testing.assert_allclose(cluster.fit_whitening(x, 5, 0.0)[1], state.components.T,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="power"):
+        cluster.fit_whitening(x, 5, 1.5)

@@ -152,19 +152,25 @@ def pca(x: Array, n_components: int, *, whiten: bool = False,
     return state, pca_transform(state, x, l2_normalize=l2_normalize)
 
 
-def fit_whitening(features: Array, dim: int) -> tuple[jax.Array, jax.Array]:
+def fit_whitening(features: Array, dim: int, power: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """PCA-whitening of features [N, D] to ``dim`` dimensions in folded form, for :func:`whiten`
     (DeepCluster's, ODC's and SwAV's evaluation and clustering features).
 
     Args:
       features: [N, D] float32 (numpy or jax), N >= 2.
       dim: output dimensions, 1 <= dim <= min(N, D).
+      power: the whitening's strength: component i is scaled by ``variance_i ** (-power / 2)``;
+        1 whitens, 0 only projects, and between them the spectrum is flattened part-way (the
+        power-law whitening of image retrieval, e.g. Jegou & Chum, ECCV 2012).
 
     Returns:
       (mean [D], projection [D, dim] with the whitening scale folded into the components), float32.
     """
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"power must be in [0, 1], got {power!r}.")
     state = pca_fit(features, dim, whiten=True)
-    return state.mean, (state.components * state.scale[:, None]).T
+    scale = state.scale if power == 1.0 else state.scale ** power
+    return state.mean, (state.components * scale[:, None]).T
 
 
 def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:

@@ -102,6 +102,16 @@ def reduce_and_normalise(features, pca_dim: int) -> jax.Array:
     return jcluster.l2_normalize(x)
 
 
+def similarity_space(features, *, dim: int, power: float) -> jax.Array:
+    """CliqueCNN's learned similarity: features [N, D] projected on their top ``dim`` principal
+    components (all D when fewer), component i scaled by ``variance_i ** (-power / 2)``
+    (:func:`jclust.cluster.fit_whitening`), unit rows; cosine there is the similarity. Fitted
+    on the features given, without labels."""
+    x = jnp.asarray(features, float_dtype())
+    mean, projection = jcluster.fit_whitening(x, min(dim, x.shape[1]), power)
+    return jcluster.whiten(x, mean, projection)
+
+
 def initial_features(inputs: np.ndarray, kind: str, *, pca_dim: int, ridge: float = 0.02):
     """Round 0's features of the raw inputs [N, H, W, C]: "hog_lda" (HOG whitened with the data's
     covariance + ``ridge`` I, :mod:`jclust.models.hog`) or "pca_whiten" (pixels / 255 PCA-whitened
@@ -260,7 +270,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          imprint_scale: float = 3.0, head_init_std: float = 0.01,
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
-         eval_n_init: int = 10, relu_input: bool = False) -> Method:
+         eval_n_init: int = 10, relu_input: bool = False, similarity_dim: int = 128,
+         similarity_power: float = 0.5) -> Method:
     """CliqueCNN on ``backbone`` with ``tx`` (over params "backbone" and "head") for ``num_steps``
     steps in rounds of ``round_steps`` (a whole number of epochs; the first round starts at step
     0). ``relu_input``: the head applies a ReLU to the trunk's features (a trunk that ends before
@@ -327,7 +338,9 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                   sampler=lambda cluster: SamplePlan(order=cluster.order),
                   training_labels=lambda params, cluster, features: cluster.clique_labels,
                   evaluation=kmeans_probe(num_clusters, pca_dim=eval_pca_dim, n_init=eval_n_init),
-                  example_axes=CliqueCNNState(clique_labels=0, order=None, round=None))
+                  example_axes=CliqueCNNState(clique_labels=0, order=None, round=None),
+                  similarity=functools.partial(similarity_space, dim=similarity_dim,
+                                               power=similarity_power))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
@@ -365,8 +378,12 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
             f"{cc.clique_size} needs more than the {n} examples; lower "
             f"cliquecnn.cliques_per_batch")
     backbone = models.make_backbone(config.model)
-    check_ranges(config, {"cliquecnn.eval_pca_dim": 1 <= cc.eval_pca_dim <= backbone.feature_dim},
+    check_ranges(config, {"cliquecnn.eval_pca_dim": 1 <= cc.eval_pca_dim <= backbone.feature_dim,
+                          "cliquecnn.similarity_dim": 1 <= cc.similarity_dim
+                          <= backbone.feature_dim},
                  f"representation size {backbone.feature_dim}")
+    check_ranges(config, {"cliquecnn.similarity_power": 0 <= cc.similarity_power <= 1},
+                 "it must lie in [0, 1]")
     epoch = steps_per_epoch(config, data_spec)
     num_steps = config.optim.epochs * epoch
     tx = optim.make(config.optim, num_steps, rest="backbone",
@@ -386,4 +403,5 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 crop_scale=tuple(cc.crop_scale), flip=cc.flip,
                 rotation_degrees=cc.rotation_degrees, collapse_gap=cc.collapse_gap,
                 eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init,
-                relu_input=not config.model.get("output_relu", True))
+                relu_input=not config.model.get("output_relu", True),
+                similarity_dim=cc.similarity_dim, similarity_power=cc.similarity_power)
