@@ -70,7 +70,7 @@ def get_config(arg: str = ""):
     # The learned similarity (scored, and predict's similarity space): the trunk's features on
     # their top 128 principal components, component i scaled by variance_i^-0.25 (whitening to
     # the power 0.5), cosine. Final trunks, test images querying training images, 20-NN / anchor
-    # AUC: Fashion-MNIST (3 seeds) 0.893 / 0.904 against 0.877 / 0.900 for the plain cosine;
+    # AUC: Fashion-MNIST (3 seeds) 0.893 / 0.901 against 0.877 / 0.897 for the plain cosine;
     # digits 0.953 / 0.925 against 0.953 / 0.930. Power 0.75 gains more on Fashion-MNIST
     # (0.900 / 0.898) but loses anchor AUC on digits (0.894), whose 1,797 examples estimate the
     # small components poorly; round 0's HOG-LDA, already whitened, loses by any power.
