@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 256
     c.eval_batch_size = 2048
+    # An epoch of every schedule (durations in epochs: training, reclusters, rounds, evaluations)
+    # lasts at least this many examples: on a smaller data set it spans several passes, so that a
+    # few thousand images get as many optimisation steps and reclusters as Fashion-MNIST's
+    # 70,000. 0: an epoch is one pass.
+    c.min_epoch_examples = 0
 
     c.log_every_steps = 200
     # Also evaluate every this many steps, or epochs (-1: not set; see steps(); neither: only at
@@ -208,6 +213,9 @@ def validate(config: ml_collections.ConfigDict, methods: Collection[str]) -> Non
             raise ConfigError(f"config.{key} must be positive, got {config[key]}")
     if config.data.limit < 0:
         raise ConfigError(f"config.data.limit must be >= 0, got {config.data.limit}")
+    if config.get("min_epoch_examples", 0) < 0:
+        raise ConfigError(f"config.min_epoch_examples must be >= 0 (0: an epoch is one pass), got "
+                          f"{config.min_epoch_examples}")
     if config.pictures.every_evals < 0 or config.pictures.max_points < 2:
         raise ConfigError("config.pictures.every_evals must be >= 0 and config.pictures.max_points "
                           f">= 2, got {config.pictures.every_evals} and {config.pictures.max_points}")

@@ -52,8 +52,11 @@ def check_cnn_config(config: ml_collections.ConfigDict, data_spec: DataSpec, tit
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, data_spec: DataSpec) -> int:
-    """Whole batches per pass over the data (a partial last batch is not drawn)."""
-    return data_spec.num_examples // config.batch_size
+    """Steps of an epoch, the unit of every duration in epochs: whole batches per pass over the
+    data (a partial last batch is not drawn), or over ``config.min_epoch_examples`` examples
+    where the data has fewer (the epoch then spans several passes)."""
+    examples = max(data_spec.num_examples, config.get("min_epoch_examples", 0))
+    return examples // config.batch_size
 
 
 def labels_report(labels: np.ndarray, num_labels: int, *, prefix: str,

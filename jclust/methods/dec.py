@@ -40,6 +40,7 @@ from jclust import models
 from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
+from jclust.methods.common import steps_per_epoch
 from jclust.optim import make_optimizer
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -292,7 +293,7 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     if not data_spec.is_image and (pretrain.augment_shift or dec.augment_shift):
         raise ConfigError("pretrain.augment_shift / dec.augment_shift translate images; the data "
                           "are feature vectors")
-    pretrain_steps = pretrain.epochs * (n // config.batch_size)
+    pretrain_steps = pretrain.epochs * steps_per_epoch(config, data_spec)
     pretrain_tx = make_optimizer(pretrain.optimizer, pretrain.learning_rate, pretrain.momentum,
                                  schedule=pretrain.lr_schedule, num_steps=max(pretrain_steps, 1))
     # The pretraining optimiser must not move the (still unused) centroids.

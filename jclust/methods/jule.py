@@ -337,10 +337,15 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                             period=jnp.asarray(period, jnp.int32))
         return params, cluster, info
 
+    # The trainer reads an order pass by pass (whole batches of the N examples); a period may
+    # span more passes than epochs (config.min_epoch_examples): one grouped pass for each.
+    pass_steps = max(n // batch_size, 1)
+    period_passes = -(-epochs_per_period * steps_per_epoch // pass_steps)
+
     def sampler(cluster):
         return SamplePlan(order=grouped_order(
             np.asarray(cluster.labels), int(cluster.period), seed=seed, batch_groups=batch_groups,
-            epochs=epochs_per_period, epoch_length=steps_per_epoch * batch_size))
+            epochs=period_passes, epoch_length=pass_steps * batch_size))
 
     phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=epochs_per_period * steps_per_epoch, recluster_at_start=True),)
