@@ -84,7 +84,7 @@ class ClusterEvaluator:
                 if not labelled.all():
                     record["pseudo_coverage"] = float(labelled.mean())
         if true_labels is not None and self.retrieval_queries:
-            record.update(retrieval_record(similarity_features(self.method, features),
+            record.update(retrieval_record(similarity_features(self.method, state, features),
                                            true_labels, self.retrieval_queries, self.seed))
         record.update(jmetrics.cluster_sizes(labels, self.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
@@ -138,12 +138,14 @@ def check_retrieval_queries(config, data: loader.Loader) -> None:
             f"{max(n - RETRIEVAL_DATABASE_MIN, 0)} (0: no similarity scores)")
 
 
-def similarity_features(method: jmethods.Method, features: np.ndarray) -> np.ndarray:
-    """The space the method's similarity is the cosine in (``Method.similarity``) of a feature
-    pass [N, D]; the features themselves for a method without one."""
+def similarity_features(method: jmethods.Method, state: jstate.TrainState,
+                        features: np.ndarray) -> np.ndarray:
+    """The space the method's similarity is the cosine in (``Method.similarity``, with what the
+    state's last evaluation fitted) of a feature pass [N, D]; the features themselves for a
+    method without one."""
     if method.similarity is None:
         return features
-    return np.asarray(method.similarity(features), np.float32)
+    return np.asarray(method.similarity(state.eval, features), np.float32)
 
 
 def retrieval_record(features: np.ndarray, labels: np.ndarray, num_queries: int,

@@ -177,9 +177,10 @@ class Predictor:
 
     def similarity_data(self, data: loader.Loader) -> np.ndarray:
         """The run's similarity space of a loaded data source -> [N, D'] float32: the method's
-        ``similarity`` fitted on these examples' features (CliqueCNN's whitened PCA), or the
-        features themselves; cosine similarity there is the method's similarity."""
-        return evaluators.similarity_features(self.method, self.embed_data(data))
+        ``similarity`` of these examples' features (CliqueCNN's whitened PCA, fitted on them; the
+        triangle method's fused codes), or the features themselves; cosine similarity there is
+        the method's similarity."""
+        return evaluators.similarity_features(self.method, self.state, self.embed_data(data))
 
     def assign(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Applies the run's assignment rule.

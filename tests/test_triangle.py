@@ -127,6 +127,10 @@ def test_method_end_to_end_its_fused_codes_and_predict(digits_features, tmp_path
     prediction = predict.predict(workdir, f"npz:{path}")
     assert np.mean(prediction.labels == labels) > 0.999  # ties at float32 rounding, if any
     assert prediction.summary["acc"] == pytest.approx(final["acc"])
+    # The method's similarity (scored by the similarity benchmark) is the cosine of those codes.
+    predictor = predict.Predictor.from_workdir(workdir)
+    data, _ = predict.load_data(predictor, f"npz:{path}")
+    np.testing.assert_allclose(predictor.similarity_data(data), ours, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,match", [

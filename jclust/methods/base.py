@@ -195,10 +195,12 @@ class Method(NamedTuple):
       warnings: for each warning metric (a step metric named ``warn_<what>``), the text the
         trainer prints the first time the metric's mean over a log interval is > 0 (once a run):
         what it means and what to change.
-      similarity: ``(features [N, D]) -> [N, D']``, fitted on the features it is given (no
-        labels), the space in which the method's similarity between examples is the cosine; or
-        None: the cosine of the embedding itself. The similarity benchmark (training-time
-        retrieval scores, ``benchmarks/similarity.py``) scores this space.
+      similarity: ``(evaluation state, features [N, D]) -> [N, D']``, the space in which the
+        method's similarity between examples is the cosine, from what the last evaluation fitted
+        (``TrainState.eval``; the triangle method's codebooks) or fitted on the features it is
+        given (no labels; CliqueCNN's power-whitened PCA); or None: the cosine of the embedding
+        itself. The similarity benchmark (training-time retrieval scores,
+        ``benchmarks/similarity.py``) scores this space.
     """
     init: Init
     phases: tuple[Phase, ...]
@@ -212,4 +214,4 @@ class Method(NamedTuple):
     training_labels: Callable[[Params, ClusterState, Array], Array] | None = None
     evaluation: Evaluation | None = None
     warnings: Mapping[str, str] = {}
-    similarity: Callable[[Array], Array] | None = None
+    similarity: Callable[[Any, Array], Array] | None = None

@@ -339,8 +339,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                   training_labels=lambda params, cluster, features: cluster.clique_labels,
                   evaluation=kmeans_probe(num_clusters, pca_dim=eval_pca_dim, n_init=eval_n_init),
                   example_axes=CliqueCNNState(clique_labels=0, order=None, round=None),
-                  similarity=functools.partial(similarity_space, dim=similarity_dim,
-                                               power=similarity_power))
+                  similarity=lambda evaluation, features: similarity_space(
+                      features, dim=similarity_dim, power=similarity_power))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

@@ -148,7 +148,9 @@ def make(*, layer_widths: Sequence[int], codebook_sizes: Sequence[int], num_clus
         assign=None, recluster=None, done=lambda cluster: False,
         assignment_rule=ASSIGNMENT_RULE,
         evaluation=triangle_evaluation(layer_widths, codebook_sizes, num_clusters,
-                                       n_init=n_init, eval_n_init=eval_n_init))
+                                       n_init=n_init, eval_n_init=eval_n_init),
+        similarity=lambda fitted, features: fused_codes(fitted, jnp.asarray(features),
+                                                        layer_widths))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:
