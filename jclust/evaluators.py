@@ -4,7 +4,7 @@ A record holds ``step``, ``phase``, ACC/NMI/ARI (when the data has labels), the 
 :func:`jclust.metrics.cluster_sizes`, the mean confidence, the NMI with the previous evaluation's
 assignment, the purity and NMI of the method's own pseudo-labels (when it has them), with
 ``retrieval_queries`` the similarity benchmark of the method's similarity (:func:`retrieval_record`
-of :func:`similarity_features`), and
+of :func:`jclust.inference.similarity_features`), and
 whatever the recluster that preceded it reported. Records go to ``metrics.jsonl``; the assignment to
 ``assignments.npz``; pictures to ``pictures/``.
 """
@@ -44,8 +44,8 @@ class ClusterEvaluator:
         benchmark's random pairs and anchors).
       title: of the pictures.
       retrieval_queries: with labels, also score the method's similarity
-        (:func:`similarity_features`), the last this many examples querying the others
-        (:func:`retrieval_record`; 0: not).
+        (:func:`jclust.inference.similarity_features`), the last this many examples querying the
+        others (:func:`retrieval_record`; 0: not).
     """
 
     def __init__(self, method: jmethods.Method, runner: inference.Runner, data: loader.Loader,
@@ -84,8 +84,8 @@ class ClusterEvaluator:
                 if not labelled.all():
                     record["pseudo_coverage"] = float(labelled.mean())
         if true_labels is not None and self.retrieval_queries:
-            record.update(retrieval_record(similarity_features(self.method, state, features),
-                                           true_labels, self.retrieval_queries, self.seed))
+            space = inference.similarity_features(self.method, state, features)
+            record.update(retrieval_record(space, true_labels, self.retrieval_queries, self.seed))
         record.update(jmetrics.cluster_sizes(labels, self.num_clusters))
         record["mean_confidence"] = float(np.mean(confidence))
         if self.previous_labels is not None:
@@ -136,16 +136,6 @@ def check_retrieval_queries(config, data: loader.Loader) -> None:
             f"config.eval_retrieval_queries={queries}: the queries must leave at least "
             f"{RETRIEVAL_DATABASE_MIN} of the {n} examples to search; set it to at most "
             f"{max(n - RETRIEVAL_DATABASE_MIN, 0)} (0: no similarity scores)")
-
-
-def similarity_features(method: jmethods.Method, state: jstate.TrainState,
-                        features: np.ndarray) -> np.ndarray:
-    """The space the method's similarity is the cosine in (``Method.similarity``, with what the
-    state's last evaluation fitted) of a feature pass [N, D]; the features themselves for a
-    method without one."""
-    if method.similarity is None:
-        return features
-    return np.asarray(method.similarity(state.eval, features), np.float32)
 
 
 def retrieval_record(features: np.ndarray, labels: np.ndarray, num_queries: int,

@@ -144,3 +144,13 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, jmethods.Method, 
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
     return config, method, restored[0], spec
+
+
+def similarity_features(method: jmethods.Method, state: jstate.TrainState,
+                        features: np.ndarray) -> np.ndarray:
+    """The space the method's similarity is the cosine in (``Method.similarity``, with what the
+    state's last evaluation fitted) of a feature pass [N, D]; the features themselves for a
+    method without one."""
+    if method.similarity is None:
+        return features
+    return np.asarray(method.similarity(state.eval, features), np.float32)

@@ -42,7 +42,6 @@ import numpy as np
 from jclust import checkpointing
 from jclust import config_lib
 from jclust import data as jdata
-from jclust import evaluators
 from jclust import features
 from jclust import methods as jmethods
 from jclust import metrics as jmetrics
@@ -181,7 +180,7 @@ class Predictor:
         triangle method's fused codes), or the features themselves; cosine similarity there is
         the method's similarity. A space fitted on the examples (CliqueCNN's) is fitted on these:
         give the database and its queries together."""
-        return evaluators.similarity_features(self.method, self.state, self.embed_data(data))
+        return inference.similarity_features(self.method, self.state, self.embed_data(data))
 
     def assign(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Applies the run's assignment rule.

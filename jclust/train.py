@@ -39,7 +39,6 @@ from jclust import schedule as jschedule
 from jclust import state as jstate
 from jclust import workdir as jworkdir
 from jclust import writers
-from jclust.methods.common import steps_per_epoch
 
 
 # fold_in constants of the keys of a step's recluster and of its evaluation's fit.
@@ -277,8 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
     run = _Run(
         config=config, workdir=workdir, data=data, method=method, bounds=bounds,
         batches=batches,
-        eval_every=config_lib.steps(config, "eval_every", steps_per_epoch(config, data.spec),
-                                    default=0),
+        eval_every=config_lib.steps(config, "eval_every",
+                                    jmethods.steps_per_epoch(config, data.spec), default=0),
         sampler=jschedule.Sampler(method, batches, config.seed, state.cluster),
         runner=runner, train_steps=jstate.jit_train_steps(method, runner.mesh, data.num_examples),
         evaluate=evaluators.ClusterEvaluator(

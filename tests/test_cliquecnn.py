@@ -246,7 +246,7 @@ def test_every_evaluation_scores_the_similarity_space_that_predict_gives(referen
     embedding, labels = predictor.embed_data(data), np.asarray(data.labels)
     space = predictor.similarity_data(data)
     np.testing.assert_array_equal(
-        space, np.asarray(cliquecnn.similarity_space(embedding, dim=16, power=0.5)))
+        space, np.asarray(jcluster.power_whiten(embedding, 16, 0.5)))
     expected = evaluators.retrieval_record(space, labels, 56, seed=0)
     assert set(expected) == set(evaluators.RETRIEVAL_KEYS)
     for key, value in expected.items():
@@ -256,7 +256,7 @@ def test_every_evaluation_scores_the_similarity_space_that_predict_gives(referen
 
 
 def test_similarity_space_is_the_power_whitened_pca_numpy_computes():
-    """similarity_space against a float64 NumPy reference (eigh of the covariance; components
+    """jclust.cluster.power_whiten (CliqueCNN's similarity space) against a float64 NumPy reference (eigh of the covariance; components
     scaled by variance ** (-power / 2), unit rows) on features with a spread spectrum (100:1).
     The float32 covariance and its eigenvectors carry the error: measured against the float64
     reference (AMD EPYC Zen 4), 4e-7 at power 0 to 1.1e-6 at power 1, where a float32 NumPy of
@@ -265,7 +265,7 @@ def test_similarity_space_is_the_power_whitened_pca_numpy_computes():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(500, 12)) * np.geomspace(10.0, 0.1, 12)).astype(np.float32)
     for power in (0.0, 0.5, 1.0):
-        got = np.asarray(cliquecnn.similarity_space(x, dim=6, power=power))
+        got = np.asarray(jcluster.power_whiten(x, 6, power))
         centred = x.astype(np.float64) - x.mean(0)
         variance, vectors = np.linalg.eigh(centred.T @ centred / (len(x) - 1))
         variance, vectors = variance[::-1][:6], vectors[:, ::-1][:, :6]
@@ -275,7 +275,7 @@ def test_similarity_space_is_the_power_whitened_pca_numpy_computes():
         np.testing.assert_allclose(got, ref * signs, atol=2e-5)
     # All components kept when the features are narrower than dim; power 0 is the cosine of
     # the centred features then.
-    got = np.asarray(cliquecnn.similarity_space(x, dim=64, power=0.0))
+    got = np.asarray(jcluster.power_whiten(x, 64, 0.0))
     centred = x - x.mean(0)
     np.testing.assert_allclose(got @ got.T, (centred / np.linalg.norm(centred, axis=1,
                                                                       keepdims=True)) @

@@ -39,7 +39,7 @@ from jclust.cluster.linkage import LinkageOutput
 from jclust.cluster.linkage import average_linkage
 from jclust.cluster.norms import l2_normalize
 from jclust.cluster.pca import PCAState
-from jclust.cluster.pca import fit_whitening
+from jclust.cluster.pca import fit_whitening, power_whiten
 from jclust.cluster.pca import pca
 from jclust.cluster.pca import pca_fit
 from jclust.cluster.pca import pca_transform
@@ -89,6 +89,7 @@ __all__ = [
     "centroid_distances",
     "average_linkage",
     "fit_whitening",
+    "power_whiten",
     "kmeans",
     "kmeans_streamed",
     "kmeans_plusplus",

@@ -10,6 +10,7 @@ import ml_collections
 from jclust.config_lib import ConfigError
 from jclust.methods import cliquecnn, dec, deepcluster, deepclusterv2, jule, nmm, odc, swav, triangle
 from jclust.methods.base import DataSpec, Method, Phase, ReclusterContext, SamplePlan
+from jclust.methods.common import steps_per_epoch
 
 # config.method -> the function that builds that method from a config.
 REGISTRY: dict[str, Callable[[ml_collections.ConfigDict, DataSpec], Method]] = {
@@ -29,4 +30,4 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
 
 
 __all__ = ["DataSpec", "Method", "Phase", "REGISTRY", "ReclusterContext", "SamplePlan",
-           "from_config"]
+           "from_config", "steps_per_epoch"]

@@ -102,16 +102,6 @@ def reduce_and_normalise(features, pca_dim: int) -> jax.Array:
     return jcluster.l2_normalize(x)
 
 
-def similarity_space(features, *, dim: int, power: float) -> jax.Array:
-    """CliqueCNN's learned similarity: features [N, D] projected on their top ``dim`` principal
-    components (all D when fewer), component i scaled by ``variance_i ** (-power / 2)``
-    (:func:`jclust.cluster.fit_whitening`), unit rows; cosine there is the similarity. Fitted
-    on the features given, without labels."""
-    x = jnp.asarray(features, float_dtype())
-    mean, projection = jcluster.fit_whitening(x, min(dim, x.shape[1]), power)
-    return jcluster.whiten(x, mean, projection)
-
-
 def initial_features(inputs: np.ndarray, kind: str, *, pca_dim: int, ridge: float = 0.02):
     """Round 0's features of the raw inputs [N, H, W, C]: "hog_lda" (HOG whitened with the data's
     covariance + ``ridge`` I, :mod:`jclust.models.hog`) or "pca_whiten" (pixels / 255 PCA-whitened
@@ -272,18 +262,16 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
          eval_n_init: int = 10, relu_input: bool = False, similarity_dim: int = 128,
          similarity_power: float = 0.5) -> Method:
-    """CliqueCNN on ``backbone`` with ``tx`` (over params "backbone" and "head") for ``num_steps``
-    steps in rounds of ``round_steps`` (a whole number of epochs; the first round starts at step
-    0). ``relu_input``: the head applies a ReLU to the trunk's features (a trunk that ends before
-    its ReLU, ``model.output_relu=False``). The other arguments are the ``cliquecnn`` config keys
-    of the same names (docs/methods.md)."""
+    """CliqueCNN on ``backbone`` with ``tx`` (params "backbone" and "head") for ``num_steps`` steps
+    in rounds of ``round_steps`` (whole epochs, the first from step 0); ``relu_input``: the head
+    applies the ReLU the trunk left out (``model.output_relu=False``). The other arguments are
+    the ``cliquecnn`` config keys of the same names (docs/methods.md)."""
     n, feature_dim = num_examples, backbone.feature_dim
-    num_cliques = num_initial_batches * cliques_per_batch
     batch_size = cliques_per_step * samples_per_clique
     recipe = CliqueRecipe(num_initial_batches, cliques_per_batch, clique_size, seed_fraction,
                           purify_passes, build_chunk, grow, grow_max_size, grow_p_value,
                           grow_null_samples, cliques_per_step, samples_per_clique, sampling)
-    head = CliqueHead(num_cliques, head_init_std, relu_input)
+    head = CliqueHead(num_initial_batches * cliques_per_batch, head_init_std, relu_input)
 
     def init(rng, x):
         params, model_state = init_backbone_and_head(rng, backbone, head, x)
@@ -339,8 +327,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                   training_labels=lambda params, cluster, features: cluster.clique_labels,
                   evaluation=kmeans_probe(num_clusters, pca_dim=eval_pca_dim, n_init=eval_n_init),
                   example_axes=CliqueCNNState(clique_labels=0, order=None, round=None),
-                  similarity=lambda evaluation, features: similarity_space(
-                      features, dim=similarity_dim, power=similarity_power))
+                  similarity=lambda evaluation, features: jcluster.power_whiten(
+                      features, similarity_dim, similarity_power))
 
 
 def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Method:

@@ -276,6 +276,14 @@ def grouped_order(labels: np.ndarray, period: int, *, seed: int, batch_groups: i
                            for rng in rngs])
 
 
+def period_passes(num_examples: int, batch_size: int, period_steps: int) -> dict:
+    """:func:`grouped_order`'s ``epochs`` and ``epoch_length`` for a period: the trainer reads an
+    order pass by pass (whole batches of the N examples), and a period may span more passes than
+    epochs (``config.min_epoch_examples``), each of which gets a grouped pass of its own."""
+    pass_steps = max(num_examples // batch_size, 1)
+    return {"epochs": -(-period_steps // pass_steps), "epoch_length": pass_steps * batch_size}
+
+
 def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples: int,
          num_clusters: int, tx: optax.GradientTransformation, num_steps: int,
          steps_per_epoch: int, batch_size: int, seed: int = 0, epochs_per_period: int = 2,
@@ -337,15 +345,10 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
                             period=jnp.asarray(period, jnp.int32))
         return params, cluster, info
 
-    # The trainer reads an order pass by pass (whole batches of the N examples); a period may
-    # span more passes than epochs (config.min_epoch_examples): one grouped pass for each.
-    pass_steps = max(n // batch_size, 1)
-    period_passes = -(-epochs_per_period * steps_per_epoch // pass_steps)
-
     def sampler(cluster):
         return SamplePlan(order=grouped_order(
             np.asarray(cluster.labels), int(cluster.period), seed=seed, batch_groups=batch_groups,
-            epochs=period_passes, epoch_length=pass_steps * batch_size))
+            **period_passes(n, batch_size, epochs_per_period * steps_per_epoch)))
 
     phases = (Phase(name="jule", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=epochs_per_period * steps_per_epoch, recluster_at_start=True),)
