@@ -273,6 +273,8 @@ def test_similarity_space_is_the_power_whitened_pca_numpy_computes():
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         signs = np.sign(np.sum(got * ref, axis=0))  # each component's sign is arbitrary
         np.testing.assert_allclose(got, ref * signs, atol=2e-5)
+    # Fewer examples than dim: as many components as examples, no error.
+    assert np.asarray(jcluster.power_whiten(x[:4], 6, 0.5)).shape == (4, 4)
     # All components kept when the features are narrower than dim; power 0 is the cosine of
     # the centred features then.
     got = np.asarray(jcluster.power_whiten(x, 64, 0.0))

@@ -191,9 +191,10 @@ def whiten(features: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.A
 
 
 def power_whiten(features: Array, dim: int, power: float) -> jax.Array:
-    """Features [N, D] on their top ``dim`` principal components (all D when fewer), component i
-    scaled by ``variance_i ** (-power / 2)`` (:func:`fit_whitening`), rows of unit L2 norm: the
-    space in which CliqueCNN's learned similarity is the cosine. Fitted on ``features``."""
+    """Features [N, D] on their top ``dim`` principal components (min(N, D) when fewer), component
+    i scaled by ``variance_i ** (-power / 2)`` (:func:`fit_whitening`), rows of unit L2 norm: the
+    space in which CliqueCNN's learned similarity is the cosine. Fitted on ``features``, so a
+    few examples (predict on a handful of images) get as many components as they can carry."""
     x = jnp.asarray(features, float_dtype())
-    mean, projection = fit_whitening(x, min(dim, x.shape[1]), power)
+    mean, projection = fit_whitening(x, min(dim, *x.shape), power)
     return whiten(x, mean, projection)
