@@ -13,9 +13,11 @@ Feature kinds:
   L2-Hys: 1,296-d), as scikit-image computes it;
 * ``hog_lda``: that HOG whitened with the training split's covariance + 0.02 I (CliqueCNN's
   HOG-LDA, its initial similarities);
-* ``round0:KIND[:DIM]``: CliqueCNN's round-0 similarity space, exactly as the method builds it
-  from ``init_features=KIND`` (hog_lda or pca_whiten, fitted on all 70,000 images as the method
-  does, without labels), reduced by PCA to DIM (default 64, the config's ``pca_dim``), unit rows;
+* ``round0:KIND[:DIM][:mirror]``: CliqueCNN's round-0 similarity space, exactly as the method
+  builds it from ``init_features=KIND`` (hog_lda or pca_whiten, fitted on all 70,000 images as the
+  method does, without labels), reduced by PCA to DIM (default 64, the config's ``pca_dim``), unit
+  rows; with ``mirror``, the views of the images and their mirror images scored by the largest
+  cosine over pairs of views (``cliquecnn.mirror_match``, the paper's mirrored match);
 * ``run:WORKDIR``: the similarity space of a trained jclust run (its newest checkpoint,
   read-only): the embedding as ``python -m jclust.predict`` computes it, through the method's
   ``similarity`` where it has one (CliqueCNN: power-whitened PCA, fitted on all 70,000 images
@@ -98,13 +100,14 @@ def features_of(kind: str, images: np.ndarray) -> np.ndarray:
     if kind.startswith("run:"):
         return run_features(kind.removeprefix("run:"))
     if kind.startswith("round0:"):
-        from jclust.methods import cliquecnn
-        init, _, dim = kind.removeprefix("round0:").partition(":")
-        dim = int(dim or 64)
-        return cliquecnn.reduce_and_normalise(
-            cliquecnn.initial_features(images, init, pca_dim=dim), dim)
+        from jclust.methods import cliquecnn_space
+        init, *rest = kind.removeprefix("round0:").split(":")
+        mirror = rest[-1:] == ["mirror"]
+        dim = int(rest[0]) if rest[:1] and rest[0] != "mirror" else 64
+        return cliquecnn_space.reduce_and_normalise(
+            cliquecnn_space.initial_features(images, init, pca_dim=dim, mirror=mirror), dim)
     raise SystemExit(f"unknown --features kind {kind!r}: pixels, pca_whiten, hog, hog_lda, "
-                     f"round0:KIND[:DIM] or run:WORKDIR")
+                     f"round0:KIND[:DIM][:mirror] or run:WORKDIR")
 
 
 HEADER = ("| features | dim | P@1 | P@10 | P@100 | mAP@100 | 20-NN acc | pair AUC | anchor AUC "
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="pixels",
                         help="comma-separated kinds: pixels, pca_whiten, hog, hog_lda, "
-                             "round0:KIND[:DIM], run:WORKDIR")
+                             "round0:KIND[:DIM][:mirror], run:WORKDIR")
     parser.add_argument("--seed", type=int, default=0, help="key of the pairs and anchors")
     parser.add_argument("--chunk-size", type=int, default=512,
                         help="test images whose [chunk, 60000] similarities are held at once")
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
             x[:NUM_TRAIN], labels[:NUM_TRAIN], x[NUM_TRAIN:], labels[NUM_TRAIN:],
             key=jax.random.PRNGKey(args.seed), chunk_size=args.chunk_size)
         score_s = time.perf_counter() - start
-        print(row(kind, x.shape[1], report, feature_s, score_s), flush=True)
+        print(row(kind, x.shape[-1], report, feature_s, score_s), flush=True)
     return 0
 
 

@@ -121,7 +121,7 @@ def recluster_and_evaluate(run: _Run, state: jstate.TrainState, step: int, *, fo
     extra = {}
     if due:
         context = jmethods.ReclusterContext(
-            features=features,
+            features=features, embed=lambda x, s=state: run.runner.features(s, x),
             key=jax.random.fold_in(jax.random.fold_in(state.rng, step), RECLUSTER_STREAM),
             phase=jschedule.phase_at(bounds, step), first=first, inputs=run.data.inputs())
         params, cluster = distributed.host_side((state.params, state.cluster))

@@ -11,7 +11,7 @@ import pytest
 from jclust import cluster as jcluster
 from jclust import config_lib, evaluators, methods, models, predict, train
 from jclust.config_lib import ConfigError
-from jclust.methods import ReclusterContext, cliquecnn
+from jclust.methods import ReclusterContext, cliquecnn, cliquecnn_space
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches, cli_args,
                             run)
 
@@ -28,6 +28,7 @@ TINY = {
     "cliquecnn.round_epochs": 1, "optim.epochs": 3,
     "log_every_steps": 8, "checkpoint_every_steps": 4, "keep_checkpoints": 50,
     "pictures.every_evals": 0, "tensorboard": False, "eval_retrieval_queries": 56,
+    "cliquecnn.mirror_match": True,  # the Fashion-MNIST default's path (digits has it off)
 }
 
 
@@ -143,14 +144,16 @@ def _clustered_images(n=64, groups=4, seed=0):
     return np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels
 
 
-@pytest.mark.parametrize("init_features", ["hog_lda", "pca_whiten"])
-def test_round_zero_builds_pure_disjoint_cliques_and_the_batch_order(init_features):
+@pytest.mark.parametrize("init_features,mirror_match", [("hog_lda", False), ("hog_lda", True),
+                                                         ("pca_whiten", False)])
+def test_round_zero_builds_pure_disjoint_cliques_and_the_batch_order(init_features, mirror_match):
     n = 64
     images, truth = _clustered_images(n)
     # Whitening gives the noise's directions the weight of the groups' 3: keep those 3 only.
     pca_dim = 3 if init_features == "pca_whiten" else 16
     config, method = _method(n=n, **{"cliquecnn.init_features": init_features,
-                                     "cliquecnn.pca_dim": pca_dim})
+                                     "cliquecnn.pca_dim": pca_dim,
+                                     "cliquecnn.mirror_match": mirror_match})
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
     context = ReclusterContext(jnp.zeros((n, 32)), jax.random.PRNGKey(1), inputs=images)
     new_params, cluster, info = method.recluster(params, cluster, context)
@@ -178,7 +181,8 @@ def test_round_zero_builds_pure_disjoint_cliques_and_the_batch_order(init_featur
 def test_collapsed_embedding_warns_and_no_cliques_stops_with_a_config_error():
     n = 64
     images, _ = _clustered_images(n)
-    config, method = _method(n=n, **{"cliquecnn.init_features": "network"})
+    config, method = _method(n=n, **{"cliquecnn.init_features": "network",
+                                     "cliquecnn.mirror_match": False})
     params, model_state, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(images[:2]))
     rng = np.random.default_rng(3)
     healthy = rng.normal(size=(n, 32)).astype(np.float32)
@@ -195,6 +199,50 @@ def test_collapsed_embedding_warns_and_no_cliques_stops_with_a_config_error():
     with pytest.raises(ConfigError, match="cliques_per_step"):
         method.recluster(params, cluster, ReclusterContext(
             jnp.ones((n, 32)), jax.random.PRNGKey(1), inputs=images))
+
+
+def _flat(images):
+    """A stand-in trunk: the pixels, flattened."""
+    return np.asarray(images, np.float32).reshape(len(images), -1)
+
+
+@pytest.mark.parametrize("init_features", ["hog_lda", "pca_whiten", "network"])
+def test_mirror_match_makes_each_image_and_its_mirror_image_nearest(init_features):
+    """Images and their mirror images: with the mirrored match each one's nearest neighbour is
+    its mirror twin at similarity 1 (its mirror view is the twin's view, through the same
+    normalisation); without it, rarely."""
+    originals = np.random.default_rng(5).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
+    images = np.concatenate([originals, cliquecnn_space.mirrored(originals)])
+    np.testing.assert_array_equal(images[20:, :, ::-1], originals)
+    twin = (np.arange(40) + 20) % 40
+    context = ReclusterContext(_flat(images), jax.random.PRNGKey(0), inputs=images, embed=_flat)
+    round_index = 1 if init_features == "network" else 0
+    spaces = [cliquecnn_space.round_space(round_index, context, init_features=init_features,
+                                          pca_dim=16, num_neighbours=4, mirror_match=mirror)[0]
+              for mirror in (True, False)]
+    assert spaces[0].features.shape == (40, 2, 16) and spaces[1].features.shape == (40, 16)
+    np.testing.assert_array_equal(np.asarray(spaces[0].neighbours[:, 0]), twin)
+    np.testing.assert_allclose(np.asarray(jcluster.view_similarity(
+        spaces[0].features[:1], spaces[0].features[20:21])), [[1.0]], rtol=1e-6)
+    assert np.mean(np.asarray(spaces[1].neighbours[:, 0]) == twin) < 0.5
+    with pytest.raises(ValueError, match="context.embed"):
+        cliquecnn_space.round_space(1, context._replace(embed=None), init_features=init_features,
+                                    pca_dim=16, num_neighbours=4, mirror_match=True)
+
+
+def test_similarity_benchmark_builds_round_zero_with_the_mirror():
+    """``benchmarks/similarity.py --features=round0:KIND:DIM:mirror``: the views the method's
+    round 0 builds, the first of them the plain space."""
+    from benchmarks import similarity
+    images, _ = _clustered_images(64)
+    views = np.asarray(similarity.features_of("round0:pca_whiten:8:mirror", images))
+    plain = np.asarray(similarity.features_of("round0:pca_whiten:8", images))
+    assert views.shape == (64, 2, 8) and plain.shape == (64, 8)
+    np.testing.assert_array_equal(views[:, 0], plain)
+    context = ReclusterContext(jnp.zeros((64, 4)), jax.random.PRNGKey(0), inputs=images)
+    space, _ = cliquecnn_space.round_space(0, context, init_features="pca_whiten", pca_dim=8,
+                                           num_neighbours=4, mirror_match=True)
+    np.testing.assert_array_equal(np.asarray(space.features), views)
 
 
 def test_config_errors_name_the_key(tmp_path):

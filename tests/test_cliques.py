@@ -18,8 +18,8 @@ from jclust.cluster.clique_batches import sample_clique_batches, triplet_check
 from jclust.cluster.clique_growth import grow_cliques, student_t_sf
 from jclust.cluster.clique_stats import (clique_coverage, clique_purity, clique_sample_counts,
                                          clique_similarity)
-from jclust.cluster.cliques import (Cliques, build_cliques, dissimilar_seed, grow_clique,
-                                    make_cliques, purify_clique, rank_select)
+from jclust.cluster.cliques import Cliques, build_cliques, grow_clique, make_cliques, purify_clique
+from jclust.cluster.rank import dissimilar_seed, rank_select
 from jclust.cluster.graph import knn
 
 # Squared entries (in 1/16) of unit vectors: each pattern sums to 16.
@@ -44,9 +44,10 @@ def unit(x):
 # ---------------------------------------------------------------- a plain NumPy reference
 
 
-def reference_clique(seed, x, neighbours, size, available, passes):
-    """Greedy complete-linkage growth and purification, written out plainly (float64)."""
-    s = x.astype(np.float64) @ x.astype(np.float64).T
+def reference_clique(seed, x, neighbours, size, available, passes, s=None):
+    """Greedy complete-linkage growth and purification, written out plainly (float64; ``s``: the
+    N x N similarities, by default those of x)."""
+    s = x.astype(np.float64) @ x.astype(np.float64).T if s is None else s
     members = [seed]
 
     def best(rest, pool_owners):

@@ -274,9 +274,10 @@ def test_anchor_candidates_are_deduplicated_and_never_the_anchor():
         assert len(set(row[ok])) == ok.sum() == len(set(row))  # valid: every distinct one once
 
 
-def _report_reference(db, db_labels, queries, query_labels, key, same_set):
-    """The report's metrics from float64 cosines, with the report's own random draws."""
-    sims = _cosines(queries, db)
+def _report_reference(db, db_labels, queries, query_labels, key, same_set, sims=None):
+    """The report's metrics from float64 cosines (or the given similarities [M, N]), with the
+    report's own random draws."""
+    sims = _cosines(queries, db) if sims is None else sims
     if same_set:
         np.fill_diagonal(sims, -np.inf)
     order = _order(sims, 100)
@@ -319,6 +320,25 @@ def test_report_against_a_float64_reference(signs, same_set):
     assert isinstance(report, metrics.SimilarityReport)
     np.testing.assert_allclose(report, expected, atol=RATIO_TOL, rtol=0)
     assert 0.5 < report.pair_auc < 1 and 0.5 < report.anchor_auc < 1  # labels lean features apart
+
+
+def test_report_over_views_against_a_float64_reference(signs):
+    """Views (an image and its mirror image): the largest cosine over pairs of views, from
+    float64 cosines; sign vectors keep every cosine a multiple of 1/16, exact in float32."""
+    db, db_labels, queries, query_labels = signs
+    rng = np.random.default_rng(9)
+    db_views = np.stack([db, db[:, rng.permutation(D)]], axis=1)
+    query_views = np.stack([queries, queries[:, rng.permutation(D)]], axis=1)
+    sims = np.max([_cosines(query_views[:, a], db_views[:, b]) for a in (0, 1) for b in (0, 1)],
+                  axis=0)
+    key = jax.random.PRNGKey(5)
+    report = metrics.similarity_report(db_views, db_labels, query_views, query_labels, key=key,
+                                       num_pairs=500, num_anchors=40)
+    expected = _report_reference(db, db_labels, queries, query_labels, key, False, sims=sims)
+    np.testing.assert_allclose(report, expected, atol=RATIO_TOL, rtol=0)
+    plain = metrics.similarity_report(db, db_labels, queries, query_labels, key=key,
+                                      num_pairs=500, num_anchors=40)
+    assert report.knn_accuracy != plain.knn_accuracy or report.pair_auc != plain.pair_auc
 
 
 def test_one_label_and_bad_input(signs):

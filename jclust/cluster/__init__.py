@@ -1,6 +1,6 @@
 """Clustering primitives in jax.numpy: k-means, PCA, Sinkhorn-Knopp, mixture-model EM,
 nearest-neighbour graphs, average linkage, spectral clustering, triangle encoding, CliqueCNN's
-cliques and clique batches."""
+cliques, clique batches and the mirrored match."""
 
 from jclust.cluster.clique_batches import CliqueBatches
 from jclust.cluster.clique_batches import sample_clique_batches
@@ -51,6 +51,8 @@ from jclust.cluster.spectral import spectral_clustering
 from jclust.cluster.spectral import spectral_embedding
 from jclust.cluster.triangle import centroid_distances
 from jclust.cluster.triangle import triangle_encode
+from jclust.cluster.views import view_knn
+from jclust.cluster.views import view_similarity
 
 __all__ = [
     "AffinityGraph",
@@ -103,4 +105,6 @@ __all__ = [
     "spectral_embedding",
     "triangle_encode",
     "whiten",
+    "view_knn",
+    "view_similarity",
 ]

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust.cluster.cliques import Cliques
+from jclust.cluster.views import view_similarity_np
 
 _BLOCK = 64  # heuristic candidates checked per matrix product
 
@@ -55,8 +56,9 @@ def _generator(rng) -> np.random.Generator:
 
 def _max_cross(feats, valid, a, b) -> np.ndarray:
     """[len(a), len(b)]: max s(x, y) over members x of clique a[i] and y of clique b[j]."""
-    w, d = feats.shape[1:]
-    cross = (feats[a].reshape(-1, d) @ feats[b].reshape(-1, d).T).reshape(len(a), w, len(b), w)
+    w, v, d = feats.shape[1:]
+    cross = view_similarity_np(feats[a].reshape(-1, v, d), feats[b].reshape(-1, v, d)).reshape(
+        len(a), w, len(b), w)
     mask = valid[a][:, :, None, None] & valid[b][None, None, :, :]
     return np.where(mask, cross, -np.inf).max(axis=(1, 3))
 
@@ -67,7 +69,7 @@ def triplet_check(cliques: Cliques, features, chosen, candidates) -> np.ndarray:
 
     Args:
       cliques: members [C, W] (-1 = empty) and compactness [C].
-      features: [N, D] float, rows L2-normalised.
+      features: [N, D] float, rows L2-normalised, or views [N, V, D].
       chosen, candidates: clique indices.
     """
     feats, valid = _clique_features(cliques, features)
@@ -81,7 +83,8 @@ def _clique_features(cliques: Cliques, features):
     members = np.asarray(cliques.members)
     valid = members >= 0
     features = np.asarray(features, np.float32)
-    return features[np.maximum(members, 0)] * valid[..., None], valid
+    features = features[:, None, :] if features.ndim == 2 else features  # [N, V, D]
+    return features[np.maximum(members, 0)] * valid[..., None, None], valid
 
 
 def _heuristic_batch(first, centroids, feats, valid, compact, nonempty, count):
@@ -137,7 +140,8 @@ def sample_clique_batches(rng, cliques: Cliques, features, *, num_batches: int =
     Args:
       rng: a np.random.Generator, or a jax PRNG key (turned into one).
       cliques: from :func:`jclust.cluster.cliques.build_cliques` (or grown).
-      features: [N, D] float, rows L2-normalised (the heuristic's similarities and the check).
+      features: [N, D] float, rows L2-normalised, or views [N, V, D] (the heuristic's
+        similarities and the check).
       num_batches: B (1,000 per round in the authors' code).
       cliques_per_batch: cliques per batch (8).
       samples_per_clique: samples per clique (16): 8 x 16 = 128.
@@ -169,7 +173,7 @@ def sample_clique_batches(rng, cliques: Cliques, features, *, num_batches: int =
                            for _ in range(num_batches)])
         passed = _passed_in_order(chosen, feats, valid, compact)
     else:
-        centroids = feats.sum(axis=1) / np.maximum(sizes, 1)[:, None]
+        centroids = feats[:, :, 0].sum(axis=1) / np.maximum(sizes, 1)[:, None]
         rows = [_heuristic_batch(int(rng.choice(len(p), p=p)), centroids, feats, valid,
                                  compact, nonempty, cliques_per_batch) for _ in range(num_batches)]
         chosen = np.stack([r[0] for r in rows])

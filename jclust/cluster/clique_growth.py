@@ -1,7 +1,9 @@
 """CliqueCNN's clique growth by a Student-t test (rounds >= 1), in jax.numpy.
 
 For each clique, the mean similarity v(x) = mean_{q in clique} s(x, q) = x . centroid (centroid =
-the mean of the members' features; similarity = dot product of L2-normalised features) of
+the mean of the members' features; similarity = dot product of L2-normalised features; for views
+[N, V, D], an image and its mirror, v(x) is the mean of the views' similarities
+:func:`jclust.cluster.views.view_similarity` to the members) of
 ``null_samples`` random non-members is the null distribution. It is fitted by a location-scale
 Student-t: location = sample mean, scale = sample sd (ddof 1) times sqrt(1 + 1/n), df = n - 1,
 the predictive distribution of one more draw from a normal sample of n. Every non-member among
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust.cluster.cliques import Cliques, clique_compactness
-from jclust.precision import float_dtype
+from jclust.cluster.views import as_views, view_similarity
 
 Array = jax.Array | np.ndarray
 
@@ -40,12 +42,19 @@ def _grow_one(key, members, features, neighbours, *, null_samples, p_value, max_
     n = features.shape[0]
     valid = members >= 0
     size = jnp.sum(valid)
-    feats = features[jnp.maximum(members, 0)]
-    centroid = jnp.sum(jnp.where(valid[:, None], feats, 0.0), axis=0) / jnp.maximum(size, 1)
+    feats = features[jnp.maximum(members, 0)]  # [W, V, D]
+    centroid = jnp.sum(jnp.where(valid[:, None], feats[:, 0], 0.0), axis=0) / jnp.maximum(size, 1)
+
+    def mean_similarity(x):  # [M, V, D] -> [M]
+        if features.shape[1] == 1:
+            return x[:, 0] @ centroid
+        return jnp.sum(jnp.where(valid[None, :], view_similarity(x, feats), 0.0),
+                       axis=1) / jnp.maximum(size, 1)
+
     null = jax.random.randint(key, (null_samples,), 0, n)
     keep = ~jnp.any(null[:, None] == members[None, :], axis=1)
     count = jnp.sum(keep)
-    null_v = features[null] @ centroid
+    null_v = mean_similarity(features[null])
     mean = jnp.sum(jnp.where(keep, null_v, 0.0)) / jnp.maximum(count, 1)
     var = jnp.sum(jnp.where(keep, (null_v - mean) ** 2, 0.0)) / jnp.maximum(count - 1, 1)
     scale = jnp.sqrt(var * (1.0 + 1.0 / jnp.maximum(count, 1)))
@@ -54,7 +63,7 @@ def _grow_one(key, members, features, neighbours, *, null_samples, p_value, max_
     cand = jnp.sort(jnp.where(valid[:, None], neighbours[jnp.maximum(members, 0)], n).reshape(-1))
     first = jnp.concatenate([jnp.array([True]), cand[1:] != cand[:-1]])
     ok = first & (cand < n) & ~jnp.any(cand[:, None] == members[None, :], axis=1)
-    v = features[jnp.minimum(cand, n - 1)] @ centroid
+    v = mean_similarity(features[jnp.minimum(cand, n - 1)])
     p = student_t_sf((v - mean) / scale, (count - 1).astype(v.dtype))
     accept = ok & (p < p_value) & (count >= 2)
     top, pos = jax.lax.top_k(jnp.where(accept, v, -jnp.inf), min(max_size, cand.shape[0]))
@@ -80,7 +89,7 @@ def grow_cliques(key: jax.Array, cliques: Cliques, features: Array, neighbours: 
     Args:
       key: a jax PRNG key; clique c draws its null samples with ``split(key, C)[c]``.
       cliques: from :func:`jclust.cluster.cliques.build_cliques`, members [C, W] with W <= max_size.
-      features: [N, D] float, rows L2-normalised.
+      features: [N, D] float, rows L2-normalised, or views [N, V, D].
       neighbours: [N, k] int k-NN lists.
       null_samples: random draws per clique for the null distribution (500).
       p_value: the one-sided significance level (0.001).
@@ -91,7 +100,7 @@ def grow_cliques(key: jax.Array, cliques: Cliques, features: Array, neighbours: 
       Cliques with members [C, max_size] (old members first, then the new ones by decreasing
       mean similarity to the clique), sizes and compactness recomputed.
     """
-    features = jnp.asarray(features, float_dtype())
+    features = as_views(features)
     neighbours = jnp.asarray(neighbours, jnp.int32)
     members = jnp.asarray(cliques.members, jnp.int32)
     if members.shape[1] > max_size:

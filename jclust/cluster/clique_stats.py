@@ -1,6 +1,6 @@
 """Diagnostics of CliqueCNN's cliques: coverage, per-sample counts, intra- vs inter-clique
 similarity and (with labels, for evaluation only) purity. Similarity is the dot product of
-L2-normalised features."""
+L2-normalised features; of views [N, V, D] (an image and its mirror), the first view's."""
 
 from __future__ import annotations
 
@@ -61,13 +61,14 @@ def clique_similarity(cliques: Cliques, features: Array) -> CliqueSimilarity:
 
     Args:
       cliques: members [C, W] (-1 = empty).
-      features: [N, D] float, rows L2-normalised.
+      features: [N, D] float, rows L2-normalised (of views [N, V, D], the first view).
 
     Returns:
       CliqueSimilarity(intra, inter).
     """
+    features = jnp.asarray(features, float_dtype())
     return _similarity(jnp.asarray(cliques.members, jnp.int32),
-                       jnp.asarray(features, float_dtype()))
+                       features[:, 0] if features.ndim == 3 else features)
 
 
 def clique_purity(cliques: Cliques, labels: Array) -> jax.Array:

@@ -1,9 +1,10 @@
 """CliqueCNN's compact cliques (Bautista, Sanakoyeu et al. 2016), built batch by batch in jax.numpy.
 
 A clique is a small group of mutually similar samples. Similarity is the dot product of
-L2-normalised features (the cosine); the caller normalises. Everything works on the k-NN lists of
-:func:`jclust.cluster.graph.knn` plus similarities to a few chosen samples, never on an N x N
-matrix:
+L2-normalised features (the cosine; the caller normalises), or for views [N, V, D] (an image and
+its mirror image) the largest over pairs of views (:mod:`jclust.cluster.views`). Everything works
+on k-NN lists (:func:`jclust.cluster.graph.knn`, :func:`jclust.cluster.views.view_knn`) plus
+similarities to a few chosen samples, never on an N x N matrix:
 
 * growth (:func:`grow_clique`): from a seed, repeatedly add the candidate p that maximises the
   complete-linkage score min_{q in clique} s(q, p). The candidates are the union of the current
@@ -40,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jclust.cluster.rank import rank_select
+from jclust.cluster.views import as_views, view_column, view_similarity
 from jclust.precision import float_dtype
 
 # Inputs may be device or host arrays (converted with jnp.asarray); outputs are device arrays.
@@ -64,17 +67,18 @@ class Cliques(NamedTuple):
 class _Table(NamedTuple):
     """One clique being grown: its members and the similarities of its candidates to them."""
     members: jax.Array       # [S] int32, -1 beyond count
-    member_feats: jax.Array  # [S, D]
+    member_feats: jax.Array  # [S, V, D]
     pool: jax.Array          # [S k] int32 candidates, -1 in the blocks of empty member slots
-    pool_feats: jax.Array    # [S k, D]
+    pool_feats: jax.Array    # [S k, V, D]
     sims: jax.Array          # [S k, S], sims[slot, j] = s(pool[slot], members[j]) (j < count)
     count: jax.Array         # [] int32
 
 
-def _empty_table(size: int, k: int, dim: int) -> _Table:
+def _empty_table(size: int, k: int, row_shape: tuple[int, int]) -> _Table:
+    """An empty table for samples of features [V, D] = ``row_shape``."""
     dtype = float_dtype()
-    return _Table(jnp.full(size, -1, jnp.int32), jnp.zeros((size, dim), dtype),
-                  jnp.full(size * k, -1, jnp.int32), jnp.zeros((size * k, dim), dtype),
+    return _Table(jnp.full(size, -1, jnp.int32), jnp.zeros((size, *row_shape), dtype),
+                  jnp.full(size * k, -1, jnp.int32), jnp.zeros((size * k, *row_shape), dtype),
                   jnp.zeros((size * k, size), dtype), jnp.zeros((), jnp.int32))
 
 
@@ -88,9 +92,11 @@ def _set_member(table: _Table, slot, p, features, neighbours) -> _Table:
     block_feats = features[block]
     start, origin = slot * k, 0 * slot * k  # one integer type (int64 in x64 mode too)
     pool = jax.lax.dynamic_update_slice(table.pool, block, (start,))
-    pool_feats = jax.lax.dynamic_update_slice(table.pool_feats, block_feats, (start, origin))
-    sims = jax.lax.dynamic_update_slice(table.sims, block_feats @ member_feats.T, (start, origin))
-    sims = sims.at[:, slot].set(pool_feats @ f_p)
+    pool_feats = jax.lax.dynamic_update_slice(table.pool_feats, block_feats,
+                                              (start, origin, origin))
+    sims = jax.lax.dynamic_update_slice(table.sims, view_similarity(block_feats, member_feats),
+                                        (start, origin))
+    sims = sims.at[:, slot].set(view_column(pool_feats, f_p))
     return table._replace(members=table.members.at[slot].set(p), member_feats=member_feats,
                           pool=pool, pool_feats=pool_feats, sims=sims)
 
@@ -135,7 +141,7 @@ def _purify_step(table: _Table, features, neighbours, available):
     size = table.members.shape[0]
     k = neighbours.shape[1]
     valid = jnp.arange(size) < table.count
-    mm = table.member_feats @ table.member_feats.T
+    mm = view_similarity(table.member_feats, table.member_feats)
     other = valid[:, None] & valid[None, :] & ~jnp.eye(size, dtype=bool)
     rest_min = jnp.where(valid, jnp.min(jnp.where(other, mm, jnp.inf), axis=1), jnp.inf)
     rest_sum = jnp.sum(jnp.where(other, mm, 0.0), axis=1)  # (ranks as the mean to the rest)
@@ -163,18 +169,18 @@ def _purify(table: _Table, features, neighbours, available, passes: int) -> _Tab
 
 
 def _clique(seed, features, neighbours, available, *, size: int, passes: int) -> _Table:
-    table = _empty_table(size, neighbours.shape[1], features.shape[1])
+    table = _empty_table(size, neighbours.shape[1], features.shape[1:])
     table = _set_member(table, 0, seed, features, neighbours)._replace(count=jnp.ones((), jnp.int32))
     table = _grow(table, features, neighbours, available)
     return _purify(table, features, neighbours, available, passes)
 
 
 def _check(features, neighbours, available):
-    features = jnp.asarray(features, float_dtype())
+    features = as_views(features)
     neighbours = jnp.asarray(neighbours, jnp.int32)
-    if features.ndim != 2 or neighbours.ndim != 2 or neighbours.shape[0] != features.shape[0]:
-        raise ValueError(f"need features [N, D] and neighbours [N, k], got {features.shape} and "
-                         f"{neighbours.shape}")
+    if neighbours.ndim != 2 or neighbours.shape[0] != features.shape[0]:
+        raise ValueError(f"need features [N, D] or [N, V, D] and neighbours [N, k], got "
+                         f"{features.shape} and {neighbours.shape}")
     n = features.shape[0]
     available = jnp.ones(n, bool) if available is None else jnp.asarray(available, bool)
     if available.shape != (n,):
@@ -195,7 +201,7 @@ def grow_clique(seed: int | Array, features: Array, neighbours: Array, *, clique
 
     Args:
       seed: the first member (it need not be available).
-      features: [N, D] float, rows L2-normalised (similarity = dot product).
+      features: [N, D] float, rows L2-normalised (similarity = dot product), or views [N, V, D].
       neighbours: [N, k] int, every sample's k nearest neighbours (``knn(features, k).indices``).
       clique_size: the most members.
       available: [N] bool, samples that may join (default all).
@@ -211,7 +217,7 @@ def grow_clique(seed: int | Array, features: Array, neighbours: Array, *, clique
 
 @functools.partial(jax.jit, static_argnames=("passes",))
 def _purify_members(members, features, neighbours, available, *, passes):
-    table = _empty_table(members.shape[0], neighbours.shape[1], features.shape[1])
+    table = _empty_table(members.shape[0], neighbours.shape[1], features.shape[1:])
     count = jnp.sum(members >= 0).astype(jnp.int32)
     table = jax.lax.fori_loop(0, count, lambda j, t: _set_member(t, j, members[j], features,
                                                                  neighbours), table)
@@ -235,49 +241,6 @@ def purify_clique(members: Array, features: Array, neighbours: Array, *,
                            passes=passes)
 
 
-def _sortable(x: jax.Array) -> jax.Array:
-    """int32 keys ordered as the floats x (-0.0 just below +0.0)."""
-    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
-    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-
-
-def _count_search(count_at_most, start, bits: int, m):
-    """The smallest t in [start, start + 2^bits) with count_at_most(t) >= m (count_at_most is
-    non-decreasing), decided bit by bit from the top."""
-    def bit(i, t):
-        step = jnp.int32(1) << (bits - 1 - i)
-        return jnp.where(count_at_most(t + (step - 1)) >= m, t, t + step)
-
-    return jax.lax.fori_loop(0, bits, bit, start)
-
-
-def rank_select(values: jax.Array, rank) -> jax.Array:
-    """The index of the element of 0-based ``rank`` when float ``values`` [N] are sorted by
-    (value, index), i.e. ``np.argsort(values, kind="stable")[rank]``.
-
-    Counting passes instead of a sort: 31 over the value's bits (after its sign) and
-    ceil(log2 N) over the indices of equal values; on CPU ~10x faster than ``lax.top_k`` for the
-    3,500 lowest of 70,000 and free of ``cumsum`` (slow on XLA:CPU).
-    """
-    values = values.astype(jnp.float32)
-    key = _sortable(jnp.where(values == 0, 0.0, values))  # -0.0 == 0.0, as np.argsort has it
-    m = rank + 1
-    half = jnp.where(jnp.sum(key < 0) >= m, jnp.iinfo(jnp.int32).min, 0).astype(jnp.int32)
-    t = _count_search(lambda trial: jnp.sum(key <= trial), half, 31, m)
-    need = m - jnp.sum(key < t)
-    index = jnp.arange(values.shape[0], dtype=jnp.int32)
-    tied = key == t
-    bits = max(1, int(values.shape[0] - 1).bit_length())
-    return _count_search(lambda trial: jnp.sum(tied & (index <= trial)), jnp.zeros((), jnp.int32),
-                         bits, need)
-
-
-def dissimilar_seed(key: jax.Array, max_sim: jax.Array, pool_size: int) -> jax.Array:
-    """CliqueCNN's next seed: uniformly random among the ``pool_size`` samples of lowest
-    ``max_sim`` [N] (their maximum similarity to the batch so far; ties to the lower index)."""
-    return rank_select(max_sim, jax.random.randint(key, (), 0, pool_size))
-
-
 def _grown(seed, available, features, neighbours, *, size, width, passes):
     """A clique from ``seed`` among ``available``: (members [width], count, member features);
     empty if the seed is unavailable (none left)."""
@@ -285,7 +248,7 @@ def _grown(seed, available, features, neighbours, *, size, width, passes):
     ok = available[seed]
     members = jnp.full(width, -1, jnp.int32).at[:size].set(jnp.where(ok, table.members, -1))
     # Empty slots repeat the first member, so that a plain max over slots is the clique's.
-    feats = jnp.where((jnp.arange(size) < table.count)[:, None], table.member_feats,
+    feats = jnp.where((jnp.arange(size) < table.count)[:, None, None], table.member_feats,
                       table.member_feats[0])
     return members, jnp.where(ok, table.count, 0), feats
 
@@ -300,7 +263,7 @@ def _initial_batch(key, features, neighbours, available, *, cliques, size, width
         available, max_sim, members, feats = carry  # members: the previous clique's
         available = available.at[jnp.where(members >= 0, members, n)].set(False, mode="drop")
         # (j is no vmapped value: the first clique skips the product.)
-        sims = jax.lax.cond(j > 0, lambda: jnp.max(feats @ features.T, axis=0),
+        sims = jax.lax.cond(j > 0, lambda: jnp.max(view_similarity(feats, features), axis=0),
                             lambda: jnp.full(n, -jnp.inf, features.dtype))
         max_sim = jnp.where(available, jnp.maximum(max_sim, sims), jnp.inf)
         # The first seed is uniform among the available samples (all of value 0, the rest +inf),
@@ -313,7 +276,7 @@ def _initial_batch(key, features, neighbours, available, *, cliques, size, width
         return (available, max_sim, members, feats), (members, count)
 
     carry = (available, jnp.where(available, -jnp.inf, jnp.inf), jnp.full(width, -1, jnp.int32),
-             jnp.zeros((size, features.shape[1]), features.dtype))
+             jnp.zeros((size, *features.shape[1:]), features.dtype))
     _, (members, counts) = jax.lax.scan(next_clique, carry,
                                         (jnp.arange(cliques), jax.random.split(key, cliques)))
     return members, counts.astype(jnp.int32)
@@ -328,8 +291,11 @@ def _initial_batches(keys, features, neighbours, available, **static):
 @jax.jit
 def _compactness(members, features):
     valid = members >= 0
-    f = features[jnp.maximum(members, 0)]
-    mm = jnp.einsum("csd,ctd->cst", f, f)
+    f = features[jnp.maximum(members, 0)]  # [C, W, V, D]
+    if f.shape[2] == 1:
+        mm = jnp.einsum("csd,ctd->cst", f[:, :, 0], f[:, :, 0])
+    else:
+        mm = jnp.max(jnp.einsum("csad,ctbd->csatb", f, f), axis=(2, 4))
     other = valid[:, :, None] & valid[:, None, :] & ~jnp.eye(members.shape[1], dtype=bool)
     low = jnp.min(jnp.where(other, mm, jnp.inf), axis=(1, 2))
     return jnp.where(jnp.sum(valid, axis=1) == 1, 1.0, low).astype(features.dtype)
@@ -338,7 +304,7 @@ def _compactness(members, features):
 def clique_compactness(members: Array, features: Array) -> jax.Array:
     """[C] minimum pairwise similarity within each clique of ``members`` [C, W] (-1 = empty slot);
     1.0 for one member, +inf for none."""
-    return _compactness(jnp.asarray(members, jnp.int32), jnp.asarray(features, float_dtype()))
+    return _compactness(jnp.asarray(members, jnp.int32), as_views(features))
 
 
 def make_cliques(members: Array, features: Array) -> Cliques:
@@ -357,7 +323,7 @@ def build_cliques(key: jax.Array, features: Array, neighbours: Array, *,
 
     Args:
       key: a jax PRNG key; the result is a function of it (not of ``chunk_size``).
-      features: [N, D] float, rows L2-normalised (similarity = dot product).
+      features: [N, D] float, rows L2-normalised (similarity = dot product), or views [N, V, D].
       neighbours: [N, k] int k-NN lists (``knn(features, k).indices``).
       num_initial_batches: B, initial batches (the authors' 100; 500 for 70,000 samples).
       cliques_per_batch: disjoint cliques grown per initial batch (10).

@@ -41,12 +41,15 @@ class ReclusterContext(NamedTuple):
       phase: index of the phase the recluster runs in.
       first: True when it opens the phase (``Phase.recluster_at_start``).
       inputs: [N, ...] the raw inputs (host numpy), e.g. to mine neighbours in pixel space.
+      embed: inputs [M, ...] -> their ``embed`` features [M, D] (host), as ``features`` were
+        computed (the trainer's data-parallel feature pass), e.g. of mirrored images.
     """
     features: Array
     key: jax.Array
     phase: int = 0
     first: bool = True
     inputs: np.ndarray | None = None
+    embed: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 class SamplePlan(NamedTuple):

@@ -8,6 +8,8 @@ Every round (``cliquecnn.round_epochs`` epochs; the first before any step):
      ``model.output_relu=False`` the features before the dense layer's ReLU, as the authors'
      fc7, and :class:`CliqueHead` applies the ReLU), reduced by PCA to
      ``pca_dim`` and L2-normalised; their k-NN lists (``cluster.knn``, never an N x N matrix);
+     with ``mirror_match`` (the paper's) every similarity is the largest over mirroring either
+     image (features of the images and of their mirror images, :mod:`jclust.cluster.views`);
   2. compact cliques of ``clique_size`` (complete linkage, purified), grown batch-wise with the
      dissimilar-seed rule (:func:`jclust.cluster.build_cliques`); from round 1 on, grown with the
      Student-t test (:func:`jclust.cluster.grow_cliques`, up to ``grow_max_size`` members);
@@ -52,10 +54,9 @@ from jclust.methods import losses
 from jclust.methods.base import DataSpec, Method, Phase, SamplePlan
 from jclust.methods.common import (augmented_logits, check_cnn_config, init_backbone_and_head,
                                    steps_per_epoch)
-from jclust.methods.cliquecnn_report import (check_enough_cliques, collapse_warning,
-                                              relative_spread, round_report)
+from jclust.methods.cliquecnn_report import check_enough_cliques, collapse_warning, round_report
+from jclust.methods.cliquecnn_space import Similarity, round_space
 from jclust.methods.evaluation import kmeans_probe
-from jclust.models import hog as jhog
 from jclust.precision import cast_floats, float_dtype
 
 ASSIGNMENT_RULE = ("trunk features whitened and L2-normalised by the PCA of the latest evaluation, "
@@ -79,40 +80,6 @@ class CliqueCNNState(NamedTuple):
     clique_labels: jax.Array
     order: jax.Array
     round: jax.Array
-
-
-class Similarity(NamedTuple):
-    """The similarity space of a round: unit rows and their k-NN lists."""
-    features: jax.Array
-    neighbours: jax.Array
-
-
-def zscore(features) -> jax.Array:
-    """Per-dimension standardisation (a constant dimension stays 0)."""
-    x = jnp.asarray(features, float_dtype())
-    sd = jnp.std(x, axis=0)
-    return (x - jnp.mean(x, axis=0)) / jnp.where(sd > 0, sd, 1.0)
-
-
-def reduce_and_normalise(features, pca_dim: int) -> jax.Array:
-    """PCA to ``pca_dim`` (without whitening; none when the features are no wider) and unit rows."""
-    x = jnp.asarray(features, float_dtype())
-    if pca_dim and x.shape[1] > pca_dim:
-        return jcluster.pca(x, pca_dim, l2_normalize=True)[1]
-    return jcluster.l2_normalize(x)
-
-
-def initial_features(inputs: np.ndarray, kind: str, *, pca_dim: int, ridge: float = 0.02):
-    """Round 0's features of the raw inputs [N, H, W, C]: "hog_lda" (HOG whitened with the data's
-    covariance + ``ridge`` I, :mod:`jclust.models.hog`) or "pca_whiten" (pixels / 255 PCA-whitened
-    to ``pca_dim``); [N, D] before the round's reduction."""
-    if kind == "hog_lda":
-        config = jhog.default_config(*inputs.shape[1:3])
-        h = jhog.hog(inputs, **config._asdict())
-        return jhog.apply_hog_whitening(jhog.fit_hog_whitening(h, ridge=ridge), h)
-    x = jnp.asarray(inputs.reshape(inputs.shape[0], -1), float_dtype()) / 255.0
-    mean, projection = jcluster.fit_whitening(x, pca_dim)
-    return jcluster.whiten(x, mean, projection)
 
 
 def clique_loss(logits: jax.Array, labels: jax.Array, *, in_batch: bool
@@ -261,7 +228,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
          eval_n_init: int = 10, relu_input: bool = False, similarity_dim: int = 128,
-         similarity_power: float = 0.5) -> Method:
+         similarity_power: float = 0.5, mirror_match: bool = False) -> Method:
     """CliqueCNN on ``backbone`` with ``tx`` (params "backbone" and "head") for ``num_steps`` steps
     in rounds of ``round_steps`` (whole epochs, the first from step 0); ``relu_input``: the head
     applies the ReLU the trunk left out (``model.output_relu=False``). The other arguments are
@@ -291,18 +258,11 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
     def embed(params, model_state, x):
         return backbone.apply(params["backbone"], model_state["backbone"], x, train=False)[0]
 
-    def similarity(cluster, context) -> Similarity:
-        if int(cluster.round) == 0 and init_features != "network":
-            raw = initial_features(np.asarray(context.inputs), init_features, pca_dim=pca_dim)
-            spread = 1.0
-        else:
-            raw, spread = zscore(context.features), relative_spread(context.features)
-        features = reduce_and_normalise(raw, pca_dim)
-        return Similarity(features, jcluster.knn(features, num_neighbours).indices), spread
-
     def recluster(params, cluster, context):
         k_build, k_head = jax.random.split(context.key)
-        space, spread = similarity(cluster, context)
+        space, spread = round_space(int(cluster.round), context, init_features=init_features,
+                                    pca_dim=pca_dim, num_neighbours=num_neighbours,
+                                    mirror_match=mirror_match)
         labels, cliques, batches = round_cliques(
             k_build, space, int(cluster.round), recipe, num_batches=round_steps)
         info = round_report(cliques, space.features, batches, n)
@@ -392,4 +352,5 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 rotation_degrees=cc.rotation_degrees, collapse_gap=cc.collapse_gap,
                 eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init,
                 relu_input=not config.model.get("output_relu", True),
-                similarity_dim=cc.similarity_dim, similarity_power=cc.similarity_power)
+                similarity_dim=cc.similarity_dim, similarity_power=cc.similarity_power,
+                mirror_match=cc.mirror_match)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust.metrics.roc import anchor_candidates, anchor_roc, roc_auc
+from jclust.metrics.similarities import pair_similarities, similarities
 
 Array = jax.Array | np.ndarray
 PRECISION_KS = (1, 10, 100)
@@ -96,7 +97,7 @@ def _search(queries, database, same_set, *, k, chunk):
     columns = jnp.arange(database.shape[0])
 
     def one_chunk(row_ids):
-        block = jnp.matmul(queries[row_ids], database.T, precision=jax.lax.Precision.HIGHEST)
+        block = similarities(queries[row_ids], database)
         block = jnp.where(same_set & (row_ids[:, None] == columns[None, :]), -jnp.inf, block)
         # Kept apart from the matmul, XLA:CPU's top_k stays a partial sort (see cluster/graph.py).
         values, indices = jax.lax.top_k(jax.lax.optimization_barrier(block), k)
@@ -124,9 +125,10 @@ def nearest_neighbours(database: Array, queries: Array, k: int, *, same_set: boo
 
 def _neighbours(database, queries, k, same_set, chunk_size):
     """:func:`nearest_neighbours` of features already normalised."""
-    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
-        raise ValueError(f"need database [N, D] and queries [M, D], got {database.shape} and "
-                         f"{queries.shape}")
+    if database.ndim not in (2, 3) or queries.ndim != database.ndim or (
+            database.shape[1:] != queries.shape[1:]):
+        raise ValueError(f"need database [N, D] and queries [M, D] (or views [N, V, D] and "
+                         f"[M, V, D]), got {database.shape} and {queries.shape}")
     if same_set and database.shape != queries.shape:
         raise ValueError("same_set needs the queries to be the database (equal shapes)")
     if not 1 <= k <= database.shape[0] - same_set:
@@ -239,7 +241,7 @@ def _pair_cosines(queries, database, query_ids, database_ids, *, chunk):
     p = query_ids.shape[0]
     ids = jnp.pad(jnp.stack([query_ids, database_ids]), ((0, 0), (0, -p % chunk)))
     ids = ids.reshape(2, -1, chunk).transpose(1, 0, 2)
-    cosines = jax.lax.map(lambda i: jnp.sum(queries[i[0]] * database[i[1]], axis=1), ids)
+    cosines = jax.lax.map(lambda i: pair_similarities(queries[i[0]], database[i[1]]), ids)
     return cosines.reshape(-1)[:p]
 
 
@@ -346,6 +348,8 @@ def similarity_report(database_features: Array, database_labels: Array, query_fe
     Args:
       database_features: [N, D]; database_labels: [N] (any values; used only to score).
       query_features: [M, D]; query_labels: [M]. With ``same_set`` the database itself.
+        Views [N, V, D] and [M, V, D] (an image and its mirror image, each view normalised)
+        are scored by the largest cosine over pairs of views, CliqueCNN's mirrored match.
       key: PRNG key of the random pairs, anchors and random candidates.
       same_set: the queries are the database (query i = item i), excluded from its own results.
       knn_k, tau: the weighted k-NN vote. num_pairs: pairs of each kind for the pair AUC.
@@ -359,7 +363,7 @@ def similarity_report(database_features: Array, database_labels: Array, query_fe
     database, queries = l2_normalise(database_features), l2_normalise(query_features)
     if (np.shape(database_labels) != database.shape[:1]
             or np.shape(query_labels) != queries.shape[:1]):
-        raise ValueError("need labels [N] and [M] beside the features [N, D] and [M, D]")
+        raise ValueError("need labels [N] and [M] beside the features [N, ...] and [M, ...]")
     neighbours = _neighbours(database, queries, max(*PRECISION_KS, MAP_K, knn_k, anchor_nearest),
                              same_set, chunk_size)
     db_ids, q_ids, num_classes = _class_ids(database_labels, query_labels)
