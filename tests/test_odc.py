@@ -231,8 +231,6 @@ def test_memory_in_one_cluster_warns():
 @pytest.mark.parametrize("overrides, spec, match", [
     ({"odc.train_clusters": 41}, (40, (8, 8, 1), True), "more clusters than the 40 examples"),
     ({"num_clusters": 50}, (40, (8, 8, 1), True), "more clusters than the 40 examples"),
-    ({"odc.train_clusters": 6, "odc.min_cluster_size": 7}, (40, (8, 8, 1), True),
-     "6 x 7 exceeds the 40 examples"),
     ({"odc.memory_momentum": 0.0}, (40, (8, 8, 1), True), "odc.memory_momentum"),
     ({"odc.centroid_update_every": 0}, (40, (8, 8, 1), True), "odc.centroid_update_every"),
     ({"batch_size": 64}, (40, (8, 8, 1), True), "batch_size"),
@@ -244,6 +242,18 @@ def test_bad_configs_are_clear_errors(overrides, spec, match):
                            "num_clusters": 4, **overrides})
     with pytest.raises(ConfigError, match=match):
         methods.from_config(config, methods.DataSpec(*spec))
+
+
+def test_the_cluster_floor_scales_down_with_the_data():
+    """At most a quarter of the mean cluster size: Fashion-MNIST keeps its 20, small sets get
+    a floor their clusters can hold (an explicit value above that is lowered, not refused)."""
+    assert odc.min_cluster_floor(20, 70_000, 100) == 20
+    assert odc.min_cluster_floor(20, 10_000, 100) == 20
+    assert odc.min_cluster_floor(20, 3_000, 100) == 7
+    assert odc.min_cluster_floor(20, 1_797, 100) == 4
+    assert odc.min_cluster_floor(10, 1_797, 30) == 10  # the digits config: unchanged
+    assert odc.min_cluster_floor(7, 40, 6) == 1
+    small_method(**{"odc.train_clusters": 6, "odc.min_cluster_size": 7})  # 6 x 7 > 40: runs
 
 
 def test_phases_without_cluster_update_leave_the_cluster_state_alone():
