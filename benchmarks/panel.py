@@ -12,7 +12,11 @@ Members (all 28 x 28 grayscale with 10 classes, so that a default config runs on
 * ``digits28``: scikit-learn's 1,797 8 x 8 digits enlarged to 28 x 28 (bilinear), another domain.
 
 Each (method, member) pair runs ``benchmarks/quality.py`` in ``WORKDIR/METHOD/MEMBER`` (re-running
-re-uses finished seeds), with ``--override`` options passed on to every run. The similarity
+re-uses finished seeds), with ``--override`` options passed on to every run. ``--keep=DIR`` (a
+folder in the repository, e.g. ``benchmarks/panel_results/NAME``) carries a panel across
+machines and sessions: every finished seed's ``result.json`` is copied to
+``DIR/METHOD/MEMBER/seedK/result.json`` with the machine, commit and overrides it ran with, and a
+seed found there is not run again. The similarity
 benchmark's 10,000 queries (CliqueCNN's config) fit only fm70k: on the others it is switched off.
 """
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -125,6 +131,52 @@ def table(workdir: str, methods: list[str], members: list[str], seeds: list[int]
     return "\n".join(lines)
 
 
+def _result_path(root: str, method: str, member: str, seed: int) -> str:
+    return os.path.join(root, method, member, f"seed{seed}", "result.json")
+
+
+def restore_kept(keep: str, workdir: str, method: str, member: str, seeds: list[int],
+                 overrides: list[str]) -> None:
+    """Copies the seeds kept in ``keep`` into ``workdir``, where quality.py re-uses them;
+    SystemExit (one error line) for a seed kept with other ``overrides``."""
+    for seed in seeds:
+        kept, local = (_result_path(d, method, member, seed) for d in (keep, workdir))
+        if not os.path.exists(kept):
+            continue
+        with open(kept) as f:
+            ran_with = json.load(f).get("overrides", [])
+        if ran_with != list(overrides):
+            raise SystemExit(f"error: {kept} ran with overrides {ran_with}, this panel with "
+                             f"{list(overrides)}; use one --keep folder per setting")
+        if not os.path.exists(local):
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            shutil.copyfile(kept, local)
+
+
+def keep_finished(keep: str, workdir: str, method: str, member: str, seeds: list[int],
+                  provenance: dict) -> None:
+    """Copies the seeds finished in ``workdir`` and not yet kept into ``keep``, each with
+    ``provenance`` (machine, commit, overrides) added to its result."""
+    for seed in seeds:
+        kept, local = (_result_path(d, method, member, seed) for d in (keep, workdir))
+        if os.path.exists(local) and not os.path.exists(kept):
+            with open(local) as f:
+                row = {**json.load(f), **provenance}
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            with open(kept + ".tmp", "w") as f:
+                json.dump(row, f, indent=1, sort_keys=True)
+            os.replace(kept + ".tmp", kept)
+
+
+def commit(root: str) -> str:
+    """The checkout's commit, with "+changes" when its tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True).stdout
+    head = git("rev-parse", "--short=7", "HEAD").strip() or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no").strip()
+                   else "")
+
+
 def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = list(allowed) if value == "all" else [v for v in value.split(",") if v]
     unknown = [v for v in items if v not in allowed]
@@ -142,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--override", action="append", default=[],
                         help="KEY=VALUE passed to every run ({seed}: the seed)")
+    parser.add_argument("--keep", default="",
+                        help="folder that keeps finished seeds' results across machines")
     parser.add_argument("--table-only", action="store_true",
                         help="print the table of what has finished, train nothing")
     args = parser.parse_args(argv)
@@ -149,6 +203,11 @@ def main(argv=None) -> int:
     members = parse_list(args.members, MEMBERS, "members")
     seeds = [int(s) for s in args.seeds.split(",")]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    provenance = {"machine": quality.machine(), "commit": commit(root),
+                  "overrides": args.override}
+    for method in methods if args.keep else ():
+        for member in members:
+            restore_kept(args.keep, args.workdir, method, member, seeds, args.override)
     if not args.table_only:
         for member in members:
             source = member_source(member, os.path.join(args.workdir, "data"))
@@ -165,6 +224,8 @@ def main(argv=None) -> int:
                 if quality.main(quality_args):
                     print(f"{method} on {member} failed; the table shows what finished",
                           file=sys.stderr)
+                if args.keep:
+                    keep_finished(args.keep, args.workdir, method, member, seeds, provenance)
     print(f"\nPanel ({quality.machine()}; seeds {args.seeds}; ACC mean ± sd, minutes a run):\n")
     print(table(args.workdir, methods, members, seeds))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adam", "sgd")
@@ -14,8 +15,8 @@ SCHEDULES = ("constant", "cosine", "inverse", "step")
 
 
 def make_schedule(name: str, learning_rate: float, num_steps: int = 0, *,
-                  decay_factor: float = 1.0, decay_fraction: float = 1.0
-                  ) -> optax.Schedule | float:
+                  decay_factor: float = 1.0, decay_fraction: float = 1.0,
+                  warmup_steps: int = 0) -> optax.Schedule | float:
     """Returns the learning rate (a float) or an optax schedule of the step.
 
     Args:
@@ -26,7 +27,24 @@ def make_schedule(name: str, learning_rate: float, num_steps: int = 0, *,
       learning_rate: the peak step size.
       num_steps: the length of the phase the schedule runs over (cosine and step).
       decay_factor, decay_fraction: the step schedule's drop and where it falls.
+      warmup_steps: the rate of step t is multiplied by min(1, (t + 1) / warmup_steps), a linear
+        warm-up over a fixed number of steps whatever the data's size (0: none).
     """
+    from jclust.config_lib import ConfigError
+    if warmup_steps < 0:
+        raise ConfigError(f"config.optim.warmup_steps must be >= 0, got {warmup_steps}")
+    schedule = _schedule(name, learning_rate, num_steps, decay_factor, decay_fraction)
+    if not warmup_steps:
+        return schedule
+
+    def warmed_up(step):
+        rate = schedule(step) if callable(schedule) else schedule
+        return rate * jnp.minimum(1.0, (step + 1) / warmup_steps)
+    return warmed_up
+
+
+def _schedule(name: str, learning_rate: float, num_steps: int, decay_factor: float,
+              decay_fraction: float) -> optax.Schedule | float:
     from jclust.config_lib import ConfigError
     if name == "constant" or (name == "step" and decay_factor == 1.0):
         return learning_rate
@@ -93,7 +111,7 @@ def make(section: Any, num_steps: int, groups: Mapping[str, Group] | None = None
     Args:
       section: ``learning_rate`` and optionally ``optimizer`` (default "sgd"), ``momentum`` (0),
         ``weight_decay`` (0), ``lr_schedule`` ("constant"), ``lr_decay_factor`` and
-        ``lr_decay_fraction`` (the "step" schedule's).
+        ``lr_decay_fraction`` (the "step" schedule's), ``warmup_steps`` (0).
       num_steps: the phase's length, for the schedule.
       groups: top-level parameter parts (keys of the params dict) that train by other rules;
         each part is its own ``optax.multi_transform`` label. None: one rule for all parameters.
@@ -105,7 +123,8 @@ def make(section: Any, num_steps: int, groups: Mapping[str, Group] | None = None
                           "optim.lr_schedule=step or the factor to 1")
     schedule = make_schedule(section.get("lr_schedule", "constant"), section.learning_rate,
                              num_steps, decay_factor=section.get("lr_decay_factor", 1.0),
-                             decay_fraction=section.get("lr_decay_fraction", 1.0))
+                             decay_fraction=section.get("lr_decay_fraction", 1.0),
+                             warmup_steps=section.get("warmup_steps", 0))
     name = section.get("optimizer", "sgd")
 
     def transform(group: Group) -> optax.GradientTransformation:

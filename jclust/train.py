@@ -188,8 +188,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str, say):
     evaluators.check_retrieval_queries(config, data)
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
     state = jstate.init_state(method, config.seed, data.sample(config.batch_size))
-    initial_params = (jworkdir.import_params(config.init_params, state.params)
-                      if config.init_params else None)
+    initial_params = jworkdir.initial_params(config, state.params)
     return data, method, runner, runner.place(state), initial_params, changed
 
 

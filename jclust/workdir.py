@@ -188,27 +188,57 @@ def export_params(path: str, params) -> None:
     os.replace(tmp, path)
 
 
-def import_params(path: str, like):
+def import_params(path: str, like, parts: str = ""):
     """Reads params exported by :func:`export_params` into the structure of ``like``.
 
+    ``parts``: top-level keys of the params, comma-separated (e.g. ``"backbone"``), taken from the
+    file, the rest kept from ``like``: another method's trained backbone under a fresh head. ""
+    takes them all.
+
     Raises:
-      ConfigError: the file is missing, unreadable, or its tree or shapes differ from ``like``.
+      ConfigError: the file is missing, unreadable, lacks a part, or its tree or shapes differ
+      from ``like``.
     """
     if not os.path.isfile(path):
         raise config_lib.ConfigError(f"config.init_params={path!r}: no such file")
+    like = jax.device_get(like)
     try:
         with open(path, "rb") as f:
             loaded = flax.serialization.msgpack_restore(f.read())
-        params = flax.serialization.from_state_dict(jax.device_get(like), loaded)
-    except Exception as err:  # noqa: BLE001 - msgpack and flax raise many types for a bad file
+    except Exception as err:  # noqa: BLE001 - msgpack raises many types for a bad file
         raise config_lib.ConfigError(f"config.init_params={path!r} cannot be used: "
                                      f"{type(err).__name__}: {str(err)[:300]}") from err
-    for (where, a), b in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(params)):
-        if np.shape(a) != np.shape(b):
-            raise config_lib.ConfigError(
-                f"config.init_params={path!r}: {jax.tree_util.keystr(where)} has shape "
-                f"{np.shape(b)} but this model needs {np.shape(a)}")
-    return jax.tree.map(lambda a, b: np.asarray(b, dtype=np.asarray(a).dtype), like, params)
+    names = tuple(p for p in parts.split(",") if p) or tuple(like)
+    missing = [p for p in names if p not in like or not isinstance(loaded, dict) or p not in loaded]
+    if missing:
+        raise config_lib.ConfigError(
+            f"config.init_params={path!r}: no part {missing[0]!r} in "
+            + ("this model" if missing[0] not in like else "the file")
+            + f" (the file has {sorted(loaded) if isinstance(loaded, dict) else 'no parts'}, "
+            f"the model {sorted(like)}); set config.init_params_parts to parts of both")
+    taken = {}
+    for name in names:
+        try:
+            taken[name] = flax.serialization.from_state_dict(like[name], loaded[name])
+        except Exception as err:  # noqa: BLE001 - flax raises many types for a mismatched tree
+            raise config_lib.ConfigError(f"config.init_params={path!r} cannot be used: "
+                                         f"{type(err).__name__}: {str(err)[:300]}") from err
+        for (where, a), b in zip(jax.tree_util.tree_leaves_with_path(like[name]),
+                                 jax.tree.leaves(taken[name])):
+            if np.shape(a) != np.shape(b):
+                raise config_lib.ConfigError(
+                    f"config.init_params={path!r}: [{name!r}]{jax.tree_util.keystr(where)} has "
+                    f"shape {np.shape(b)} but this model needs {np.shape(a)}")
+    return {**like, **{name: jax.tree.map(lambda a, b: np.asarray(b, dtype=np.asarray(a).dtype),
+                                          like[name], taken[name]) for name in names}}
+
+
+def initial_params(config, like):
+    """The params ``config.init_params`` sets (its ``init_params_parts`` of them, the rest from
+    ``like``), or None when it is not set."""
+    if not config.get("init_params"):
+        return None
+    return import_params(config.init_params, like, config.get("init_params_parts", ""))
 
 
 ASSIGNMENTS = "assignments.npz"

@@ -338,3 +338,40 @@ def test_running_head_losses_pick_the_assigning_head():
     labels, _ = method.assign(params, cluster._replace(head_losses=jnp.array([3.0, 2.0, 1.0])),
                               feats)
     np.testing.assert_array_equal(labels, [5, 5])
+
+
+def test_init_params_parts_start_nmm_from_another_methods_backbone(tmp_path):
+    """config.init_params_parts=backbone: an NMM run starts from a SwAV run's exported backbone
+    (exactly, at a zero learning rate) under its own fresh mixture head (as a run without
+    init_params has it); a part the model or the file lacks (every part, by default) or of
+    another shape is refused before anything is written."""
+    from jclust import inference
+    from jclust import workdir as jworkdir
+    from tests import test_swav
+    swav_config = test_swav.tiny_config(**{"model.global_pool": True})
+    swav = methods.from_config(swav_config, methods.DataSpec(256, (8, 8, 1), True))
+    swav_params = jstate.init_state(swav, 7, np.zeros((4, 8, 8, 1), np.uint8)).params
+    path = str(tmp_path / "params_swav.msgpack")
+    jworkdir.export_params(path, swav_params)
+    same = {"model.global_pool": True, "optim.learning_rate": 0.0, "optim.epochs": 1,
+            "eval_every_steps": -1}
+    train.train_and_evaluate(tiny_config(init_params=path, init_params_parts="backbone", **same),
+                             str(tmp_path / "from_swav"))
+    train.train_and_evaluate(tiny_config(**same), str(tmp_path / "fresh"))
+    from_swav = inference.load_run(str(tmp_path / "from_swav"))[2].params
+    fresh = inference.load_run(str(tmp_path / "fresh"))[2].params
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(from_swav["backbone"]),
+                 jax.device_get(swav_params["backbone"]))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(from_swav["head"]),
+                 jax.device_get(fresh["head"]))
+    assert not np.array_equal(np.asarray(fresh["backbone"]["convs_0"]["kernel"]),
+                              np.asarray(swav_params["backbone"]["convs_0"]["kernel"]))
+    for parts, pool, match in (("prototypes", True, "no part 'prototypes' in this model"),
+                               ("", True, "no part 'head' in the file"),
+                               ("backbone", False, r"\['backbone'\]\['fc'\]\['kernel'\] has shape")):
+        workdir = tmp_path / f"bad_{parts or 'all'}_{pool}"
+        with pytest.raises(ConfigError, match=match):
+            train.train_and_evaluate(tiny_config(init_params=path, init_params_parts=parts,
+                                                 **{**same, "model.global_pool": pool}),
+                                     str(workdir))
+        assert not workdir.exists()

@@ -59,3 +59,18 @@ def test_tpu_notebook_runs_on_eight_simulated_devices(tmp_path, monkeypatch):
     assert "8 devices" in text and "on 8 devices" in text
     assert "resumed from checkpoint" in text
     assert os.path.exists(os.path.join(workdir, "predict", "summary.json"))
+
+
+def test_notebooks_ask_for_deterministic_gpu_ops_before_jax_starts():
+    """Each notebook calls determinism.request_deterministic_gpu_ops() (bit-exact resume on a GPU
+    runtime, as the command line does) before its first line that starts JAX's backends."""
+    import re
+    starts_jax = re.compile(r"\bjax\.device|\bjnp\.|(?<![\w.])(train|predict|data)\.\w+\(")
+    for name in ("quickstart.ipynb", "tpu.ipynb"):
+        nb = nbformat.read(os.path.join(COLAB, name), as_version=4)
+        lines = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()]
+        call = next(i for i, line in enumerate(lines)
+                    if line.startswith("determinism.request_deterministic_gpu_ops()"))
+        first_jax = next(i for i, line in enumerate(lines)
+                         if starts_jax.search(line) and not line.startswith("#"))
+        assert call < first_jax, (name, lines[first_jax])

@@ -110,3 +110,32 @@ def test_every_optim_section_is_the_one_skeleton():
             assert set(config.optim) == skeleton, (name, arg)
     with pytest.raises(ValueError, match="max_epochs"):
         config_lib.optim_section(max_epochs=3)
+
+
+def test_warm_up_scales_the_rate_linearly_over_a_fixed_number_of_steps():
+    """warmup_steps=W: the rate of step t is the schedule's times min(1, (t + 1) / W), by hand;
+    through make, the first SGD updates grow as 1/W, 2/W, ... of the unwarmed ones."""
+    import jax
+    import ml_collections
+    import numpy as np
+    constant = optim.make_schedule("constant", 0.1, warmup_steps=4)
+    assert [float(constant(t)) for t in range(6)] == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    cosine = optim.make_schedule("cosine", 1.0, 100, warmup_steps=10)
+    plain = optim.make_schedule("cosine", 1.0, 100)
+    assert [float(cosine(t)) for t in (0, 4, 9, 50)] == pytest.approx(
+        [float(plain(0)) * 0.1, float(plain(4)) * 0.5, float(plain(9)), float(plain(50))])
+    section = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 3})
+    params = {"w": np.ones(5, np.float32)}
+    warm, _ = _run(optim.make(section, 100), params, steps=4)
+    cold, _ = _run(optim.make(ml_collections.ConfigDict({"learning_rate": 0.1}), 100), params,
+                   steps=4)
+    # float32: the warmed update is -(0.1 x factor) x g against factor x (-0.1 x g), two
+    # roundings apart (at most 2 ulp, 2.4e-7 relative): rtol 1e-6.
+    for t, factor in enumerate((1 / 3, 2 / 3, 1.0, 1.0)):
+        np.testing.assert_allclose(warm[t]["w"], factor * cold[t]["w"], rtol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, cold[0],
+                 _run(optim.make(ml_collections.ConfigDict({"learning_rate": 0.1,
+                                                            "warmup_steps": 0}), 100), params)[0][0])
+    with pytest.raises(config_lib.ConfigError, match="warmup_steps must be >= 0"):
+        optim.make_schedule("constant", 0.1, warmup_steps=-1)

@@ -55,3 +55,24 @@ def test_unknown_member_or_method_is_one_error_line(capsys):
         panel.main(["--members=fm5k", "--workdir=/nonexistent"])
     with pytest.raises(SystemExit, match="unknown methods"):
         panel.main(["--methods=kmeans", "--workdir=/nonexistent"])
+
+
+def test_kept_results_carry_a_panel_across_machines(tmp_path):
+    """--keep: finished seeds are copied with their provenance, restored into a fresh workdir
+    (where quality.py re-uses them and the table reads them), and refused under other overrides."""
+    keep, first, second = (str(tmp_path / d) for d in ("keep", "first", "second"))
+    local = tmp_path / "first" / "swav" / "fm3k" / "seed1"
+    os.makedirs(local)
+    (local / "result.json").write_text(json.dumps({"seed": 1, "acc": 0.7, "seconds": 60.0}))
+    provenance = {"machine": "cpu X", "commit": "abc1234", "overrides": ["min_epoch_examples=1"]}
+    panel.keep_finished(keep, first, "swav", "fm3k", [0, 1], provenance)
+    kept = tmp_path / "keep" / "swav" / "fm3k" / "seed1" / "result.json"
+    assert json.loads(kept.read_text()) == {"seed": 1, "acc": 0.7, "seconds": 60.0, **provenance}
+    assert not (tmp_path / "keep" / "swav" / "fm3k" / "seed0").exists()
+    panel.restore_kept(keep, second, "swav", "fm3k", [0, 1], ["min_epoch_examples=1"])
+    restored = tmp_path / "second" / "swav" / "fm3k" / "seed1" / "result.json"
+    assert restored.read_text() == kept.read_text()
+    assert "0.700 ± 0.000 (1.0 min, 1 of 2 seeds)" in panel.table(second, ["swav"], ["fm3k"], [0, 1])
+    with pytest.raises(SystemExit, match="ran with overrides"):
+        panel.restore_kept(keep, str(tmp_path / "third"), "swav", "fm3k", [1], [])
+    assert len(panel.commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))) >= 7

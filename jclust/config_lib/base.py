@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     # loaded into a fresh run before training, e.g. IDEC on DEC's pretrained autoencoder with
     # pretrain.epochs=0. Same network shapes required; ignored on resume (the checkpoint has them).
     c.init_params = ""
+    # Top-level parts of the params taken from init_params, comma-separated (e.g. "backbone": a
+    # SwAV run's trained network under another method's fresh head); "": every part.
+    c.init_params_parts = ""
 
     c.batch_size = 256
     c.eval_batch_size = 2048
@@ -98,6 +101,7 @@ RESUMABLE_KEYS = frozenset({
     "keep_checkpoints", "eval_retrieval_queries",
     "tensorboard", "pictures.every_evals", "pictures.projection", "pictures.max_points",
     "eval_batch_size", "model.conv_impl", "data.data_dir", "init_params",
+    "init_params_parts",
     "data.backbone.batch_size", "data.feature_cache",
     "jule.evaluation", "jule.spectral_neighbours", "deepcluster.eval_n_init",
     "deepclusterv2.eval_n_init", "odc.eval_n_init", "swav.eval_n_init",

@@ -31,12 +31,13 @@ def optim_section(**values) -> ml_collections.ConfigDict:
     Keys: ``optimizer`` ("sgd" | "adam"), ``epochs`` (the training phase's length; JULE's bound,
     as it stops once its clusters reach ``num_clusters``), ``learning_rate``, ``momentum`` (SGD),
     ``weight_decay`` (decoupled), ``lr_schedule`` ("constant" | "cosine" | "inverse" | "step"),
-    ``lr_decay_factor`` and ``lr_decay_fraction`` (the step schedule's drop and where it falls).
+    ``lr_decay_factor`` and ``lr_decay_fraction`` (the step schedule's drop and where it falls),
+    ``warmup_steps`` (a linear warm-up of the rate over that many steps, 0: none).
     """
     section = ml_collections.ConfigDict({
         "optimizer": "sgd", "epochs": 1, "learning_rate": 0.05, "momentum": 0.0,
         "weight_decay": 0.0, "lr_schedule": "constant", "lr_decay_factor": 1.0,
-        "lr_decay_fraction": 1.0})
+        "lr_decay_fraction": 1.0, "warmup_steps": 0})
     unknown = set(values) - set(section)
     if unknown:
         raise ValueError(f"not optim keys: {', '.join(sorted(unknown))}")
