@@ -26,15 +26,19 @@ import numpy as np
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
+    """The processor as /proc/cpuinfo names it, with its family and model where the name alone
+    does not tell generations apart (a VM's "AMD EPYC" is Zen 1 to Zen 4), and the core count."""
+    cpu, fields = platform.processor() or "cpu", {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    if "cpu family" in fields and "model" in fields:
+        cpu += f" (family {fields['cpu family']} model {fields['model']})"
     return f"{cpu}, {os.cpu_count()} cores"
 
 
