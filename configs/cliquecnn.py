@@ -85,8 +85,10 @@ def get_config(arg: str = ""):
     config.cliquecnn.eval_n_init = 10
     config.batch_size = 128
     # Every evaluation (each round's start and the end) also scores the trunk's features as a
-    # similarity: the 10,000 test images query the 60,000 training images (labels only score).
-    config.eval_retrieval_queries = 10_000
+    # similarity: the 10,000 test images query the 60,000 training images (labels only score);
+    # -1 is that seventh of any labelled data (none without labels or below 116 images), so the
+    # config serves a user's own few thousand images as it is.
+    config.eval_retrieval_queries = -1
 
     if arg == "digits":
         config_lib.use_digits(config)

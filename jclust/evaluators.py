@@ -124,18 +124,32 @@ RETRIEVAL_KEYS = {"retrieval_p1": "precision_at_1", "retrieval_p10": "precision_
 RETRIEVAL_DATABASE_MIN = 100  # the per-anchor protocol's nearest candidates
 
 
-def check_retrieval_queries(config, data: loader.Loader) -> None:
-    """Raises a ConfigError when ``config.eval_retrieval_queries`` cannot score ``data``: it has
-    no labels, or the queries leave fewer than :data:`RETRIEVAL_DATABASE_MIN` examples."""
+AUTO_QUERIES_DIVISOR = 7  # -1: the last N // 7 examples query (Fashion-MNIST: its test split)
+
+
+def retrieval_queries(config, data: loader.Loader) -> int:
+    """How many examples ``config.eval_retrieval_queries`` has query the others on ``data``.
+
+    -1 (auto): the last N // :data:`AUTO_QUERIES_DIVISOR` examples, on Fashion-MNIST's 70,000
+    exactly its 10,000 test images against its 60,000 training images; none (0) when the data has
+    no labels or the queries would leave fewer than :data:`RETRIEVAL_DATABASE_MIN` examples. Any
+    other value is taken as it is, and a ConfigError when it cannot score ``data`` (no labels, too
+    few examples left to search, below -1)."""
     queries, n = config.eval_retrieval_queries, data.num_examples
+    if queries == -1:
+        auto = n // AUTO_QUERIES_DIVISOR
+        return auto if data.labels is not None and n - auto >= RETRIEVAL_DATABASE_MIN else 0
     if queries and data.labels is None:
         raise config_lib.ConfigError(f"config.eval_retrieval_queries={queries} scores with labels "
-                                     f"and {data.source} has none: set it to 0")
-    if queries < 0 or queries > max(n - RETRIEVAL_DATABASE_MIN, 0):
+                                     f"and {data.source} has none: set it to 0 (or -1: when there "
+                                     "are labels)")
+    if queries < -1 or queries > max(n - RETRIEVAL_DATABASE_MIN, 0):
         raise config_lib.ConfigError(
             f"config.eval_retrieval_queries={queries}: the queries must leave at least "
             f"{RETRIEVAL_DATABASE_MIN} of the {n} examples to search; set it to at most "
-            f"{max(n - RETRIEVAL_DATABASE_MIN, 0)} (0: no similarity scores)")
+            f"{max(n - RETRIEVAL_DATABASE_MIN, 0)} (0: no similarity scores; -1: a seventh of "
+            "the examples when that leaves enough)")
+    return queries
 
 
 def retrieval_record(features: np.ndarray, labels: np.ndarray, num_queries: int,

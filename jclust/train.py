@@ -185,7 +185,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str, say):
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
                                      f"the number of devices ({mesh.size})")
     method = jmethods.from_config(config, spec)
-    evaluators.check_retrieval_queries(config, data)
+    evaluators.retrieval_queries(config, data)  # its ConfigError before anything is written
     runner = inference.Runner(method, mesh, config.eval_batch_size, spec.num_examples)
     state = jstate.init_state(method, config.seed, data.sample(config.batch_size))
     initial_params = jworkdir.initial_params(config, state.params)
@@ -284,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stdou
             num_clusters=config.num_clusters, pictures_every=config.pictures.every_evals,
             projection=config.pictures.projection, max_points=config.pictures.max_points,
             seed=config.seed, title=f"{config.method} on {data.source}",
-            retrieval_queries=config.eval_retrieval_queries),
+            retrieval_queries=evaluators.retrieval_queries(config, data)),
         metrics=monitor.StepMetrics(lambda s: method.phases[jschedule.phase_at(bounds, s)].name,
                                     checkpoints.kept),
         checkpoints=checkpoints, writer=writer, say=say)

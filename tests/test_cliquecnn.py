@@ -350,6 +350,26 @@ def test_retrieval_queries_must_leave_a_database(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_auto_retrieval_queries_are_a_seventh_of_labelled_data_and_none_otherwise():
+    class Data:  # what retrieval_queries reads of a loader.Loader
+        def __init__(self, n, labelled):
+            self.num_examples, self.source = n, "npz:x.npz"
+            self.labels = np.zeros(n, np.int32) if labelled else None
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "cliquecnn.py"))
+    assert config.eval_retrieval_queries == -1  # the Fashion-MNIST config's default
+    assert evaluators.retrieval_queries(config, Data(70_000, True)) == 10_000  # its test split
+    assert evaluators.retrieval_queries(config, Data(3_000, True)) == 428
+    assert evaluators.retrieval_queries(config, Data(116, True)) == 16  # leaves 100, the least
+    assert evaluators.retrieval_queries(config, Data(115, True)) == 0  # would leave 99
+    assert evaluators.retrieval_queries(config, Data(3_000, False)) == 0
+    for queries, n, labelled in ((-2, 3_000, True), (2_901, 3_000, True), (5, 3_000, False)):
+        with pytest.raises(ConfigError, match=f"eval_retrieval_queries={queries}"):
+            evaluators.retrieval_queries(
+                config_lib.apply_overrides(config, {"eval_retrieval_queries": queries}),
+                Data(n, labelled))
+
+
 def test_resume_in_the_middle_of_a_round_is_bit_equal(reference_run, tmp_path):
     ref_dir, _ = reference_run
     # Step 12: round 2 (steps 8..15), after its cliques were built, in the middle of the round.

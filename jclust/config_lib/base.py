@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     # With labels, also score every evaluation's embedding as a similarity (retrieval P@k, mAP,
     # 20-NN accuracy, pair and per-anchor AUC: jclust.metrics.similarity_report): the last this
     # many examples query the others. Fashion-MNIST: 10000 = its test split against its training
-    # split, as benchmarks/similarity.py. 0: not (each costs seconds to a minute of CPU).
+    # split, as benchmarks/similarity.py; -1: a seventh of any labelled data (Fashion-MNIST's
+    # 10000), none when unlabelled or too small. 0: not (each costs seconds to a minute of CPU).
     c.eval_retrieval_queries = 0
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
