@@ -40,6 +40,10 @@ def get_config(arg: str = ""):
     config.deepclusterv2.crop_scale = (0.2, 1.0)
     config.deepclusterv2.flip = True
     config.deepclusterv2.collapse_fraction = 0.5
+    # The evaluation's features: "projection" (z, the reference's) or "backbone" (DeepCluster
+    # v1's whitened rule on h, as SwAV's Fashion-MNIST config).
+    config.deepclusterv2.assignment = "projection"
+    config.deepclusterv2.eval_pca_dim = 32
     config.deepclusterv2.eval_n_init = 10
 
     if arg == "digits":

@@ -2,13 +2,14 @@
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jclust import cluster as jcluster
-from jclust import config_lib, methods, train
+from jclust import config_lib, methods, models, train
 from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
@@ -110,6 +111,39 @@ def test_train_step_writes_both_views_to_the_memory_and_keeps_prototypes_frozen(
     assert not np.allclose(memory[index, 0], memory[index, 1])  # two different views
     np.testing.assert_array_equal(after.params["prototypes"], before.params["prototypes"])
     assert np.isfinite(float(metrics["loss"]))
+
+
+def test_backbone_assignment_is_deepcluster_v1s_rule_and_leaves_training_as_it_was():
+    """"backbone": the feature pass yields [z, h]; the evaluation PCA-whitens h and its assign
+    gives back the evaluation k-means's own labels; the reclustering reads z only, so training
+    is the projection rule's."""
+    n, x = 64, jnp.asarray(_images(64, seed=5))
+    config, method = _method(n=n, **{"deepclusterv2.assignment": "backbone",
+                                     "deepclusterv2.eval_pca_dim": 4})
+    _, plain = _method(n=n)
+    assert method.assignment_rule == dcv2.RULES["backbone"] != plain.assignment_rule
+    state = jstate.init_state(method, 0, _images(2))
+    feats = np.asarray(method.embed(state.params, state.model_state, x))
+    z = np.asarray(plain.embed(state.params, state.model_state, x))
+    h = np.asarray(models.make_backbone(config.model).apply(
+        state.params["backbone"], state.model_state["backbone"], x, False)[0])
+    np.testing.assert_array_equal(feats, np.concatenate([z, h], 1))
+    key = jax.random.key(3)
+    fitted = method.evaluation.fit(feats, state.cluster, key)
+    whitened = (h - np.asarray(fitted.mean)) @ np.asarray(fitted.projection)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(4), atol=1e-3)
+    unit = whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
+    expected = jcluster.kmeans(jnp.asarray(unit), 10, key=key, n_init=2, spherical=True)
+    np.testing.assert_array_equal(method.evaluation.assign(fitted, jnp.asarray(feats))[0],
+                                  expected.labels)
+    context = ReclusterContext(feats, jax.random.PRNGKey(6))
+    got = method.recluster(state.params, state.cluster, context)
+    want = plain.recluster(state.params, state.cluster, context._replace(features=z))
+    chex.assert_trees_all_equal(got[:2], want[:2])
+    with pytest.raises(ConfigError, match="eval_pca_dim"):
+        _method(**{"deepclusterv2.assignment": "backbone", "deepclusterv2.eval_pca_dim": 10 ** 4})
+    with pytest.raises(ConfigError, match="'projection'"):
+        _method(**{"deepclusterv2.assignment": "z"})
 
 
 def test_bad_configs_are_config_errors():

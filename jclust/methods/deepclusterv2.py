@@ -21,12 +21,14 @@ With ``freeze_prototypes`` (the reference's effective default) the prototypes ge
 they always equal the last centroids; otherwise they are trained between reclusterings and reset
 to the centroids at each.
 
-Evaluation with K = ``num_clusters``: the trainer's k-means probe
-(:func:`jclust.methods.evaluation.kmeans_probe`), fitted before every evaluation: spherical k-means
-with K clusters (``eval_n_init`` restarts) on the z of the un-augmented images.
+Evaluation with K = ``num_clusters`` (``assignment``): the trainer's k-means probe
+(:func:`jclust.methods.evaluation.kmeans_probe`), fitted before every evaluation, with K clusters
+(``eval_n_init`` restarts): "projection", spherical k-means on the z of the un-augmented images;
+"backbone", DeepCluster v1's rule on their backbone features h (PCA-whitened to
+``eval_pca_dim``, L2-normalised); the feature pass then yields [z, h] concatenated.
 
-Assignment rule: the evaluation centroid of largest cosine similarity with the example's z;
-confidence = that cosine similarity.
+Assignment rule: the evaluation centroid of largest cosine similarity with the example's z (or
+whitened h); confidence = that cosine similarity.
 """
 
 from __future__ import annotations
@@ -46,13 +48,18 @@ from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods.base import Batch, DataSpec, Method, Phase
 from jclust.methods.common import check_cnn_config, labels_report, steps_per_epoch
-from jclust.methods.evaluation import kmeans_probe
+from jclust.methods.evaluation import kmeans_probe, split_feature_probe
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
-ASSIGNMENT_RULE = ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
+RULES = {
+    "projection": ("the evaluation centroid (spherical k-means, K = num_clusters, on the projected, "
                    "L2-normalised features) of largest cosine similarity; confidence = that cosine "
-                   "similarity")
+                   "similarity"),
+    "backbone": ("the backbone features, PCA-whitened (deepclusterv2.eval_pca_dim) and "
+                 "L2-normalised by the PCA of the latest evaluation, go to the evaluation centroid "
+                 "(spherical k-means, K = num_clusters, on the whole data set's whitened features) "
+                 "of largest cosine similarity; confidence = that cosine similarity")}
 
 
 class DeepClusterV2State(NamedTuple):
@@ -132,7 +139,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          recluster_every: int, num_heads: int = 3, prototypes: int = 100, feature_dim: int = 64,
          projection_hidden: int = 128, temperature: float = 0.1, kmeans_iters: int = 10,
          crop_scale: tuple[float, float] = (0.2, 1.0), flip: bool = True,
-         collapse_fraction: float = 0.5, eval_n_init: int = 10) -> Method:
+         collapse_fraction: float = 0.5, assignment: str = "projection", eval_pca_dim: int = 32,
+         eval_n_init: int = 10) -> Method:
     """DeepCluster-v2 on ``backbone`` with ``tx`` for ``num_steps`` steps, reclustered every
     ``recluster_every`` steps and at the start. The other arguments are the config keys of the same
     names (docs/methods.md); ``tx`` decides whether params["prototypes"] are trained."""
@@ -173,10 +181,13 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         return loss, (model_state, {"assignment_acc": agreement}, jnp.swapaxes(z, 0, 1))
 
     def embed(params, model_state, x):
-        return project(params, model_state, x, train=False)[0]
+        if assignment == "projection":
+            return project(params, model_state, x, train=False)[0]
+        h, _ = backbone.apply(params["backbone"], model_state["backbone"], x, False)
+        return jnp.concatenate([projection.apply({"params": params["projection"]}, h), h], -1)
 
     def recluster(params, cluster, context):
-        feats = jnp.asarray(context.features)
+        feats = jnp.asarray(context.features)[:, :feature_dim]  # z
         memory = cluster.memory
         if context.first and int(jnp.max(cluster.assignments)) < 0:
             memory = jnp.stack([feats, feats], axis=1)
@@ -188,13 +199,17 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         return ({**params, "prototypes": centroids},
                 DeepClusterV2State(memory=memory, assignments=assignments), info)
 
+    # z is already unit rows: the projection probe takes the feature pass as it is.
+    evaluation = (kmeans_probe(num_clusters, n_init=eval_n_init) if assignment == "projection" else
+                  split_feature_probe("backbone", num_clusters, feature_dim, pca_dim=eval_pca_dim,
+                                      n_init=eval_n_init))
     phases = (Phase(name="deepclusterv2", num_steps=num_steps, tx=tx, loss_fn=loss_fn,
                     recluster_every=recluster_every, recluster_at_start=True,
                     cluster_update=update_memory),)
     return Method(init=init, phases=phases, embed=embed, assign=None, recluster=recluster,
-                  done=lambda cluster: False, assignment_rule=ASSIGNMENT_RULE,
+                  done=lambda cluster: False, assignment_rule=RULES[assignment],
                   training_labels=lambda params, cluster, features: cluster.assignments[0],
-                  evaluation=kmeans_probe(num_clusters, n_init=eval_n_init),
+                  evaluation=evaluation,
                   example_axes=DeepClusterV2State(memory=0, assignments=1))
 
 
@@ -213,15 +228,24 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
         "deepclusterv2.temperature": dc.temperature > 0,
         "deepclusterv2.kmeans_iters": dc.kmeans_iters >= 1,
         "deepclusterv2.recluster_epochs": dc.recluster_epochs >= 1,
-        "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1})
+        "deepclusterv2.collapse_fraction": 0 < dc.collapse_fraction <= 1,
+        "deepclusterv2.eval_pca_dim": dc.eval_pca_dim >= 1})
+    if dc.assignment not in RULES:
+        raise ConfigError(f"config.deepclusterv2.assignment={dc.assignment!r}: use 'projection' "
+                          "(k-means on z) or 'backbone' (on the whitened backbone features)")
+    backbone = models.make_backbone(config.model)
+    if dc.assignment == "backbone" and dc.eval_pca_dim > backbone.feature_dim:
+        raise ConfigError(f"config.deepclusterv2.eval_pca_dim={dc.eval_pca_dim} exceeds the "
+                          f"backbone's {backbone.feature_dim} features")
     epoch = steps_per_epoch(config, data_spec)
     num_steps = config.optim.epochs * epoch
     frozen = optim.Group(frozen_steps=-1 if dc.freeze_prototypes else None)
-    return make(backbone=models.make_backbone(config.model), image_shape=data_spec.input_shape,
+    return make(backbone=backbone, image_shape=data_spec.input_shape,
                 num_examples=data_spec.num_examples, num_clusters=config.num_clusters,
                 tx=optim.make(config.optim, num_steps, groups={"prototypes": frozen}),
                 num_steps=num_steps, recluster_every=dc.recluster_epochs * epoch,
                 num_heads=len(heads), prototypes=heads[0], feature_dim=dc.feature_dim,
                 projection_hidden=dc.projection_hidden, temperature=dc.temperature,
                 kmeans_iters=dc.kmeans_iters, crop_scale=tuple(dc.crop_scale), flip=dc.flip,
-                collapse_fraction=dc.collapse_fraction, eval_n_init=dc.eval_n_init)
+                collapse_fraction=dc.collapse_fraction, assignment=dc.assignment,
+                eval_pca_dim=dc.eval_pca_dim, eval_n_init=dc.eval_n_init)

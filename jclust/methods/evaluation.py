@@ -79,3 +79,20 @@ def kmeans_probe(num_clusters: int, *, pca_dim: int = 0, n_init: int = 10,
         return jnp.argmax(sims, -1).astype(jnp.int32), jnp.max(sims, -1)
 
     return Evaluation(init=init, fit=fit, assign=assign)
+
+
+def split_feature_probe(part: str, num_clusters: int, feature_dim: int, *, pca_dim: int,
+                        n_init: int) -> Evaluation:
+    """The k-means probe on one part of a feature pass that yields [z, h] concatenated (z the
+    first ``feature_dim`` columns, a projection's output; h the rest, the backbone's features):
+    "projection": on z, L2-normalised; "backbone": on h, PCA-whitened to ``pca_dim`` and
+    L2-normalised (DeepCluster v1's rule)."""
+    if part == "projection":
+        return kmeans_probe(num_clusters, n_init=n_init,
+                            prepare=lambda f: l2_normalize(f[:, :feature_dim]),
+                            input_dim=lambda dim: feature_dim)
+    if part == "backbone":
+        return kmeans_probe(num_clusters, pca_dim=pca_dim, n_init=n_init,
+                            prepare=lambda f: f[:, feature_dim:],
+                            input_dim=lambda dim: dim - feature_dim)
+    raise ValueError(f"unknown feature part {part!r}: 'projection' or 'backbone'")

@@ -54,7 +54,7 @@ from jclust.config_lib import ConfigError
 from jclust.data import augment
 from jclust.methods.base import Array, Batch, DataSpec, Evaluation, Method, Params, Phase
 from jclust.methods.common import check_cnn_config, steps_per_epoch
-from jclust.methods.evaluation import kmeans_probe
+from jclust.methods.evaluation import split_feature_probe
 from jclust.models.neck import ProjectionHead
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -243,18 +243,13 @@ def prototype_labels(params: Params, cluster: SwAVState, features: Array, *,
 def evaluation_rule(assignment: str, num_clusters: int, feature_dim: int, *, pca_dim: int,
                     n_init: int) -> Evaluation | None:
     """The trainer's evaluation for ``swav.assignment``: None for "prototypes" (the method's
-    own rule); the k-means probe on z (the first ``feature_dim`` columns of the feature pass,
-    L2-normalised) for "kmeans", or on the backbone features h (the rest, PCA-whitened to
-    ``pca_dim``) for "backbone"."""
-    if assignment == "kmeans":
-        return kmeans_probe(num_clusters, n_init=n_init,
-                            prepare=lambda f: l2_normalize(f[:, :feature_dim]),
-                            input_dim=lambda dim: feature_dim)
-    if assignment == "backbone":
-        return kmeans_probe(num_clusters, pca_dim=pca_dim, n_init=n_init,
-                            prepare=lambda f: f[:, feature_dim:],
-                            input_dim=lambda dim: dim - feature_dim)
-    return None
+    own rule); the k-means probe on z (the first ``feature_dim`` columns of the feature pass) for
+    "kmeans", or on the backbone features h (the rest, PCA-whitened to ``pca_dim``) for
+    "backbone"."""
+    if assignment == "prototypes":
+        return None
+    return split_feature_probe("projection" if assignment == "kmeans" else "backbone",
+                               num_clusters, feature_dim, pca_dim=pca_dim, n_init=n_init)
 
 
 def normalize_prototypes(params: Params) -> Params:
