@@ -248,6 +248,22 @@ FLOAT32_NEAR_TRUTH = 1e-5
 FLOAT32_NEAR_TRUTH_ABS = 1e-6
 
 
+def assert_whitened_backbone_probe(evaluation, feats, h, cluster, pca_dim, n_init):
+    """A "backbone" k-means probe (``methods.evaluation.split_feature_probe``) on the feature
+    pass ``feats`` whose backbone part is ``h``: its fit PCA-whitens h (identity covariance) and
+    its assign gives back spherical k-means's own labels on the whitened unit rows."""
+    import jax.numpy as jnp
+    from jclust import cluster as jcluster
+    key = jax.random.key(3)
+    fitted = evaluation.fit(feats, cluster, key)
+    whitened = (h - np.asarray(fitted.mean)) @ np.asarray(fitted.projection)
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(pca_dim), atol=1e-3)
+    unit = whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
+    expected = jcluster.kmeans(jnp.asarray(unit), 10, key=key, n_init=n_init, spherical=True)
+    labels, _ = evaluation.assign(fitted, jnp.asarray(feats))
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
 def float32_excess(ours32, ref32, truth64) -> float:
     """How far ``ours32`` is from ``truth64`` relative to how far ``ref32`` is (float32 leaves of
     the same computation by two paths, and the float64 computation): <= 1 when within

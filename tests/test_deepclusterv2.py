@@ -14,7 +14,8 @@ from jclust import state as jstate
 from jclust.config_lib import ConfigError
 from jclust.methods import deepclusterv2 as dcv2
 from jclust.methods import ReclusterContext
-from tests.conftest import ROOT, assert_eight_devices_match_one, assert_resume_matches
+from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
+                            assert_whitened_backbone_probe)
 
 CONFIG = os.path.join(ROOT, "configs", "deepclusterv2.py:digits")
 TINY = {
@@ -128,14 +129,7 @@ def test_backbone_assignment_is_deepcluster_v1s_rule_and_leaves_training_as_it_w
     h = np.asarray(models.make_backbone(config.model).apply(
         state.params["backbone"], state.model_state["backbone"], x, False)[0])
     np.testing.assert_array_equal(feats, np.concatenate([z, h], 1))
-    key = jax.random.key(3)
-    fitted = method.evaluation.fit(feats, state.cluster, key)
-    whitened = (h - np.asarray(fitted.mean)) @ np.asarray(fitted.projection)
-    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(4), atol=1e-3)
-    unit = whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
-    expected = jcluster.kmeans(jnp.asarray(unit), 10, key=key, n_init=2, spherical=True)
-    np.testing.assert_array_equal(method.evaluation.assign(fitted, jnp.asarray(feats))[0],
-                                  expected.labels)
+    assert_whitened_backbone_probe(method.evaluation, feats, h, state.cluster, 4, 2)
     context = ReclusterContext(feats, jax.random.PRNGKey(6))
     got = method.recluster(state.params, state.cluster, context)
     want = plain.recluster(state.params, state.cluster, context._replace(features=z))

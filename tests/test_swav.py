@@ -14,7 +14,8 @@ from jclust.cluster import sinkhorn_knopp
 from jclust.config_lib import ConfigError
 from jclust.methods import swav
 from tests.conftest import (ROOT, assert_eight_devices_match_one, assert_resume_matches,
-                            assert_sharded_steps_match, final_params)
+                            assert_sharded_steps_match, assert_whitened_backbone_probe,
+                            final_params)
 
 CONFIG = os.path.join(ROOT, "configs", "swav.py:digits")
 TINY = {
@@ -162,7 +163,6 @@ def test_prototype_assignment_rule_with_k_equal_to_num_clusters():
 def test_backbone_assignment_rule_is_deepcluster_v1s_on_the_backbone_features():
     """"backbone": the feature pass yields [z, h]; the evaluation PCA-whitens h (identity
     covariance), and its assign gives back the evaluation k-means's own labels."""
-    from jclust import cluster as jcluster
     config, method = _method(n=64, **{"swav.assignment": "backbone", "swav.eval_pca_dim": 4})
     assert method.assignment_rule == swav.BACKBONE_RULE
     state = jstate.init_state(method, 0, _images(2))
@@ -173,14 +173,7 @@ def test_backbone_assignment_rule_is_deepcluster_v1s_on_the_backbone_features():
         False)[0])
     assert feats.shape == (64, 8 + h.shape[1])
     np.testing.assert_allclose(feats[:, 8:], h, rtol=1e-6)
-    key = jax.random.key(3)
-    fitted = method.evaluation.fit(feats, state.cluster, key)
-    whitened = (h - np.asarray(fitted.mean)) @ np.asarray(fitted.projection)
-    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(4), atol=1e-3)
-    z = whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
-    expected = jcluster.kmeans(jnp.asarray(z), 10, key=key, n_init=2, spherical=True)
-    labels, _ = method.evaluation.assign(fitted, jnp.asarray(feats))
-    np.testing.assert_array_equal(labels, expected.labels)
+    assert_whitened_backbone_probe(method.evaluation, feats, h, state.cluster, 4, 2)
     prototypes = swav.l2_normalize(feats[:, :8]) @ swav.l2_normalize(state.params["prototypes"]).T
     np.testing.assert_array_equal(method.training_labels(state.params, state.cluster, feats),
                                   np.argmax(prototypes, -1))

@@ -162,7 +162,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
 
     def project(params, model_state, x, train):
         h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], x, train)
-        return projection.apply({"params": params["projection"]}, h), {"backbone": backbone_state}
+        return projection.apply({"params": params["projection"]}, h), h, {"backbone": backbone_state}
 
     def view(x, rng):
         return augment.augment_view(x, rng, out_size=tuple(image_shape[:2]),
@@ -172,7 +172,7 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         k1, k2 = jax.random.split(rng)
         # Both views in one forward pass (one set of batch statistics for a BatchNorm backbone).
         views = jnp.concatenate([view(batch["x"], k1), view(batch["x"], k2)])
-        z, model_state = project(params, model_state, views, train=True)
+        z, _, model_state = project(params, model_state, views, train=True)
         z = z.reshape(2, -1, z.shape[-1])
         targets = cluster.assignments[:, batch["index"]]  # [H, B]
         loss = prototype_loss(z, params["prototypes"], targets, temperature)
@@ -181,10 +181,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
         return loss, (model_state, {"assignment_acc": agreement}, jnp.swapaxes(z, 0, 1))
 
     def embed(params, model_state, x):
-        if assignment == "projection":
-            return project(params, model_state, x, train=False)[0]
-        h, _ = backbone.apply(params["backbone"], model_state["backbone"], x, False)
-        return jnp.concatenate([projection.apply({"params": params["projection"]}, h), h], -1)
+        z, h, _ = project(params, model_state, x, train=False)
+        return z if assignment == "projection" else jnp.concatenate([z, h], -1)
 
     def recluster(params, cluster, context):
         feats = jnp.asarray(context.features)[:, :feature_dim]  # z
