@@ -33,6 +33,27 @@ def test_enlarge_is_the_bilinear_resize_scikit_image_computes():
     assert np.abs(got.astype(np.float64) - ref).max() <= 0.5 + 1e-3
 
 
+def test_oc7_is_every_subject_of_the_clip_art_at_28x28_in_colour(tmp_path, monkeypatch):
+    """The member from a stand-in for /usr/share/openclipart/png: one label per subject folder
+    (sorted), colour kept, other folders ignored; every run is told its 7 clusters."""
+    from benchmarks import openclipart_subset
+    from PIL import Image
+
+    colours = {}
+    for i, subject in enumerate(openclipart_subset.SUBJECTS + ("signs_and_symbols",)):
+        os.makedirs(tmp_path / subject)
+        for j in range(2):
+            colours[subject, j] = (30 * i, 200 - 90 * j, 255 - 30 * i)
+            Image.new("RGB", (40 + 7 * j, 33), colours[subject, j]).save(tmp_path / subject / f"{j}.png")
+    monkeypatch.setattr(openclipart_subset, "ROOT", str(tmp_path))
+    images, labels = panel.member_arrays("oc7")
+    assert images.shape == (14, 28, 28, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(7), 2))
+    for n, (subject, j) in enumerate((s, j) for s in openclipart_subset.SUBJECTS for j in range(2)):
+        np.testing.assert_array_equal(images[n], np.broadcast_to(colours[subject, j], (28, 28, 3)))
+    assert panel.MEMBER_OVERRIDES["oc7"] == ("num_clusters=7",)
+
+
 def test_table_shows_finished_pairs_and_the_mean_over_complete_members(tmp_path):
     def write(method, member, seed, acc, seconds=60.0):
         path = tmp_path / method / member / f"seed{seed}"
