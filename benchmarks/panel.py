@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import quality  # noqa: E402
 
 METHODS = ("dec", "idec", "deepcluster", "deepclusterv2", "odc", "swav", "jule", "nmm",
-           "cliquecnn", "delius", "triangle")
+           "cliquecnn", "delius", "triangle", "pretrained_kmeans")
 MEMBERS = ("fm70k", "fm10k", "fm3k", "digits28", "oc7")
 SUBSETS = {"fm10k": (1000, 10_000), "fm3k": (300, 3_000)}  # per class, draw seed
 IMAGE_SHAPE = (28, 28)

@@ -493,7 +493,7 @@ def test_delius_keeps_its_npz_features_and_its_encoder_paths():
 
 
 def test_small_image_sources_go_through_the_backbone_at_96_others_at_224():
-    for name in ("delius.py", "triangle.py"):
+    for name in ("delius.py", "triangle.py", "pretrained_kmeans.py"):
         sizes = {arg: config_lib.load_config(os.path.join(ROOT, f"configs/{name}:{arg}"))
                  .data.backbone.image_size
                  for arg in ("fashion_mnist", "digits", "idx:/data/mnist", "folder:/data/p",

@@ -8,7 +8,8 @@ from typing import Callable
 import ml_collections
 
 from jclust.config_lib import ConfigError
-from jclust.methods import cliquecnn, dec, deepcluster, deepclusterv2, jule, nmm, odc, swav, triangle
+from jclust.methods import (cliquecnn, dec, deepcluster, deepclusterv2, jule, nmm, odc,
+                            pretrained_kmeans, swav, triangle)
 from jclust.methods.base import DataSpec, Method, Phase, ReclusterContext, SamplePlan
 from jclust.methods.common import steps_per_epoch
 
@@ -17,7 +18,7 @@ REGISTRY: dict[str, Callable[[ml_collections.ConfigDict, DataSpec], Method]] = {
     "dec": dec.from_config, "idec": dec.from_config, "deepcluster": deepcluster.from_config,
     "deepclusterv2": deepclusterv2.from_config, "odc": odc.from_config, "swav": swav.from_config,
     "jule": jule.from_config, "nmm": nmm.from_config, "triangle": triangle.from_config,
-    "cliquecnn": cliquecnn.from_config,
+    "cliquecnn": cliquecnn.from_config, "pretrained_kmeans": pretrained_kmeans.from_config,
 }
 
 
