@@ -14,7 +14,8 @@ Members (all 28 x 28, so that a default config runs on them as it is):
   ``benchmarks/openclipart_subset.py`` keeps (1,543 usable of 1,555: 12 exceed PIL's
   decompression-bomb limit and are skipped with a warning; 65 to 375 a subject), resized to 28 x 28
   RGB (PIL's ``folder:`` resize, the whole image): imbalanced, 7 classes (every run gets
-  ``num_clusters=7``), a domain and a colour space no default was chosen on.
+  ``num_clusters=7`` and ``data.image_shape=(28,28,3)``), a domain and a colour space no default
+  was chosen on.
 
 Each (method, member) pair runs ``benchmarks/quality.py`` in ``WORKDIR/METHOD/MEMBER`` (re-running
 re-uses finished seeds), with ``--override`` options passed on to every run. ``--keep=DIR`` (a
@@ -47,7 +48,7 @@ MEMBERS = ("fm70k", "fm10k", "fm3k", "digits28", "oc7")
 SUBSETS = {"fm10k": (1000, 10_000), "fm3k": (300, 3_000)}  # per class, draw seed
 IMAGE_SHAPE = (28, 28)
 # What a member's data needs every run to be told (the configs' num_clusters is 10).
-MEMBER_OVERRIDES = {"oc7": ("num_clusters=7",)}
+MEMBER_OVERRIDES = {"oc7": ("num_clusters=7", "data.image_shape=(28,28,3)")}
 
 
 def stratified_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:

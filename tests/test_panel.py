@@ -51,7 +51,7 @@ def test_oc7_is_every_subject_of_the_clip_art_at_28x28_in_colour(tmp_path, monke
     np.testing.assert_array_equal(labels, np.repeat(np.arange(7), 2))
     for n, (subject, j) in enumerate((s, j) for s in openclipart_subset.SUBJECTS for j in range(2)):
         np.testing.assert_array_equal(images[n], np.broadcast_to(colours[subject, j], (28, 28, 3)))
-    assert panel.MEMBER_OVERRIDES["oc7"] == ("num_clusters=7",)
+    assert panel.MEMBER_OVERRIDES["oc7"] == ("num_clusters=7", "data.image_shape=(28,28,3)")
 
 
 def test_table_shows_finished_pairs_and_the_mean_over_complete_members(tmp_path):
