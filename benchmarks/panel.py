@@ -4,7 +4,8 @@ unchanged but for its data, on each member, over seeds; one Markdown table of AC
   python benchmarks/panel.py --methods=dec,swav --members=fm10k,fm3k,digits28 --workdir=runs/panel
   python benchmarks/panel.py --methods=all --members=all --seeds=0,1,2 --workdir=runs/panel
 
-Members (all 28 x 28, so that a default config runs on them as it is):
+Members (all 28 x 28, so that a default config runs on them as it is, told only what the data
+need: oc7's 7 classes and 3 channels):
 
 * ``fm70k``: Fashion-MNIST, all 70,000 images (the set the defaults were tuned on);
 * ``fm10k``, ``fm3k``: stratified subsets of those 70,000 (1,000 and 300 images a class, drawn

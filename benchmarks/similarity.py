@@ -21,7 +21,8 @@ Feature kinds:
 * ``run:WORKDIR``: the similarity space of a trained jclust run (its newest checkpoint,
   read-only): the embedding as ``python -m jclust.predict`` computes it, through the method's
   ``similarity`` where it has one (CliqueCNN: power-whitened PCA, fitted on all 70,000 images
-  without labels; the triangle method: its fused codes; ``predict.Predictor.similarity_data``).
+  without labels; the triangle method: its fused codes; pretrained_kmeans: its whitened
+  features; ``predict.Predictor.similarity_data``).
 
 Prints one markdown row per feature kind: precision@1/10/100, mAP@100, weighted 20-NN accuracy
 (tau 0.07), pair AUC (100k same- and 100k different-label test/train pairs), CliqueCNN's

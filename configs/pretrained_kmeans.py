@@ -31,8 +31,9 @@ def get_config(arg: str = ""):
     # keeps the reference set small (N x 64 floats).
     config.pretrained_kmeans.pca_dim = 64
     config.pretrained_kmeans.n_init = 10  # k-means++ restarts
+    # num_neighbours=1: k-means alone (a fitted example is its own nearest reference).
     config.pretrained_kmeans.num_neighbours = 20
-    config.pretrained_kmeans.vote_rounds = 3
+    config.pretrained_kmeans.vote_rounds = 3  # the assignment's vote included
     if not config.data.source.startswith("npz:"):
         config.data.backbone.name = "efficientnet_lite0"
         config.data.backbone.layers = ("group5", "pooled")

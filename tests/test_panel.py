@@ -51,7 +51,19 @@ def test_oc7_is_every_subject_of_the_clip_art_at_28x28_in_colour(tmp_path, monke
     np.testing.assert_array_equal(labels, np.repeat(np.arange(7), 2))
     for n, (subject, j) in enumerate((s, j) for s in openclipart_subset.SUBJECTS for j in range(2)):
         np.testing.assert_array_equal(images[n], np.broadcast_to(colours[subject, j], (28, 28, 3)))
-    assert panel.MEMBER_OVERRIDES["oc7"] == ("num_clusters=7", "data.image_shape=(28,28,3)")
+
+
+def test_every_run_on_a_member_gets_its_data_and_the_member_s_overrides(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(panel, "member_source", lambda name, data_dir: f"npz:{name}.npz")
+    monkeypatch.setattr(panel.quality, "main", lambda args: calls.append(args) or 0)
+    panel.main(["--methods=dec,swav", "--members=oc7,fm3k", "--seeds=0",
+                f"--workdir={tmp_path}", "--override", "seed={seed}"])
+    overrides = [[a for i, a in enumerate(args) if i and args[i - 1] == "--override"]
+                 for args in calls]
+    oc7 = ["data.source=npz:oc7.npz", "num_clusters=7", "data.image_shape=(28,28,3)", "seed={seed}"]
+    assert overrides == [oc7, oc7, ["data.source=npz:fm3k.npz", "seed={seed}"],
+                         ["data.source=npz:fm3k.npz", "seed={seed}"]]
 
 
 def test_table_shows_finished_pairs_and_the_mean_over_complete_members(tmp_path):

@@ -32,9 +32,23 @@ def digits_features(tmp_path_factory):
 
 def test_neighbour_vote_by_hand():
     labels, share = pretrained_kmeans.neighbour_vote(
-        np.array([[0, 1, 1], [2, 2, 0], [0, 1, 2], [2, 1, 2]]), 3)
-    np.testing.assert_array_equal(labels, [1, 2, 0, 2])  # a three-way tie goes to cluster 0
+        np.array([[0, 1, 1], [2, 2, 0], [0, 1, 2], [2, 1, 1]]), 3)
+    np.testing.assert_array_equal(labels, [1, 2, 0, 1])  # a three-way tie: the nearest voter's
     np.testing.assert_allclose(share, [2 / 3, 2 / 3, 1 / 3, 2 / 3])
+    # Two against two: the nearer pair wins, whichever id it has.
+    labels, share = pretrained_kmeans.neighbour_vote(np.array([[1, 1, 0, 0], [0, 0, 1, 1]]), 2)
+    np.testing.assert_array_equal(labels, [1, 0])
+    np.testing.assert_allclose(share, [0.5, 0.5])
+
+
+def numpy_vote(labels, neighbours, num_clusters=10):
+    """The vote in NumPy: counts, ties to the cluster of nearer voters (rank weights)."""
+    k = neighbours.shape[1]
+    scores = np.zeros((len(neighbours), num_clusters))
+    for rank in range(k):
+        np.add.at(scores, (np.arange(len(neighbours)), labels[neighbours[:, rank]]),
+                  1 + (k - rank) / (k * (k + 1)))
+    return scores.argmax(1)
 
 
 def numpy_whitened(x, widths, dim):
@@ -58,34 +72,49 @@ def _fit(x, *, vote_rounds, dim=16, k=10):
     return jax.device_get(evaluation.fit(x, None, jax.random.PRNGKey(0))), evaluation
 
 
-def test_whitened_features_and_one_vote_round_match_the_references(digits_features):
+def _agreement(a, b):
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def test_whitened_features_and_the_vote_rounds_match_the_references(digits_features):
     _, x, _ = digits_features
-    no_vote, _ = _fit(x, vote_rounds=0)
+    kmeans_only, _ = _fit(x, vote_rounds=1)  # no vote in the fit: spherical k-means's clusters
     ref = numpy_whitened(x, WIDTHS, 16)
-    got = np.asarray(no_vote.references, np.float64)
+    got = np.asarray(kmeans_only.references, np.float64)
     assert np.abs(got @ got.T - ref @ ref.T).max() <= ATOL
-    one_vote, _ = _fit(x, vote_rounds=1)
-    # The same key: the same k-means start; one round = scikit-learn's 10 neighbours' majority.
-    nn = NearestNeighbors(n_neighbors=11, metric="cosine").fit(got)
-    neighbours = nn.kneighbors(got, return_distance=False)[:, 1:]  # itself first: dropped
-    counts = np.stack([np.bincount(row, minlength=10) for row in no_vote.labels[neighbours]])
-    agree = np.mean(np.asarray(one_vote.labels) == counts.argmax(1))
-    assert agree > 0.995, agree  # digits has near-duplicate rows: a few distance ties may order otherwise
-    assert not np.array_equal(one_vote.labels, no_vote.labels)  # the vote moves some examples
+    # The same key: the same k-means start; each round = scikit-learn's 10 nearest (itself first).
+    neighbours = NearestNeighbors(n_neighbors=10, metric="cosine").fit(got).kneighbors(
+        got, return_distance=False)
+    once = numpy_vote(kmeans_only.labels, neighbours)
+    twice = numpy_vote(once, neighbours)
+    # digits has near-duplicate rows: a few distance ties may order otherwise than scikit-learn's
+    assert _agreement(_fit(x, vote_rounds=2)[0].labels, once) > 0.995
+    assert _agreement(_fit(x, vote_rounds=3)[0].labels, twice) > 0.995
+    assert _agreement(once, kmeans_only.labels) < 0.999  # the vote moves some examples
+    assert _agreement(twice, once) < 0.9999
 
 
 def test_assign_is_the_vote_of_the_nearest_references(digits_features):
     _, x, _ = digits_features
     fitted, evaluation = _fit(x, vote_rounds=2)
-    queries = x[:50] + np.random.default_rng(0).normal(0, 0.5, x[:50].shape).astype(np.float32)
-    labels, share = jax.device_get(jax.jit(evaluation.assign)(fitted, queries))
+    assign = jax.jit(evaluation.assign)
+    queries = x[:300] + np.random.default_rng(0).normal(0, 0.5, x[:300].shape).astype(np.float32)
     q = np.asarray(pretrained_kmeans.whitened(fitted, queries, WIDTHS))
     nn = NearestNeighbors(n_neighbors=10, metric="cosine").fit(np.asarray(fitted.references))
     neighbours = nn.kneighbors(q, return_distance=False)
+    want = numpy_vote(fitted.labels, neighbours)
+    labels, share = jax.device_get(assign(fitted, queries))
+    assert _agreement(labels, want) >= 0.99
     counts = np.stack([np.bincount(row, minlength=10) for row in fitted.labels[neighbours]])
-    assert np.mean(labels == counts.argmax(1)) >= 0.98
-    np.testing.assert_allclose(share[labels == counts.argmax(1)],
-                               (counts.max(1) / 10)[labels == counts.argmax(1)])
+    same = labels == want
+    np.testing.assert_allclose(share[same], counts[same, want[same]] / 10)
+    # On the fitted examples the assignment is the fit's next round: vote_rounds=3's clusters.
+    assert _agreement(assign(fitted, x)[0], _fit(x, vote_rounds=3)[0].labels) > 0.995
+    # One neighbour: k-means alone, each fitted example its own nearest reference.
+    evaluation = pretrained_kmeans.pretrained_kmeans_evaluation(
+        WIDTHS, len(x), 10, pca_dim=16, n_init=3, num_neighbours=1, vote_rounds=1)
+    fitted = evaluation.fit(x, None, jax.random.PRNGKey(0))
+    assert _agreement(evaluation.assign(fitted, x)[0], fitted.labels) > 0.995
 
 
 def _config(source, **overrides):
@@ -117,10 +146,11 @@ def test_method_end_to_end_and_predict(digits_features, tmp_path):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"pretrained_kmeans.layer_widths": (30, 30)}, "sum to 60"),
+    ({"pretrained_kmeans.layer_widths": (64, 0)}, "every width must be >= 1"),
     ({"pretrained_kmeans.pca_dim": 65}, "pca_dim=65"),
-    ({"pretrained_kmeans.num_neighbours": 1797}, "fewer than N = 1797"),
+    ({"pretrained_kmeans.num_neighbours": 1798}, "at most N = 1797"),
     ({"pretrained_kmeans.n_init": 0}, "n_init=0"),
-    ({"pretrained_kmeans.vote_rounds": -1}, "vote_rounds=-1"),
+    ({"pretrained_kmeans.vote_rounds": 0}, "vote_rounds=0"),
 ])
 def test_bad_configs_are_config_errors(digits_features, tmp_path, overrides, match):
     from jclust import config_lib, train

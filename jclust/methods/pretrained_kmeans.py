@@ -13,20 +13,21 @@ Fit:
      DeepCluster's evaluation features; the whitening spreads what the first components of a
      pretrained network's features, dominated by image statistics, would hide);
   3. spherical k-means with K = ``num_clusters`` (``n_init`` restarts);
-  4. ``vote_rounds`` times, every example takes the cluster most of its ``num_neighbours``
-     nearest neighbours (cosine, itself excluded) hold, ties to the smallest cluster: a
-     neighbour-consistency stage, as SCAN's neighbours but without a network to train. k-means
-     cuts the feature space with straight boundaries; the vote lets a cluster follow the curved
-     region its neighbours span.
+  4. ``vote_rounds`` - 1 times, every example takes the cluster most of its ``num_neighbours``
+     most similar fitted examples (cosine; itself among them) hold: a neighbour-consistency
+     stage, as SCAN's neighbours but without a network to train. k-means cuts the feature space
+     with planes; the vote lets a cluster follow the curved region its neighbours span.
 
-Assignment rule (new images too): the vote of the ``num_neighbours`` most similar reference
-examples (the fitted data, whitened) under their final clusters; confidence = the share of the
-votes the chosen cluster got. On the fitted examples themselves the vote includes the example
-(similarity 1), so a few ties may fall otherwise than in the last round of the fit.
+Assignment rule, of the fitted examples and of new images alike: the same vote among the
+``num_neighbours`` most similar references (the fitted examples' whitened features under the
+clusters the fit left), so that the clusters a run reports are the fit's ``vote_rounds``-th round;
+confidence = the chosen cluster's share of the votes. A tie goes to the cluster whose voters are
+nearer (a cluster id carries no order). ``num_neighbours=1`` is k-means alone (a fitted example is
+its own nearest reference; a new image takes its nearest one's cluster).
 
 Measured (BENCHMARKS.md, "The best method past 0.75"): EfficientNet-Lite0 (ImageNet) on
-Fashion-MNIST at 96 x 96, group 5 and the pooled head, whitened to 64: k-means 0.747, after the
-vote 0.76.
+Fashion-MNIST at 96 x 96, group 5 and the pooled head, whitened to 64: k-means alone 0.75, with
+the vote 0.76.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from jclust.precision import float_dtype
 ASSIGNMENT_RULE = ("the features of each layer standardised and L2-normalised, concatenated, "
                    "PCA-whitened and L2-normalised; the cluster most of the num_neighbours most "
                    "similar fitted examples hold (their clusters: spherical k-means, then "
-                   "vote_rounds of the same neighbour vote); confidence = that cluster's share "
-                   "of the votes")
+                   "vote_rounds - 1 rounds of the same vote), a tie to the nearer voters; "
+                   "confidence = that cluster's share of the votes")
 
 
 class PretrainedKMeansState(NamedTuple):
@@ -86,11 +87,18 @@ def whitened(state: PretrainedKMeansState, x: jax.Array,
 
 
 def neighbour_vote(neighbour_labels: jax.Array, num_clusters: int) -> tuple[jax.Array, jax.Array]:
-    """[B, k] clusters of each example's neighbours -> (the most frequent [B] int32, ties to the
-    smallest; its share of the k votes [B])."""
-    counts = jnp.sum(jax.nn.one_hot(neighbour_labels, num_clusters, dtype=jnp.int32), axis=1)
-    labels = jnp.argmax(counts, axis=1).astype(jnp.int32)
-    return labels, jnp.max(counts, axis=1) / neighbour_labels.shape[1]
+    """[B, k] clusters of each example's neighbours, nearest first -> (the most frequent cluster
+    [B] int32, its share of the k votes [B]). A tie goes to the cluster whose voters are nearer:
+    the voter of rank r adds (k - r) / (k (k + 1)) to its cluster's count, at most 1/2 in all, so
+    it never outweighs one vote."""
+    b, k = neighbour_labels.shape
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, k))
+    counts = jnp.zeros((b, num_clusters), jnp.int32).at[rows, neighbour_labels].add(1)
+    nearness = jnp.arange(k, 0, -1, dtype=jnp.float32) / (k * (k + 1))
+    scores = counts + jnp.zeros((b, num_clusters), jnp.float32).at[rows, neighbour_labels].add(
+        jnp.broadcast_to(nearness, (b, k)))
+    labels = jnp.argmax(scores, axis=1).astype(jnp.int32)
+    return labels, jnp.take_along_axis(counts, labels[:, None], 1)[:, 0] / k
 
 
 def pretrained_kmeans_evaluation(layer_widths: Sequence[int], num_examples: int,
@@ -116,16 +124,15 @@ def pretrained_kmeans_evaluation(layer_widths: Sequence[int], num_examples: int,
         scale = jnp.where(std > 0, std, 1.0)
         whitening_mean, projection = jcluster.fit_whitening(
             layer_normalised(x, mean, scale, layer_widths), pca_dim)
-        state = PretrainedKMeansState(mean, scale, whitening_mean, projection,
-                                      references=init(total).references,
-                                      labels=init(total).labels)
+        state = init(total)._replace(mean=mean, scale=scale, whitening_mean=whitening_mean,
+                                     projection=projection)
         references = whitened(state, x, layer_widths)
         labels = jcluster.kmeans(references, num_clusters, key=key, n_init=n_init,
                                  spherical=True).labels.astype(jnp.int32)
-        if vote_rounds:
-            neighbours = retrieval.nearest_neighbours(references, references, num_neighbours,
-                                                      same_set=True).indices
-            for _ in range(vote_rounds):
+        if vote_rounds > 1:
+            neighbours = retrieval.nearest_neighbours(references, references,
+                                                      num_neighbours).indices
+            for _ in range(vote_rounds - 1):
                 labels, _ = neighbour_vote(labels[neighbours], num_clusters)
         return state._replace(references=references, labels=labels)
 
@@ -146,11 +153,19 @@ def make(*, layer_widths: Sequence[int], num_examples: int, num_clusters: int, p
       layer_widths: D_l of each layer, in the order the features are concatenated.
       num_examples: N, the examples fitted (the reference set of the assignment rule).
       num_clusters: K.
-      pca_dim: whitening dimensions, 1 <= pca_dim <= min(N, sum D_l).
+      pca_dim: whitening dimensions, 1 <= pca_dim <= min(N - 1, sum D_l) (near the features'
+        rank the last components are noise, scaled up like the others).
       n_init: k-means++ restarts.
-      num_neighbours: k of the vote, 1 <= k < N.
-      vote_rounds: rounds of the vote after k-means (0: k-means's clusters as they are).
+      num_neighbours: k of the vote, 1 <= k <= N (1: k-means alone).
+      vote_rounds: votes after k-means, the assignment's included (>= 1).
     """
+    n, dim = num_examples, int(sum(layer_widths))
+    if min(layer_widths) < 1 or not 1 <= pca_dim <= min(n - 1, dim) or n_init < 1 or (
+            not 1 <= num_neighbours <= n) or vote_rounds < 1:
+        raise ValueError(f"need layer widths >= 1, 1 <= pca_dim <= min(N - 1, D), n_init >= 1, "
+                         f"1 <= num_neighbours <= N, vote_rounds >= 1; got {tuple(layer_widths)}, "
+                         f"{pca_dim}, {n_init}, {num_neighbours}, {vote_rounds} (N = {n})")
+
     def init(rng, x):
         del rng, x
         return {}, {}, {}
@@ -185,20 +200,21 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     spec = features.spec_from_config(config.data.get("backbone"))
     widths = (tuple(section.layer_widths)
               or (tuple(features.resolve(spec).widths.values()) if spec else (dim,)))
-    if sum(widths) != dim or min(widths) < 1:
+    if min(widths) < 1:
+        raise ConfigError(f"config.pretrained_kmeans.layer_widths={widths}: every width must be "
+                          ">= 1")
+    if sum(widths) != dim:
         raise ConfigError(f"config.pretrained_kmeans.layer_widths={widths} sum to {sum(widths)}, "
                           f"but the features have {dim} dimensions")
-    checks = {"pca_dim": (1, min(n, dim), f"at most min(N, D) = {min(n, dim)}"),
+    checks = {"pca_dim": (1, min(n - 1, dim), f"at most min(N - 1, D) = {min(n - 1, dim)}"),
               "n_init": (1, None, ""),
-              "num_neighbours": (1, n - 1, f"fewer than N = {n}"),
-              "vote_rounds": (0, None, "")}
+              "num_neighbours": (1, n, f"at most N = {n}"),
+              "vote_rounds": (1, None, "")}
     for key, (low, high, why) in checks.items():
         value = section[key]
         if value < low or (high is not None and value > high):
             raise ConfigError(f"config.pretrained_kmeans.{key}={value}: must be >= {low}"
                               + (f" and {why}" if why else ""))
-    if not 1 <= config.num_clusters <= n:
-        raise ConfigError(f"config.num_clusters={config.num_clusters}: must be in [1, N = {n}]")
     return make(layer_widths=widths, num_examples=n, num_clusters=config.num_clusters,
                 pca_dim=section.pca_dim, n_init=section.n_init,
                 num_neighbours=section.num_neighbours, vote_rounds=section.vote_rounds)
