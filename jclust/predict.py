@@ -178,8 +178,8 @@ class Predictor:
         """The run's similarity space of a loaded data source -> [N, D'] float32: the method's
         ``similarity`` of these examples' features (CliqueCNN's whitened PCA, fitted on them; the
         triangle method's fused codes; pretrained_kmeans's whitened features), or the features
-        themselves; cosine similarity there is the method's similarity. A space fitted on the examples (CliqueCNN's) is fitted on these:
-        give the database and its queries together."""
+        themselves; cosine similarity there is the method's similarity. A space fitted on the
+        examples (CliqueCNN's) is fitted on these: give the database and its queries together."""
         return inference.similarity_features(self.method, self.state, self.embed_data(data))
 
     def assign(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
