@@ -370,3 +370,14 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
+
+
+@pytest.fixture(scope="module")
+def digits_features(tmp_path_factory):
+    """scikit-learn's digits as 64-d feature vectors in an npz (the methods on frozen features
+    read them as two 'layers' of 32): (path, features [1797, 64] float32, labels)."""
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path_factory.mktemp("features") / "digits.npz"
+    np.savez(path, feature=x.astype(np.float32), label=y)
+    return str(path), x.astype(np.float32), y

@@ -20,16 +20,6 @@ ATOL = 1e-4
 WIDTHS = (32, 32)
 
 
-@pytest.fixture(scope="module")
-def digits_features(tmp_path_factory):
-    """scikit-learn's digits as 64-d feature vectors in an npz, read as two 'layers' of 32."""
-    from sklearn.datasets import load_digits
-    x, y = load_digits(return_X_y=True)
-    path = tmp_path_factory.mktemp("pk") / "digits.npz"
-    np.savez(path, feature=x.astype(np.float32), label=y)
-    return str(path), x.astype(np.float32), y
-
-
 def test_neighbour_vote_by_hand():
     labels, share = pretrained_kmeans.neighbour_vote(
         np.array([[0, 1, 1], [2, 2, 0], [0, 1, 2], [2, 1, 1]]), 3)

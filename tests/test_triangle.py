@@ -83,16 +83,6 @@ if __name__ == "__main__":
 # The method: k-means codebooks per layer, fused triangle codes, K clusters (no training step).
 
 
-@pytest.fixture(scope="module")
-def digits_features(tmp_path_factory):
-    """scikit-learn's digits as 64-d feature vectors in an npz, read as two 'layers' of 32."""
-    from sklearn.datasets import load_digits
-    x, y = load_digits(return_X_y=True)
-    path = tmp_path_factory.mktemp("tri") / "digits.npz"
-    np.savez(path, feature=x.astype(np.float32), label=y)
-    return str(path), x.astype(np.float32), y
-
-
 def _triangle_config(source, **overrides):
     from jclust import config_lib
     from tests.conftest import ROOT

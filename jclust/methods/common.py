@@ -9,12 +9,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from jclust import metrics as jmetrics
 from jclust import models
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.data import augment
-from jclust.methods.base import DataSpec
+from jclust.methods.base import DataSpec, Evaluation, Method, Phase
+from jclust.precision import float_dtype
 
 CNN_BACKBONES = ("small_cnn", "resnet18")
 
@@ -113,3 +115,25 @@ def augmented_logits(backbone: models.Backbone, head, params: dict, model_state:
     h, backbone_state = backbone.apply(params["backbone"], model_state["backbone"], prepare(x),
                                        train=True)
     return head.apply({"params": params["head"]}, h), {"backbone": backbone_state}
+
+
+def no_training_method(name: str, evaluation: Evaluation, assignment_rule: str,
+                       similarity: Callable) -> Method:
+    """A :class:`Method` without a training step, whose whole fit is its ``evaluation`` on the
+    input features (the triangle method, pretrained_kmeans): no parameters, one phase of 0 steps,
+    the features embedded as they are."""
+    def init(rng, x):
+        del rng, x
+        return {}, {}, {}
+
+    def loss_fn(params, model_state, cluster, batch, rng):  # a phase of 0 steps never calls it
+        raise NotImplementedError(f"{name} takes no training step")
+
+    def embed(params, model_state, x):
+        del params, model_state
+        return x.astype(float_dtype())
+
+    return Method(
+        init=init, phases=(Phase("encode", 0, optax.identity(), loss_fn),), embed=embed,
+        assign=None, recluster=None, done=lambda cluster: False,
+        assignment_rule=assignment_rule, evaluation=evaluation, similarity=similarity)

@@ -37,13 +37,13 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from jclust import cluster as jcluster
 from jclust import features
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
-from jclust.methods.base import DataSpec, Evaluation, Method, Phase
+from jclust.methods import common
+from jclust.methods.base import DataSpec, Evaluation, Method
 from jclust.methods.triangle import layer_slices
 from jclust.metrics import retrieval
 from jclust.precision import float_dtype
@@ -166,21 +166,8 @@ def make(*, layer_widths: Sequence[int], num_examples: int, num_clusters: int, p
                          f"1 <= num_neighbours <= N, vote_rounds >= 1; got {tuple(layer_widths)}, "
                          f"{pca_dim}, {n_init}, {num_neighbours}, {vote_rounds} (N = {n})")
 
-    def init(rng, x):
-        del rng, x
-        return {}, {}, {}
-
-    def loss_fn(params, model_state, cluster, batch, rng):  # a phase of 0 steps never calls it
-        raise NotImplementedError("pretrained_kmeans takes no training step")
-
-    def embed(params, model_state, x):
-        del params, model_state
-        return x.astype(float_dtype())
-
-    return Method(
-        init=init, phases=(Phase("encode", 0, optax.identity(), loss_fn),), embed=embed,
-        assign=None, recluster=None, done=lambda cluster: False,
-        assignment_rule=ASSIGNMENT_RULE,
+    return common.no_training_method(
+        "pretrained_kmeans", assignment_rule=ASSIGNMENT_RULE,
         evaluation=pretrained_kmeans_evaluation(
             layer_widths, num_examples, num_clusters, pca_dim=pca_dim, n_init=n_init,
             num_neighbours=num_neighbours, vote_rounds=vote_rounds),

@@ -29,13 +29,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jclust import cluster as jcluster
 from jclust import features
 from jclust.cluster import l2_normalize
 from jclust.config_lib import ConfigError
-from jclust.methods.base import DataSpec, Evaluation, Method, Phase
+from jclust.methods import common
+from jclust.methods.base import DataSpec, Evaluation, Method
 from jclust.precision import float_dtype
 
 ASSIGNMENT_RULE = ("the features of each layer standardised and triangle-encoded against that "
@@ -132,21 +132,8 @@ def make(*, layer_widths: Sequence[int], codebook_sizes: Sequence[int], num_clus
         raise ValueError(f"one codebook size >= 2 per layer, got {tuple(codebook_sizes)} for "
                          f"layers of widths {tuple(layer_widths)}")
 
-    def init(rng, x):
-        del rng, x
-        return {}, {}, {}
-
-    def loss_fn(params, model_state, cluster, batch, rng):  # a phase of 0 steps never calls it
-        raise NotImplementedError("the triangle method takes no training step")
-
-    def embed(params, model_state, x):
-        del params, model_state
-        return x.astype(float_dtype())
-
-    return Method(
-        init=init, phases=(Phase("encode", 0, optax.identity(), loss_fn),), embed=embed,
-        assign=None, recluster=None, done=lambda cluster: False,
-        assignment_rule=ASSIGNMENT_RULE,
+    return common.no_training_method(
+        "the triangle method", assignment_rule=ASSIGNMENT_RULE,
         evaluation=triangle_evaluation(layer_widths, codebook_sizes, num_clusters,
                                        n_init=n_init, eval_n_init=eval_n_init),
         similarity=lambda fitted, features: fused_codes(fitted, jnp.asarray(features),
