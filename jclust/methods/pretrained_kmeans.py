@@ -41,10 +41,10 @@ import ml_collections
 from jclust import cluster as jcluster
 from jclust import features
 from jclust.cluster import l2_normalize
-from jclust.config_lib import ConfigError
+from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods import common
 from jclust.methods.base import DataSpec, Evaluation, Method
-from jclust.methods.triangle import layer_slices
+from jclust.methods.triangle import layer_slices, standardisation
 from jclust.metrics import retrieval
 from jclust.precision import float_dtype
 
@@ -93,12 +93,11 @@ def neighbour_vote(neighbour_labels: jax.Array, num_clusters: int) -> tuple[jax.
     it never outweighs one vote."""
     b, k = neighbour_labels.shape
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, k))
-    counts = jnp.zeros((b, num_clusters), jnp.int32).at[rows, neighbour_labels].add(1)
-    nearness = jnp.arange(k, 0, -1, dtype=jnp.float32) / (k * (k + 1))
-    scores = counts + jnp.zeros((b, num_clusters), jnp.float32).at[rows, neighbour_labels].add(
-        jnp.broadcast_to(nearness, (b, k)))
+    votes = 1.0 + jnp.arange(k, 0, -1, dtype=jnp.float32) / (k * (k + 1))
+    scores = jnp.zeros((b, num_clusters), jnp.float32).at[rows, neighbour_labels].add(
+        jnp.broadcast_to(votes, (b, k)))
     labels = jnp.argmax(scores, axis=1).astype(jnp.int32)
-    return labels, jnp.take_along_axis(counts, labels[:, None], 1)[:, 0] / k
+    return labels, jnp.floor(jnp.max(scores, axis=1)) / k  # the tie-breaks add < 1
 
 
 def pretrained_kmeans_evaluation(layer_widths: Sequence[int], num_examples: int,
@@ -120,8 +119,7 @@ def pretrained_kmeans_evaluation(layer_widths: Sequence[int], num_examples: int,
     def fit(features, cluster, key) -> PretrainedKMeansState:
         del cluster
         x = jnp.asarray(features, float_dtype())
-        mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
-        scale = jnp.where(std > 0, std, 1.0)
+        mean, scale = standardisation(x)
         whitening_mean, projection = jcluster.fit_whitening(
             layer_normalised(x, mean, scale, layer_widths), pca_dim)
         state = init(total)._replace(mean=mean, scale=scale, whitening_mean=whitening_mean,
@@ -193,15 +191,12 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
     if sum(widths) != dim:
         raise ConfigError(f"config.pretrained_kmeans.layer_widths={widths} sum to {sum(widths)}, "
                           f"but the features have {dim} dimensions")
-    checks = {"pca_dim": (1, min(n - 1, dim), f"at most min(N - 1, D) = {min(n - 1, dim)}"),
-              "n_init": (1, None, ""),
-              "num_neighbours": (1, n, f"at most N = {n}"),
-              "vote_rounds": (1, None, "")}
-    for key, (low, high, why) in checks.items():
-        value = section[key]
-        if value < low or (high is not None and value > high):
-            raise ConfigError(f"config.pretrained_kmeans.{key}={value}: must be >= {low}"
-                              + (f" and {why}" if why else ""))
+    check_ranges(config, {"pretrained_kmeans.pca_dim": 1 <= section.pca_dim <= min(n - 1, dim),
+                          "pretrained_kmeans.n_init": section.n_init >= 1,
+                          "pretrained_kmeans.num_neighbours": 1 <= section.num_neighbours <= n,
+                          "pretrained_kmeans.vote_rounds": section.vote_rounds >= 1},
+                 f"pca_dim at most min(N - 1, D) = {min(n - 1, dim)}, num_neighbours at most "
+                 f"N = {n}, n_init and vote_rounds at least 1")
     return make(layer_widths=widths, num_examples=n, num_clusters=config.num_clusters,
                 pca_dim=section.pca_dim, n_init=section.n_init,
                 num_neighbours=section.num_neighbours, vote_rounds=section.vote_rounds)

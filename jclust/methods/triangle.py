@@ -64,6 +64,13 @@ def layer_slices(layer_widths: Sequence[int]) -> list[slice]:
     return [slice(int(end - width), int(end)) for width, end in zip(layer_widths, ends)]
 
 
+def standardisation(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """features [N, D] -> (mean [D], scale [D]): each feature's mean and standard deviation over
+    the data, scale 1 where a feature is constant."""
+    mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
+    return mean, jnp.where(std > 0, std, 1.0)
+
+
 def fused_codes(state: TriangleState, features: jax.Array,
                 layer_widths: Sequence[int]) -> jax.Array:
     """features [B, sum D_l] -> fused triangle codes [B, sum K_l] (each layer's block unit L2)."""
@@ -98,8 +105,7 @@ def triangle_evaluation(layer_widths: Sequence[int], codebook_sizes: Sequence[in
     def fit(features, cluster, key) -> TriangleState:
         del cluster
         x = jnp.asarray(features, float_dtype())
-        mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
-        scale = jnp.where(std > 0, std, 1.0)
+        mean, scale = standardisation(x)
         codebook_key, cluster_key = jax.random.split(key)
         codebooks = fit_codebooks((x - mean) / scale, layer_widths, codebook_sizes, codebook_key,
                                   n_init=n_init)
