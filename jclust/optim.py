@@ -43,6 +43,22 @@ def make_schedule(name: str, learning_rate: float, num_steps: int = 0, *,
     return warmed_up
 
 
+def input_power_scale(x: jax.Array, max_power: float) -> jax.Array:
+    """Normalised SGD, as normalised LMS: the factor min(1, ``max_power`` / P) for a loss, where
+    P is the batch's mean squared norm of its examples (x [B, ...] float, each example
+    flattened), held out of the gradient.
+
+    SGD's stable rate falls as the inputs' power grows (the first layer's curvature grows with
+    E||x||^2), so a rate tuned on one kind of data diverges on brighter or wider inputs; with the
+    factor a step's size falls as 1/P once P passes ``max_power``. Below it the factor is exactly
+    1 (the loss and its gradient unchanged); ``max_power`` 0 turns it off.
+    """
+    if max_power <= 0:
+        return jnp.ones((), x.dtype)
+    power = jnp.mean(jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=-1))
+    return jax.lax.stop_gradient(jnp.minimum(1.0, max_power / power))
+
+
 def _schedule(name: str, learning_rate: float, num_steps: int, decay_factor: float,
               decay_fraction: float) -> optax.Schedule | float:
     from jclust.config_lib import ConfigError

@@ -2,6 +2,9 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jclust import config_lib, optim
@@ -139,3 +142,21 @@ def test_warm_up_scales_the_rate_linearly_over_a_fixed_number_of_steps():
                                                             "warmup_steps": 0}), 100), params)[0][0])
     with pytest.raises(config_lib.ConfigError, match="warmup_steps must be >= 0"):
         optim.make_schedule("constant", 0.1, warmup_steps=-1)
+
+
+def test_input_power_scale_hand_computed():
+    """Rows [3, 4] and [0, 0]: squared norms 25 and 0, mean P = 12.5."""
+    x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(optim.input_power_scale(x, 5.0), 0.4, rtol=1e-7)
+    # Below the cap the factor is exactly 1, and 0 turns the cap off.
+    assert float(optim.input_power_scale(x, 12.5)) == 1.0
+    assert float(optim.input_power_scale(x, 0.0)) == 1.0
+    # Images are flattened per example: [2, 1, 2, 1] holds the same rows.
+    np.testing.assert_allclose(optim.input_power_scale(x.reshape(2, 1, 2, 1), 5.0), 0.4,
+                               rtol=1e-7)
+
+
+def test_input_power_scale_is_held_out_of_the_gradient():
+    x = jnp.array([[3.0, 4.0], [1.0, 0.0]])  # P = 13
+    grad = jax.grad(lambda x: optim.input_power_scale(x, 6.5) * jnp.sum(x))(x)
+    np.testing.assert_allclose(grad, np.full((2, 2), 0.5), rtol=1e-7)

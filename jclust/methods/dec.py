@@ -41,7 +41,7 @@ from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.common import steps_per_epoch
-from jclust.optim import make_optimizer
+from jclust.optim import input_power_scale, make_optimizer
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
 ASSIGNMENT_RULE = ("argmax of the Student-t soft assignment q_ij over centroids (the nearest "
@@ -188,13 +188,13 @@ def make(*, autoencoder: models.MLPAutoencoder, is_image: bool, num_examples: in
          cluster_tx: optax.GradientTransformation, max_steps: int, update_interval: int = 140,
          idec: bool = False, alpha: float = 1.0, gamma: float = 0.1, tol: float = 0.001,
          pretrain_augment_shift: int = 0, input_dropout: float = 0.0, augment_shift: int = 0,
-         kmeans_space: str = "spectral", kmeans_n_init: int = 20, kmeans_max_iter: int = 300,
-         num_neighbours: int = 10) -> Method:
+         pretrain_max_input_power: float = 0.0, kmeans_space: str = "spectral",
+         kmeans_n_init: int = 20, kmeans_max_iter: int = 300, num_neighbours: int = 10) -> Method:
     """DEC (IDEC with ``idec``) on ``autoencoder``: pretrained with ``pretrain_tx`` for
     ``pretrain_steps`` steps (the centroids untouched), then clustered with ``cluster_tx`` for at
-    most ``max_steps`` steps. ``kmeans_*`` and ``num_neighbours`` (<= N - 1) are the ``kmeans``
-    keys, ``pretrain_augment_shift`` and ``input_dropout`` the ``pretrain`` keys; the rest are the
-    ``dec`` keys of the same names (docs/methods.md)."""
+    most ``max_steps`` steps. ``kmeans_*``, ``num_neighbours`` (<= N - 1) and the ``pretrain``
+    keys (``pretrain_max_input_power``: :func:`jclust.optim.input_power_scale`) are named after
+    their sections' keys, the rest are the ``dec`` keys of the same names (docs/methods.md)."""
     n, k = num_examples, num_clusters
     prepare = models.flatten_inputs
 
@@ -204,17 +204,17 @@ def make(*, autoencoder: models.MLPAutoencoder, is_image: bool, num_examples: in
                   "centroids": jnp.zeros((k, autoencoder.embed_dim), float_dtype())}
         cluster = DECState(target=jnp.zeros((n, k), float_dtype()),
                            labels=jnp.full((n,), -1, jnp.int32),
-                           delta_label=jnp.ones((), float_dtype()),
-                           done=jnp.zeros((), jnp.bool_))
+                           delta_label=jnp.ones((), float_dtype()), done=jnp.zeros((), jnp.bool_))
         return params, {}, cluster
 
     def pretrain_loss(params, model_state, cluster, batch, rng):
         shift_rng, drop_rng = jax.random.split(rng) if rng is not None else (None, None)
         x = prepare(shifted(batch["x"], shift_rng, pretrain_augment_shift, is_image))
-        _, x_rec = autoencoder.apply({"params": params["autoencoder"]},
-                                     corrupted(x, drop_rng, input_dropout))
+        inputs = corrupted(x, drop_rng, input_dropout)
+        _, x_rec = autoencoder.apply({"params": params["autoencoder"]}, inputs)
         loss = reconstruction_loss(x, x_rec)
-        return loss, (model_state, {"rec": loss})
+        scale = input_power_scale(inputs, pretrain_max_input_power)
+        return loss * scale, (model_state, {"rec": loss, "rate_scale": scale})
 
     def cluster_loss(params, model_state, cluster, batch, rng):
         x = prepare(shifted(batch["x"], rng, augment_shift, is_image))
@@ -283,6 +283,7 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
         "pretrain.epochs": pretrain.epochs >= 0,
         "pretrain.augment_shift": pretrain.augment_shift >= 0,
         "pretrain.input_dropout": 0 <= pretrain.input_dropout < 1,
+        "pretrain.max_input_power": pretrain.max_input_power >= 0,
         "dec.augment_shift": dec.augment_shift >= 0})
     if km.space not in SPACES:
         raise ConfigError(f"kmeans.space={km.space!r}; use one of {SPACES}")
@@ -311,6 +312,9 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 idec=config.method == "idec", alpha=dec.alpha, gamma=dec.gamma, tol=dec.tol,
                 pretrain_augment_shift=pretrain.augment_shift,
                 input_dropout=pretrain.input_dropout, augment_shift=dec.augment_shift,
+                # Adam's steps do not scale with the gradient: the cap is for SGD.
+                pretrain_max_input_power=(pretrain.max_input_power
+                                          if pretrain.optimizer == "sgd" else 0.0),
                 kmeans_space=km.space, kmeans_n_init=km.n_init, kmeans_max_iter=km.max_iter,
                 # A data set smaller than the graph's degree: every other example is a neighbour.
                 num_neighbours=min(km.num_neighbours, n - 1))
