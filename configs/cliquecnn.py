@@ -72,6 +72,13 @@ def get_config(arg: str = ""):
     config.cliquecnn.mirror_match = False
     config.cliquecnn.rotation_degrees = 10.0
     config.cliquecnn.collapse_gap = 0.05  # warn when intra - inter clique similarity falls below
+    # The SGD step capped by the inputs' power, as DEC's pretrain.max_input_power: each step is
+    # scaled by min(1, this / the batch's mean ||x||^2). Colour clip art (the panel's oc7,
+    # E||x||^2 = 1,683 against Fashion-MNIST's 162) collapsed at the rate 0.01 (one cluster, seed
+    # 0); at 0.005 / 0.0024 / 0.00116: ACC 0.271 / 0.294 / 0.259, no collapse. 400 gives oc7
+    # ~0.0024 and leaves Fashion-MNIST and digits (batches of 8 cliques: mean ~160, sd ~33) at
+    # the rate as given. SGD only; 0 turns it off.
+    config.cliquecnn.max_input_power = 400.0
     # The learned similarity (scored, and predict's similarity space): the trunk's features on
     # their top 128 principal components, component i scaled by variance_i^-0.25 (whitening to
     # the power 0.5), cosine. Final trunks, test images querying training images, 20-NN / anchor

@@ -381,3 +381,29 @@ def test_eight_devices_give_the_same_numbers_as_one(tmp_path):
     """Same parameters, cliques and order on 8 devices as on 1 (float64)."""
     assert_eight_devices_match_one(TINY, "configs/cliquecnn.py:digits", tmp_path,
                                    sharded=("clique_labels",))
+
+
+def test_loss_capped_by_input_power():
+    """As DEC's pretraining: below ``max_input_power`` the loss is the plain one bit for bit,
+    above it times max_input_power / P (P the batch's mean ||x||^2), Adam left alone."""
+    images = _images(32, seed=3)
+    power = float(np.mean(np.sum((images.reshape(32, -1) / 255.0) ** 2, axis=1)))
+    batch = {"x": jnp.asarray(images), "index": jnp.arange(32)}
+
+    def loss(max_input_power, optimizer="sgd"):
+        _, method = _method(**{"cliquecnn.max_input_power": max_input_power,
+                               "optim.optimizer": optimizer})
+        params, model_state, cluster = method.init(jax.random.PRNGKey(0), batch["x"])
+        cluster = cluster._replace(clique_labels=jnp.arange(64, dtype=jnp.int32) % 24)
+        value, (_, metrics) = method.phases[0].loss_fn(params, model_state, cluster, batch,
+                                                       jax.random.PRNGKey(1))
+        return float(value), float(metrics["rate_scale"])
+
+    plain, scale = loss(0.0)
+    assert scale == 1.0
+    assert loss(power * 1.01) == (plain, 1.0)
+    assert loss(power / 4, optimizer="adam") == (plain, 1.0)
+    capped, scale = loss(power / 4)
+    np.testing.assert_allclose([capped, scale], [plain / 4, 0.25], rtol=1e-5)
+    with pytest.raises(ConfigError, match="max_input_power"):
+        _method(**{"cliquecnn.max_input_power": -1.0})

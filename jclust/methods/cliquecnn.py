@@ -228,11 +228,13 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
          crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
          rotation_degrees: float = 0.0, collapse_gap: float = 0.05, eval_pca_dim: int = 32,
          eval_n_init: int = 10, relu_input: bool = False, similarity_dim: int = 128,
-         similarity_power: float = 0.5, mirror_match: bool = False) -> Method:
+         similarity_power: float = 0.5, mirror_match: bool = False,
+         max_input_power: float = 0.0) -> Method:
     """CliqueCNN on ``backbone`` with ``tx`` (params "backbone" and "head") for ``num_steps`` steps
     in rounds of ``round_steps`` (whole epochs, the first from step 0); ``relu_input``: the head
-    applies the ReLU the trunk left out (``model.output_relu=False``). The other arguments are
-    the ``cliquecnn`` config keys of the same names (docs/methods.md)."""
+    applies the ReLU the trunk left out (``model.output_relu=False``); ``max_input_power``: the
+    loss times :func:`jclust.optim.input_power_scale`. The other arguments are the ``cliquecnn``
+    config keys of the same names (docs/methods.md)."""
     n, feature_dim = num_examples, backbone.feature_dim
     batch_size = cliques_per_step * samples_per_clique
     recipe = CliqueRecipe(num_initial_batches, cliques_per_batch, clique_size, seed_fraction,
@@ -253,7 +255,8 @@ def make(*, backbone: models.Backbone, image_shape: Sequence[int], num_examples:
             crop_scale=crop_scale, flip=flip, rotation_degrees=rotation_degrees)
         labels = cluster.clique_labels[batch["index"]]
         value, accuracy = clique_loss(logits, labels, in_batch=loss == "in_batch")
-        return value, (model_state, {"clique_acc": accuracy})
+        scale = optim.input_power_scale(models.flatten_inputs(batch["x"]), max_input_power)
+        return value * scale, (model_state, {"clique_acc": accuracy, "rate_scale": scale})
 
     def embed(params, model_state, x):
         return backbone.apply(params["backbone"], model_state["backbone"], x, train=False)[0]
@@ -319,7 +322,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
         "cliquecnn.grow_p_value": 0 < cc.grow_p_value < 1,
         "cliquecnn.grow_null_samples": 3 <= cc.grow_null_samples,
         "cliquecnn.pca_dim": cc.pca_dim >= 1,
-        "cliquecnn.build_chunk": cc.build_chunk >= 1})
+        "cliquecnn.build_chunk": cc.build_chunk >= 1,
+        "cliquecnn.max_input_power": cc.max_input_power >= 0})
     if cc.cliques_per_batch * cc.clique_size > n:
         raise ConfigError(
             f"cliquecnn: an initial batch of {cc.cliques_per_batch} disjoint cliques of "
@@ -353,4 +357,6 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 eval_pca_dim=cc.eval_pca_dim, eval_n_init=cc.eval_n_init,
                 relu_input=not config.model.get("output_relu", True),
                 similarity_dim=cc.similarity_dim, similarity_power=cc.similarity_power,
-                mirror_match=cc.mirror_match)
+                mirror_match=cc.mirror_match,
+                # Adam's steps do not scale with the gradient: the cap is for SGD.
+                max_input_power=cc.max_input_power if config.optim.optimizer == "sgd" else 0.0)
