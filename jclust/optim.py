@@ -59,6 +59,12 @@ def input_power_scale(x: jax.Array, max_power: float) -> jax.Array:
     return jax.lax.stop_gradient(jnp.minimum(1.0, max_power / power))
 
 
+def input_power_cap(optimizer: str, max_power: float) -> float:
+    """The ``max_power`` of :func:`input_power_scale` for a section's ``optimizer``: as set for
+    SGD, 0 (off) for Adam, whose steps do not scale with the gradient."""
+    return max_power if optimizer == "sgd" else 0.0
+
+
 def _schedule(name: str, learning_rate: float, num_steps: int, decay_factor: float,
               decay_fraction: float) -> optax.Schedule | float:
     from jclust.config_lib import ConfigError

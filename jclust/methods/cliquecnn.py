@@ -358,5 +358,5 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 relu_input=not config.model.get("output_relu", True),
                 similarity_dim=cc.similarity_dim, similarity_power=cc.similarity_power,
                 mirror_match=cc.mirror_match,
-                # Adam's steps do not scale with the gradient: the cap is for SGD.
-                max_input_power=cc.max_input_power if config.optim.optimizer == "sgd" else 0.0)
+                max_input_power=optim.input_power_cap(config.optim.optimizer,
+                                                      cc.max_input_power))

@@ -41,7 +41,7 @@ from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
 from jclust.methods.common import steps_per_epoch
-from jclust.optim import input_power_scale, make_optimizer
+from jclust.optim import input_power_cap, input_power_scale, make_optimizer
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
 ASSIGNMENT_RULE = ("argmax of the Student-t soft assignment q_ij over centroids (the nearest "
@@ -312,9 +312,8 @@ def from_config(config: ml_collections.ConfigDict, data_spec: DataSpec) -> Metho
                 idec=config.method == "idec", alpha=dec.alpha, gamma=dec.gamma, tol=dec.tol,
                 pretrain_augment_shift=pretrain.augment_shift,
                 input_dropout=pretrain.input_dropout, augment_shift=dec.augment_shift,
-                # Adam's steps do not scale with the gradient: the cap is for SGD.
-                pretrain_max_input_power=(pretrain.max_input_power
-                                          if pretrain.optimizer == "sgd" else 0.0),
+                pretrain_max_input_power=input_power_cap(pretrain.optimizer,
+                                                         pretrain.max_input_power),
                 kmeans_space=km.space, kmeans_n_init=km.n_init, kmeans_max_iter=km.max_iter,
                 # A data set smaller than the graph's degree: every other example is a neighbour.
                 num_neighbours=min(km.num_neighbours, n - 1))
