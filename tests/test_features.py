@@ -503,6 +503,14 @@ def test_small_image_sources_go_through_the_backbone_at_96_others_at_224():
     assert config_lib.load_config(os.path.join(ROOT, "configs/delius.py")).pretrain.epochs == 50
 
 
+def test_delius_epochs_are_one_pass_though_dec_sets_a_minimum():
+    # dec.py's epochs span at least 10,000 examples; DELIUS loads dec.py but keeps one pass.
+    assert config_lib.load_config(os.path.join(ROOT, "configs/dec.py")).min_epoch_examples == 10_000
+    for arg in ("", "folder:/data/p", "npz:/data/f.npz"):
+        config = config_lib.load_config(os.path.join(ROOT, f"configs/delius.py:{arg}"))
+        assert config.min_epoch_examples == 0, arg
+
+
 # ---------------------------------------------------------------------------------------------
 # The real Lite0
 
