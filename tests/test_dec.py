@@ -97,6 +97,40 @@ def test_cluster_loss_matches_formula(tiny, method_name):
         np.testing.assert_allclose(loss, rec + config.dec.gamma * kl, rtol=1e-4)
 
 
+def test_relative_spread_is_the_numpy_formula_and_zero_for_equal_rows():
+    """sqrt(sum of the columns' variances) / rms row norm, as NumPy computes it in float64."""
+    from jclust.methods.common import relative_spread
+    x = np.random.default_rng(4).normal(size=(50, 10)) + np.arange(10)
+    expected = np.sqrt(np.var(x, axis=0).sum() / np.mean(np.sum(x * x, axis=1)))
+    # float32 rounding of sums over 500 values ~1e-6 relative; 1e-5 leaves a margin of 10.
+    assert relative_spread(x) == pytest.approx(expected, rel=1e-5)
+    assert relative_spread(np.tile(x[:1], (50, 1))) == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("collapsed", [True, False])
+def test_a_collapsed_pretrained_embedding_warns_with_the_remedies(tiny, collapsed):
+    """The first recluster measures the pretrained embedding's spread: rows nearly equal (an
+    autoencoder that died in pretraining, spread 0.026 on Fashion-MNIST 10k) give a warning that
+    names the pretraining's settings; a healthy one (0.28 and above measured) none."""
+    config, method = _method(tiny, "dec")
+    x = np.random.default_rng(2).integers(0, 256, size=(6, 8, 8, 1), dtype=np.uint8)
+    params, _, cluster = method.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]))
+    rng = np.random.default_rng(3)
+    centre = rng.normal(size=(1, 4)) * 3.0
+    features = centre + rng.normal(size=(6, 4)) * (0.01 if collapsed else 1.0)
+    context = ReclusterContext(jnp.asarray(features, jnp.float32), jax.random.PRNGKey(1),
+                               phase=1, first=True)
+    _, _, info = method.recluster(params, cluster, context)
+    if collapsed:
+        assert info["embedding_spread"] < 0.01
+        assert info["warning"].startswith("embedding collapse")
+        assert "pretrain.learning_rate" in info["warning"]
+    else:
+        assert info["embedding_spread"] > dec.MIN_EMBEDDING_SPREAD and "warning" not in info
+    later = ReclusterContext(context.features, context.key, phase=1, first=False)
+    assert "embedding_spread" not in method.recluster(params, cluster, later)[2]
+
+
 def test_recluster_sets_centroids_target_and_stops_on_tolerance(tiny):
     config, method = _method(tiny, "dec")
     rng = np.random.default_rng(2)

@@ -29,14 +29,6 @@ REMEDIES = ("a lower optim.learning_rate, more cliquecnn.round_epochs, "
             "cliquecnn.init_features='hog_lda'")
 
 
-def relative_spread(features) -> float:
-    """sqrt(total variance) / rms row norm of features [N, D]: 0 when every row is the same (a
-    collapsed embedding), ~1 for centred features."""
-    x = np.asarray(features, np.float64)
-    total = float(np.sum(np.var(x, axis=0)))
-    return float(np.sqrt(total / max(float(np.mean(np.sum(x * x, axis=1))), 1e-30)))
-
-
 def collapse_warning(report: dict, min_gap: float, min_spread: float = 0.01) -> str | None:
     """A warning when the embedding has collapsed (rows nearly equal) or cliques are no more
     similar inside than across."""

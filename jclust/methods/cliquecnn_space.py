@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jclust import cluster as jcluster
-from jclust.methods.cliquecnn_report import relative_spread
+from jclust.methods.common import relative_spread
 from jclust.models import hog as jhog
 from jclust.precision import float_dtype
 

@@ -137,3 +137,16 @@ def no_training_method(name: str, evaluation: Evaluation, assignment_rule: str,
         init=init, phases=(Phase("encode", 0, optax.identity(), loss_fn),), embed=embed,
         assign=None, recluster=None, done=lambda cluster: False,
         assignment_rule=assignment_rule, evaluation=evaluation, similarity=similarity)
+
+
+def relative_spread(features) -> float:
+    """sqrt(total variance) / rms row norm of features [N, D]: 0 when every row is the same (a
+    collapsed embedding), ~1 for centred features. ``features`` may be sharded over devices and
+    processes (a jitted reduction, one scalar back)."""
+    return float(_relative_spread(jnp.asarray(features, float_dtype())))
+
+
+@jax.jit
+def _relative_spread(x: jax.Array) -> jax.Array:
+    total = jnp.sum(jnp.var(x, axis=0))
+    return jnp.sqrt(total / jnp.maximum(jnp.mean(jnp.sum(x * x, axis=1)), 1e-30))

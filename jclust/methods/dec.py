@@ -40,7 +40,7 @@ from jclust import models
 from jclust.data import augment
 from jclust.config_lib import ConfigError, check_ranges
 from jclust.methods.base import DataSpec, Method, Phase
-from jclust.methods.common import steps_per_epoch
+from jclust.methods.common import relative_spread, steps_per_epoch
 from jclust.optim import input_power_cap, input_power_scale, make_optimizer
 from jclust.precision import RANDOM_DTYPE, float_dtype
 
@@ -113,6 +113,23 @@ def reconstruction_loss(x: jax.Array, x_rec: jax.Array) -> jax.Array:
 
 
 SPACES = ("embedding", "whitened", "spectral")
+
+# A pretrained embedding whose rows vary by less than this fraction of their norm has collapsed.
+# Measured (common.relative_spread of the pretrained encoder on 5,000 images): healthy DEC
+# embeddings 0.28 (oc7) to 0.97 (Fashion-MNIST 10k/70k); the autoencoder that died in pretraining
+# (Fashion-MNIST 10k, seed 0, SGD rate 1; BENCHMARKS.md) 0.026.
+MIN_EMBEDDING_SPREAD = 0.1
+
+
+def collapse_warning(spread: float) -> str | None:
+    """The warning of a collapsed pretrained embedding, or None."""
+    if spread >= MIN_EMBEDDING_SPREAD:
+        return None
+    return (f"embedding collapse: the pretrained embedding's rows vary by {spread:.2g} of their "
+            f"norm (the autoencoder's pretraining died: it gives nearly one code for every "
+            f"input), so the clusters start from noise; training goes on. Remedies: a lower "
+            f"pretrain.learning_rate, pretrain.optimizer='adam', a lower "
+            f"pretrain.max_input_power")
 
 
 def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300,
@@ -245,7 +262,11 @@ def make(*, autoencoder: models.MLPAutoencoder, is_image: bool, num_examples: in
                                               n_init=kmeans_n_init, max_iter=kmeans_max_iter,
                                               num_neighbours=num_neighbours)
             params = {**params, "centroids": centroids}
-            info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter))
+            spread = relative_spread(features)
+            info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter),
+                        embedding_spread=spread)
+            if warning := collapse_warning(spread):
+                info["warning"] = warning
         target, labels, delta = update_target(params["centroids"], features, cluster.labels,
                                               alpha=alpha)
         # DEC stops on the label-change tolerance, but never on the very first target update.
