@@ -121,15 +121,19 @@ SPACES = ("embedding", "whitened", "spectral")
 MIN_EMBEDDING_SPREAD = 0.1
 
 
-def collapse_warning(spread: float) -> str | None:
-    """The warning of a collapsed pretrained embedding, or None."""
+def initial_report(features, km: jcluster.KMeansOutput) -> dict:
+    """What the first recluster logs: the initial k-means's inertia and iterations, and the
+    pretrained embedding's [N, D] relative spread, with a ``"warning"`` when it has collapsed."""
+    spread = relative_spread(features)
+    report = {"kmeans_inertia": float(km.inertia), "kmeans_iters": int(km.n_iter),
+              "embedding_spread": spread}
     if spread >= MIN_EMBEDDING_SPREAD:
-        return None
-    return (f"embedding collapse: the pretrained embedding's rows vary by {spread:.2g} of their "
-            f"norm (the autoencoder's pretraining died: it gives nearly one code for every "
-            f"input), so the clusters start from noise; training goes on. Remedies: a lower "
-            f"pretrain.learning_rate, pretrain.optimizer='adam', a lower "
-            f"pretrain.max_input_power")
+        return report
+    return {**report, "warning": (
+        f"embedding collapse: the pretrained embedding's rows vary by {spread:.2g} of their "
+        f"norm (the autoencoder's pretraining died: it gives nearly one code for every input), "
+        f"so the clusters start from noise; training goes on. Remedies: a lower "
+        f"pretrain.learning_rate, pretrain.optimizer='adam', a lower pretrain.max_input_power")}
 
 
 def initial_centroids(features, k, *, key, space="embedding", n_init=20, max_iter=300,
@@ -262,11 +266,7 @@ def make(*, autoencoder: models.MLPAutoencoder, is_image: bool, num_examples: in
                                               n_init=kmeans_n_init, max_iter=kmeans_max_iter,
                                               num_neighbours=num_neighbours)
             params = {**params, "centroids": centroids}
-            spread = relative_spread(features)
-            info.update(kmeans_inertia=float(km.inertia), kmeans_iters=int(km.n_iter),
-                        embedding_spread=spread)
-            if warning := collapse_warning(spread):
-                info["warning"] = warning
+            info.update(initial_report(features, km))
         target, labels, delta = update_target(params["centroids"], features, cluster.labels,
                                               alpha=alpha)
         # DEC stops on the label-change tolerance, but never on the very first target update.
