@@ -334,9 +334,10 @@ def test_capped_sgd_pretrains_bright_colour_images_that_diverge_without_the_cap(
     """DEC-keras's recipe (SGD at rate 1, momentum 0.9, the d-500-500-2000-10 autoencoder) on
     bright 28 x 28 x 3 images (E||x||^2 ~ 1,500, like the panel's colour clip art): without the
     cap the reconstruction error leaves every finite bound within 60 steps (oc7 diverged at step
-    22), with the cap 200 (the step of today's default, rate 0.5 x cap 400) it falls smoothly (by ~20 % here). The margins are wide (the free step
-    is several times past its stable size; the capped descent is monotone), so the outcome does
-    not depend on the processor's rounding."""
+    22), with the cap 200 (the step of today's default, rate 0.5 x cap 400) it falls smoothly
+    (by ~20 % here). The margins are wide (the free step is several times past its stable size;
+    the capped descent is monotone), so the outcome does not depend on the processor's
+    rounding."""
     rng = np.random.default_rng(0)
     images = np.clip(rng.normal(205, 40, size=(64, 28, 28, 3)), 0, 255).astype(np.uint8)
     batch = {"x": jnp.asarray(images), "index": jnp.arange(64)}
