@@ -172,11 +172,14 @@ def test_conv_module_params_interchangeable_with_nn_conv():
         ref_vars = ref.init(key, x)
         # Each impl is applied to nn.Conv's own variables.
         outs = [m.apply(ref_vars, x) for m in mods]
-        return ref_vars, ref.apply(ref_vars, x), mods[0].init(key, x), outs
+        return ref_vars, ref.apply(ref_vars, x), outs
 
-    ref_vars, ref_out, vars_, outs = run(jax.random.key(4), x)
-    # Same default initialisers and the same key give the same parameters.
-    chex.assert_trees_all_equal(vars_, ref_vars)
+    ref_vars, ref_out, outs = run(jax.random.key(4), x)
+    # Same default initialisers and the same key give the same parameters: each init compiled
+    # alone. (Drawn within another program, the same draw may be lowered in another fusion and
+    # differ in the last bit: at the suite's LLVM -O0, conftest.TEST_XLA_FLAGS, it does.)
+    inits = [jax.jit(module.init)(jax.random.key(4), x) for module in (ref, mods[0])]
+    chex.assert_trees_all_equal(inits[1], inits[0])
     for m, out in zip(mods, outs):
         shapes = jax.eval_shape(m.init, jax.random.key(0), x)
         assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(ref_vars)

@@ -17,7 +17,7 @@ import pytest
 
 from jclust import writers
 from tests.conftest import (ROOT, TINY_DEC, X64_ENV, as_flags, assert_same_state, cli_args,
-                            final_params, train_on_one_device)
+                            final_params, train_on_one_device, with_test_xla_flags)
 from tests.test_odc import EVAL_UNDETERMINED, TINY_ODC
 
 # Fewer steps than the other DEC tests: every step of a 2-process run crosses gloo.
@@ -36,7 +36,7 @@ def run_processes(overrides, workdir, config_file, num_processes=2, devices_each
     ``x64``: train in float64."""
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+               XLA_FLAGS=with_test_xla_flags(f"--xla_force_host_platform_device_count={devices_each}"))
     env.pop("JAX_ENABLE_X64", None)
     env.update(X64_ENV if x64 else {})
     procs = [subprocess.Popen(

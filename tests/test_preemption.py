@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jclust import determinism, preemption, writers
-from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run
+from tests.conftest import ROOT, TINY_CLI, cli_args, final_params, run, with_test_xla_flags
 
 # One pretraining epoch (8 steps), then 300 cluster steps with a recluster and an evaluation every
 # 10; regular checkpoints only at the two phase ends, so a stop in between is a new save.
@@ -51,6 +51,7 @@ def start(args, env_extra, stderr_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env.update(env_extra)
+    env["XLA_FLAGS"] = with_test_xla_flags(env.get("XLA_FLAGS", ""))
     # Tests started in the background of a script inherit SIGINT ignored, and the CLI keeps an
     # ignored SIGINT ignored (on purpose): a signal caught here is the default in the child.
     # (Not preexec_fn: forking a process that runs JAX's threads is unsafe.)

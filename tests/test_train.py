@@ -24,7 +24,7 @@ from jclust import schedule as jschedule
 from jclust import state as jstate
 from jclust import workdir as jworkdir
 from tests.conftest import (COMPILATION_CACHE_ENV, ROOT, TINY_CLI, cli_args, final_params, run,
-                            tiny_config)
+                            tiny_config, with_test_xla_flags)
 
 
 def _records(workdir):
@@ -164,7 +164,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     ckpt_dir = os.path.join(workdir, "checkpoints")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     env = {k: v for k, v in os.environ.items() if k not in COMPILATION_CACHE_ENV}
-    env.pop("XLA_FLAGS", None)  # SIGKILL could cut a compilation cache entry short: no cache
+    env["XLA_FLAGS"] = with_test_xla_flags()  # SIGKILL could cut a cache entry short: no cache
     proc = subprocess.Popen(cli_args(dict(TINY_CLI, **overrides), workdir), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
     # Killed on a progress line, not a clock: "[cluster] step 70/" comes after the checkpoint at
