@@ -43,10 +43,10 @@ def get_config(arg: str = ""):
     # The evaluation's features: "projection" (z, the reference's) or "backbone" (DeepCluster
     # v1's whitened rule on h, as SwAV's Fashion-MNIST config). Training is the same either way;
     # z's clustering falls late in training while the backbone's holds. Issue 30's panel, ACC
-    # (BENCHMARKS.md): Fashion-MNIST 70k 0.469 -> 0.686 (seed 0, the same run read both ways),
-    # fm10k 0.455 -> 0.601, fm3k 0.337 -> 0.539, digits28 0.447 -> 0.809, oc7 0.260 -> 0.240
-    # (chance level both ways: ARI 0.011 -> 0.025). 10,000-example epochs (min_epoch_examples)
-    # lost digits28 (0.758) for fm3k (0.614): not taken.
+    # (BENCHMARKS.md): Fashion-MNIST 70k 0.469 -> 0.658 (3 seeds; seed 0's run read both ways:
+    # 0.469 -> 0.686), fm10k 0.455 -> 0.601, fm3k 0.337 -> 0.539, digits28 0.447 -> 0.809, oc7
+    # 0.262 -> 0.231 (5 seeds; chance level both ways, z's clusters degenerate: ARI 0.010 ->
+    # 0.021). 10,000-example epochs (min_epoch_examples) lost digits28 (0.758) for fm3k (0.614).
     config.deepclusterv2.assignment = "backbone"
     config.deepclusterv2.eval_pca_dim = 32
     config.deepclusterv2.eval_n_init = 10

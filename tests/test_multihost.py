@@ -35,8 +35,8 @@ def run_processes(overrides, workdir, config_file, num_processes=2, devices_each
     """Runs the CLI as ``num_processes`` processes of one distributed run; returns their stdouts.
     ``x64``: train in float64."""
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=with_test_xla_flags(f"--xla_force_host_platform_device_count={devices_each}"))
+    devices = f"--xla_force_host_platform_device_count={devices_each}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=with_test_xla_flags(devices))
     env.pop("JAX_ENABLE_X64", None)
     env.update(X64_ENV if x64 else {})
     procs = [subprocess.Popen(

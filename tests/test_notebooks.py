@@ -47,7 +47,8 @@ def test_quickstart_notebook_runs(tmp_path):
 
 
 def test_tpu_notebook_runs_on_eight_simulated_devices(tmp_path, monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", with_test_xla_flags("--xla_force_host_platform_device_count=8"))
+    monkeypatch.setenv("XLA_FLAGS",
+                       with_test_xla_flags("--xla_force_host_platform_device_count=8"))
     workdir = str(tmp_path / "run")
     # Half the quickstart's steps: every step and evaluation here runs on 8 devices.
     overrides = _tiny_overrides(**{"data.source": "digits", "data.image_shape": (8, 8, 1),

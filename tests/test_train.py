@@ -163,8 +163,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     workdir = str(tmp_path / "killed")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # SIGKILL could cut a compilation cache entry short: no cache.
     env = {k: v for k, v in os.environ.items() if k not in COMPILATION_CACHE_ENV}
-    env["XLA_FLAGS"] = with_test_xla_flags()  # SIGKILL could cut a cache entry short: no cache
+    env["XLA_FLAGS"] = with_test_xla_flags()
     proc = subprocess.Popen(cli_args(dict(TINY_CLI, **overrides), workdir), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
     # Killed on a progress line, not a clock: "[cluster] step 70/" comes after the checkpoint at

@@ -4,8 +4,8 @@ N2D (McConville et al.) clusters an autoencoder's embedding after UMAP to 10 dim
 neighbours, min_dist 0) with a Gaussian mixture. Here the embedding is a finished SwAV run's
 backbone features h, as `pretrained_kmeans` extracted them ([z (64), h (128)] per image, in the
 data set's order: the 60,000 training images, then the 10,000 test images). Not part of jclust:
-umap-learn (and its numba) are not dependencies; run it from a venv with umap-learn and
-scikit-learn:
+umap-learn (and its numba) are not dependencies; run it from the repository root in jclust's
+environment with umap-learn added (`pip install umap-learn`):
 
   python -m jclust.main --config=configs/swav.py --workdir=runs/swav70k_s0
   python -m jclust.main --config=configs/pretrained_kmeans.py --workdir=runs/pk_swav70k_s0 \
@@ -16,38 +16,20 @@ With a second argument, h is PCA-whitened to that many dimensions and L2-normali
 (SwAV's own read-out space); without, each feature is standardised.
 """
 
-import gzip
 import sys
 import time
 
 import numpy as np
 import umap
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-
-
-def labels() -> np.ndarray:
-    parts = []
-    for split in ("train", "t10k"):
-        with gzip.open(f"{FASHION_MNIST}/{split}-labels-idx1-ubyte.gz") as f:
-            parts.append(np.frombuffer(f.read()[8:], np.uint8))
-    return np.concatenate(parts).astype(int)
-
-
-def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    k = max(y.max(), pred.max()) + 1
-    counts = np.zeros((k, k))
-    np.add.at(counts, (pred, y), 1)
-    rows, cols = linear_sum_assignment(-counts)
-    return counts[rows, cols].sum() / len(y)
+from jclust import data as jdata
+from jclust import metrics
 
 
 def main(features_path: str, whiten_dim: int | None) -> None:
-    y = labels()
+    y = jdata.load("fashion_mnist").labels
     h = np.load(features_path)[:, 64:]  # float32, as the session-36 figures were computed
     h -= h.mean(0)
     if whiten_dim:
@@ -55,7 +37,7 @@ def main(features_path: str, whiten_dim: int | None) -> None:
         h = h @ vt[:whiten_dim].T / s[:whiten_dim] * np.sqrt(len(h))
         h /= np.linalg.norm(h, axis=1, keepdims=True)
         pred = KMeans(10, n_init=10, random_state=0).fit_predict(h)
-        print(f"k-means on h whitened to {whiten_dim}: ACC {accuracy(y, pred):.4f}")
+        print(f"k-means on h whitened to {whiten_dim}: ACC {metrics.accuracy(y, pred):.4f}")
     else:
         h /= h.std(0) + 1e-6
     start = time.time()
@@ -66,8 +48,8 @@ def main(features_path: str, whiten_dim: int | None) -> None:
             ("GMM", GaussianMixture(10, covariance_type="full", random_state=0).fit(embedded)
              .predict(embedded)),
             ("k-means", KMeans(10, n_init=10, random_state=0).fit_predict(embedded))):
-        print(f"UMAP + {name}: ACC {accuracy(y, pred):.4f}, "
-              f"NMI {normalized_mutual_info_score(y, pred):.4f}")
+        print(f"UMAP + {name}: ACC {metrics.accuracy(y, pred):.4f}, "
+              f"NMI {metrics.nmi(y, pred):.4f}")
 
 
 if __name__ == "__main__":
